@@ -1,0 +1,254 @@
+//! Redis: per-tenant cache keys derived from committed rows.
+//!
+//! Guarantee: the cache follows commits. Each batch records its cache work in `cache_outbox`
+//! inside the batch transaction; [`drain_tenants`] reads the committed rows behind that work,
+//! writes them to Redis with a version check (a key never goes back to an older version, so a
+//! replay or a slow drainer cannot regress it) and deletes the outbox rows in the same
+//! transaction only once Redis has answered. A crash or a Redis outage leaves the work queued;
+//! [`CacheDrainer`] finds and applies it later.
+//!
+//! Key layout: `t:{<tenant_id>}:order:<order_id>` (the braces are a Redis Cluster hash tag, so a
+//! tenant's keys share a slot); value: the order row as JSON, including `version`.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::http::Health;
+use crate::sink::{set_tenant, SinkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("Redis unavailable: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error(transparent)]
+    Postgres(#[from] SinkError),
+}
+
+impl From<sqlx::Error> for CacheError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Postgres(SinkError::Database(e))
+    }
+}
+
+/// Sets KEYS[1] to ARGV[1] unless the cached value's `version` is already >= ARGV[2].
+/// ARGV[3] is the TTL in seconds (0: none). Returns 1 when written, 0 when skipped as older.
+pub const SET_IF_NEWER: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and type(decoded) == 'table' then
+    local cached = tonumber(decoded['version'])
+    if cached and cached >= tonumber(ARGV[2]) then
+      return 0
+    end
+  end
+end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+
+/// The cache key of one order.
+pub fn order_key(tenant: &Uuid, order_id: &str) -> String {
+    format!("t:{{{tenant}}}:order:{order_id}")
+}
+
+/// Connects to a single Redis (`redis://`) or a cluster (`redis-cluster://`).
+pub async fn connect(url: &str) -> Result<Client, CacheError> {
+    let config = Config::from_url(url)?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(3);
+            c.internal_command_timeout = Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+/// A key and value to write if newer.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    pub key: String,
+    pub version: i64,
+    pub json: String,
+}
+
+/// Writes entries with the version check, pipelined. Returns (written, skipped as older).
+pub async fn set_if_newer(
+    redis: &Client,
+    entries: &[CacheEntry],
+    ttl_seconds: u64,
+) -> Result<(usize, usize), CacheError> {
+    if entries.is_empty() {
+        return Ok((0, 0));
+    }
+    // EVAL as a custom command, because fred pipelines have no Lua interface; the key (argument
+    // 2: script, numkeys, key) picks the cluster node.
+    let eval = CustomCommand::new("EVAL", ClusterHash::Offset(2), false);
+    let pipeline = redis.pipeline();
+    for entry in entries {
+        let args: Vec<Value> = vec![
+            SET_IF_NEWER.into(),
+            1.into(),
+            entry.key.as_str().into(),
+            entry.json.as_str().into(),
+            entry.version.into(),
+            (ttl_seconds as i64).into(),
+        ];
+        let () = pipeline.custom(eval.clone(), args).await?;
+    }
+    let results: Vec<i64> = pipeline.all().await?;
+    let written = results.iter().filter(|r| **r == 1).count();
+    Ok((written, results.len() - written))
+}
+
+/// How much cache work one drain applied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Outbox rows claimed (0: nothing left that another drain is not already holding).
+    pub claimed: usize,
+    pub written: usize,
+    pub skipped_older: usize,
+}
+
+/// Applies the queued cache work of `tenants` (up to `per_tenant` rows each) in one transaction.
+pub async fn drain_tenants(
+    pool: &PgPool,
+    redis: &Client,
+    tenants: &[Uuid],
+    ttl_seconds: u64,
+    per_tenant: i64,
+) -> Result<Drained, CacheError> {
+    let mut tx = pool.begin().await?;
+    let mut entries = Vec::new();
+    for tenant in tenants {
+        set_tenant(&mut tx, *tenant).await?;
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "WITH claimed AS (
+                 DELETE FROM cache_outbox
+                  WHERE id IN (SELECT id FROM cache_outbox WHERE kind = 'order'
+                                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 RETURNING key_id
+             )
+             SELECT o.order_id, o.version,
+                    json_build_object(
+                        'tenant_id', o.tenant_id, 'order_id', o.order_id, 'version', o.version,
+                        'status', o.status, 'customer_id', o.customer_id, 'currency', o.currency,
+                        'total_cents', o.total_cents, 'items', o.items,
+                        'occurred_at', o.occurred_at, 'updated_at', o.updated_at)::text
+               FROM orders o
+              WHERE o.order_id IN (SELECT key_id FROM claimed)",
+        )
+        .bind(per_tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        entries.extend(
+            rows.into_iter()
+                .map(|(order_id, version, json)| CacheEntry {
+                    key: order_key(tenant, &order_id),
+                    version,
+                    json,
+                }),
+        );
+    }
+    // Redis first: if it fails, the rollback puts the work back in the outbox.
+    let (written, skipped_older) = set_if_newer(redis, &entries, ttl_seconds).await?;
+    tx.commit().await?;
+    crate::metrics::cache_keys_written(written, skipped_older);
+    Ok(Drained {
+        claimed: entries.len(),
+        written,
+        skipped_older,
+    })
+}
+
+/// Tenants with queued cache work (at most `max`).
+pub async fn pending_tenants(pool: &PgPool, max: i32) -> Result<Vec<Uuid>, CacheError> {
+    Ok(
+        sqlx::query_scalar("SELECT cache_outbox_pending_tenants($1)")
+            .bind(max)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Background loop that applies cache work left behind by a crash or a Redis outage.
+pub struct CacheDrainer {
+    pub pool: PgPool,
+    pub redis: Client,
+    pub ttl_seconds: u64,
+    pub health: Health,
+    /// Woken by the batch path when its own drain failed.
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl CacheDrainer {
+    const IDLE: Duration = Duration::from_secs(1);
+    const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Self::IDLE;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.wake.notified() => {}
+            }
+            match self.drain_once().await {
+                Ok(()) => {
+                    self.health.recovered("redis");
+                    backoff = Self::IDLE;
+                }
+                Err(error) => {
+                    self.health.failed("redis", &error);
+                    backoff = (backoff * 2).min(Self::MAX_BACKOFF);
+                    crate::metrics::transient_error("cache", &error, backoff);
+                }
+            }
+        }
+    }
+
+    /// Drains until the outbox is empty.
+    pub async fn drain_once(&self) -> Result<(), CacheError> {
+        loop {
+            let tenants = pending_tenants(&self.pool, 100).await?;
+            crate::metrics::cache_backlog(tenants.len());
+            if tenants.is_empty() {
+                // Nothing queued: still prove Redis answers, so readiness tells the truth.
+                let _: Value = self.redis.ping(None).await?;
+                return Ok(());
+            }
+            let drained =
+                drain_tenants(&self.pool, &self.redis, &tenants, self.ttl_seconds, 1000).await?;
+            if drained.claimed == 0 {
+                // What is left is held by a running batch drain; it will clear it.
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_keys_share_the_tenant_hash_tag() {
+        let tenant = Uuid::parse_str("6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b").unwrap();
+        assert_eq!(
+            order_key(&tenant, "o-1"),
+            "t:{6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b}:order:o-1"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! `tenantstream demo`: the whole pipeline on librdkafka's in-process mock cluster, against the
+//! local Postgres and Redis, with generated traffic; ends with a summary checked against what
+//! the traffic should produce.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::commands::order_encoder;
+use crate::config::Settings;
+use crate::http::Health;
+use crate::produce::{self, Expected, TrafficSpec, WireFormat};
+use crate::worker::Worker;
+use crate::{cache, sink, source};
+
+/// Flags of `tenantstream demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Messages to produce.
+    #[arg(long, default_value_t = 20_000)]
+    pub count: usize,
+    /// Tenants in the traffic.
+    #[arg(long, default_value_t = 20)]
+    pub tenants: usize,
+    /// Partitions of the orders topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Share of malformed messages.
+    #[arg(long, default_value_t = 0.01)]
+    pub malformed: f64,
+}
+
+pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> {
+    let admin = preflight(&settings).await?;
+
+    let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
+    let orders_topic = settings.kafka.orders_topic.clone();
+    mock.create_topic(&orders_topic, args.partitions, 1)?;
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+    settings.kafka.brokers = mock.bootstrap_servers();
+    settings.kafka.group_id = format!("demo-{}", Uuid::new_v4());
+    println!(
+        "demo: mock Kafka at {}, {} partitions; Postgres {}; Redis {}",
+        settings.kafka.brokers, args.partitions, settings.database.url, settings.redis.url
+    );
+
+    let shutdown = CancellationToken::new();
+    crate::commands::cancel_on_signals(shutdown.clone());
+    let worker = Worker::connect(settings.clone(), Health::default()).await?;
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+
+    let spec = TrafficSpec {
+        count: args.count,
+        tenants: args.tenants,
+        malformed: args.malformed,
+        format: WireFormat::Mixed,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (messages, expected) = produce::generate(&spec, &order_encoder(&settings)?);
+    let producer = source::producer(&settings.kafka)?;
+    let started = Instant::now();
+    let ends = produce::send(&producer, &orders_topic, &messages, 0, None).await?;
+    println!(
+        "demo: produced {} messages in {:.2}s; waiting for the worker",
+        messages.len(),
+        started.elapsed().as_secs_f64()
+    );
+    wait_until_consumed(&admin, &settings, &ends, &shutdown).await?;
+    let elapsed = started.elapsed();
+    wait_until_cache_drained(&admin, &shutdown).await?;
+    shutdown.cancel();
+    worker_task.await??;
+
+    let summary = summarize(&admin, &settings, &expected, messages.len(), elapsed).await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Connects as the owner and to Redis once, with an error naming what is missing.
+async fn preflight(settings: &Settings) -> anyhow::Result<PgPool> {
+    let server_url = settings.database.admin_url.expose();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(server_url.rsplit_once('/').map_or(server_url, |(s, _)| s))
+        .await;
+    if let Err(error) = pool {
+        bail!(
+            "PostgreSQL is not reachable at {}: {error}\n  start it (e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) or set TENANTSTREAM_ADMIN_DATABASE_URL and DATABASE_URL",
+            settings.database.admin_url
+        );
+    }
+    if let Err(error) = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache::connect(settings.redis.url.expose()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    {
+        bail!(
+            "Redis is not reachable at {}: {error:#}\n  start it (e.g. `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`) or set REDIS_URL",
+            settings.redis.url
+        );
+    }
+    sink::migrate(server_url).await?;
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(server_url)
+        .await?)
+}
+
+/// Waits until Postgres stores `ends` as the group's next offsets, printing progress.
+pub async fn wait_until_consumed(
+    pool: &PgPool,
+    settings: &Settings,
+    ends: &produce::EndOffsets,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let partitions: Vec<i32> = ends.keys().copied().collect();
+    let total: i64 = ends.values().sum();
+    let mut last_print = Instant::now();
+    let mut last_progress = (0, Instant::now());
+    loop {
+        let stored = sink::load_stored_offsets(
+            pool,
+            &settings.kafka.group_id,
+            &settings.kafka.orders_topic,
+            &partitions,
+        )
+        .await?;
+        let done: i64 = ends
+            .iter()
+            .map(|(p, end)| stored.get(p).copied().unwrap_or(0).min(*end))
+            .sum();
+        if done == total {
+            return Ok(());
+        }
+        if done > last_progress.0 {
+            last_progress = (done, Instant::now());
+        } else if last_progress.1.elapsed() > STALL_LIMIT {
+            bail!("no progress for {STALL_LIMIT:?} at {done}/{total} committed messages; see the worker's log above");
+        }
+        if last_print.elapsed() > Duration::from_secs(2) {
+            println!("demo: {done}/{total} messages committed");
+            last_print = Instant::now();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => bail!("interrupted"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// How long a wait may see no progress before the demo gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+async fn wait_until_cache_drained(
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_outbox")
+            .fetch_one(pool)
+            .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > STALL_LIMIT {
+            bail!("{pending} cache updates still queued after {STALL_LIMIT:?}; see the worker's log above");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => bail!("interrupted"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+async fn summarize(
+    admin: &PgPool,
+    settings: &Settings,
+    expected: &Expected,
+    messages: usize,
+    elapsed: Duration,
+) -> anyhow::Result<String> {
+    // The owner bypasses RLS, so the summary can count across the demo's tenants.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE tenant_id = ANY($1)")
+        .bind(&expected.tenants)
+        .fetch_one(admin)
+        .await?;
+    let matching: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o
+           JOIN UNNEST($1::uuid[], $2::text[], $3::int8[]) AS e(tenant_id, order_id, version)
+             ON o.tenant_id = e.tenant_id AND o.order_id = e.order_id AND o.version = e.version",
+    )
+    .bind(expected.orders.keys().map(|(t, _)| *t).collect::<Vec<_>>())
+    .bind(
+        expected
+            .orders
+            .keys()
+            .map(|(_, o)| o.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        expected
+            .orders
+            .values()
+            .map(|e| e.version)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(admin)
+    .await?;
+    let redis = cache::connect(settings.redis.url.expose()).await?;
+    let mut keys = 0usize;
+    for tenant in &expected.tenants {
+        keys += count_keys(&redis, &format!("t:{{{tenant}}}:order:*")).await?;
+    }
+    let dead = dead_letter_count(settings)?;
+    let expected_dead: usize = expected.dead_letters.values().sum();
+    let mut codes: Vec<_> = expected.dead_letters.iter().collect();
+    codes.sort();
+    let verdict = if rows as usize == expected.orders.len()
+        && matching as usize == expected.orders.len()
+        && keys == expected.orders.len()
+        && dead as usize == expected_dead
+    {
+        "OK: rows, versions, cache keys and dead letters match the traffic"
+    } else {
+        "MISMATCH: see the counts above"
+    };
+    Ok(format!(
+        "\n== tenantstream demo ==\n\
+         messages produced     {messages}\n\
+         orders in Postgres    {rows} (expected {}, {matching} at the expected version)\n\
+         tenants               {}\n\
+         cache keys in Redis   {keys}\n\
+         dead letters          {dead} (expected {expected_dead}: {codes:?})\n\
+         elapsed               {:.2}s\n\
+         throughput            {:.0} events/s (produce → committed)\n\
+         {verdict}",
+        expected.orders.len(),
+        expected.tenants.len(),
+        elapsed.as_secs_f64(),
+        messages as f64 / elapsed.as_secs_f64(),
+    ))
+}
+
+/// Counts keys matching `pattern` with SCAN (never KEYS).
+pub async fn count_keys(redis: &fred::prelude::Client, pattern: &str) -> anyhow::Result<usize> {
+    use fred::prelude::*;
+    let mut cursor = "0".to_owned();
+    let mut count = 0;
+    loop {
+        let (next, keys): (String, Vec<String>) = redis
+            .custom(
+                fred::cmd!("SCAN"),
+                vec![
+                    cursor.clone(),
+                    "MATCH".into(),
+                    pattern.into(),
+                    "COUNT".into(),
+                    "1000".into(),
+                ],
+            )
+            .await?;
+        count += keys.len();
+        if next == "0" {
+            return Ok(count);
+        }
+        cursor = next;
+    }
+}
+
+/// Messages in the dead-letter topic (high minus low watermark).
+fn dead_letter_count(settings: &Settings) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = source::client_config(&settings.kafka).create()?;
+    let (low, high) =
+        consumer.fetch_watermarks(&settings.kafka.dead_letter_topic, 0, Duration::from_secs(5))?;
+    Ok(high - low)
+}

@@ -1,0 +1,147 @@
+//! Metric names (one place) and the telemetry events that record them together with a log line.
+//!
+//! Naming: `tenantstream_<noun>_<unit>[_total]`; durations are `_seconds` histograms with explicit
+//! buckets; labels are bounded (topic, partition, outcome, error_code, stage).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_CONSUMED: &str = "tenantstream_events_consumed_total";
+pub const EVENTS_PROCESSED: &str = "tenantstream_events_processed_total";
+pub const DEAD_LETTERS: &str = "tenantstream_dead_letters_total";
+pub const BATCH_COMMIT_SECONDS: &str = "tenantstream_batch_commit_seconds";
+pub const END_TO_END_SECONDS: &str = "tenantstream_end_to_end_latency_seconds";
+pub const CONSUMER_LAG: &str = "tenantstream_consumer_lag_messages";
+pub const CACHE_KEYS_WRITTEN: &str = "tenantstream_cache_keys_written_total";
+pub const CACHE_OUTBOX_BACKLOG: &str = "tenantstream_cache_outbox_backlog";
+pub const TRANSIENT_ERRORS: &str = "tenantstream_transient_errors_total";
+pub const FENCED_BATCHES: &str = "tenantstream_fenced_batches_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install_recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}
+
+/// What became of one consumed event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    Stale,
+    DeadLettered,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Written => "written",
+            Self::Stale => "stale",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+pub fn events_consumed(topic: &str, count: usize) {
+    counter!(EVENTS_CONSUMED, "topic" => topic.to_owned()).increment(count as u64);
+}
+
+pub fn events_processed(topic: &str, outcome: Outcome, count: usize) {
+    if count > 0 {
+        counter!(EVENTS_PROCESSED, "topic" => topic.to_owned(), "outcome" => outcome.label())
+            .increment(count as u64);
+    }
+}
+
+/// A batch committed: its rows and the partition's next offset are durable.
+pub fn batch_committed(
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    elapsed: Duration,
+    occurred_at_ms: &[i64],
+) {
+    histogram!(BATCH_COMMIT_SECONDS, "topic" => topic.to_owned()).record(elapsed.as_secs_f64());
+    let now_ms = now_millis();
+    let e2e = histogram!(END_TO_END_SECONDS, "topic" => topic.to_owned());
+    for occurred in occurred_at_ms {
+        e2e.record((now_ms - occurred).max(0) as f64 / 1000.0);
+    }
+    tracing::debug!(
+        topic,
+        partition,
+        next_offset,
+        events = occurred_at_ms.len(),
+        ms = elapsed.as_millis() as u64,
+        "Batch committed."
+    );
+}
+
+pub fn message_dead_lettered(topic: &str, partition: i32, offset: i64, code: &str, reason: &str) {
+    counter!(DEAD_LETTERS, "topic" => topic.to_owned(), "error_code" => code.to_owned())
+        .increment(1);
+    events_processed(topic, Outcome::DeadLettered, 1);
+    tracing::warn!(
+        topic,
+        partition,
+        offset,
+        error_code = code,
+        reason,
+        "Message dead-lettered."
+    );
+}
+
+pub fn transient_error(stage: &'static str, error: &dyn std::fmt::Display, retry_in: Duration) {
+    counter!(TRANSIENT_ERRORS, "stage" => stage).increment(1);
+    tracing::warn!(
+        stage,
+        %error,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "Transient failure; retrying."
+    );
+}
+
+pub fn batch_fenced(topic: &str, partition: i32, expected: Option<i64>) {
+    counter!(FENCED_BATCHES, "topic" => topic.to_owned()).increment(1);
+    tracing::warn!(
+        topic,
+        partition,
+        ?expected,
+        "Stored offset moved under this worker (partition reassigned); batch discarded."
+    );
+}
+
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_owned(), "partition" => partition.to_string())
+        .set(lag.max(0) as f64);
+}
+
+pub fn cache_keys_written(written: usize, skipped_older: usize) {
+    counter!(CACHE_KEYS_WRITTEN, "outcome" => "written").increment(written as u64);
+    counter!(CACHE_KEYS_WRITTEN, "outcome" => "skipped_older").increment(skipped_older as u64);
+}
+
+pub fn cache_backlog(pending_tenants: usize) {
+    gauge!(CACHE_OUTBOX_BACKLOG).set(pending_tenants as f64);
+}
+
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,511 @@
+//! The worker: consume, decode, write, refresh the cache, acknowledge.
+//!
+//! Per partition, messages are buffered in order and written as one batch when the batch is
+//! full or has lingered long enough; partitions are written concurrently. The per-batch path is
+//! `decode → dead_letter → write_batch → apply_cache → acknowledge`. A transient failure
+//! (Postgres, Redis, broker, registry) retries the same batch with backoff and marks readiness
+//! false; nothing after the failed step happens, so no offset passes unwritten data.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{self, CacheDrainer};
+use crate::config::Settings;
+use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterSink};
+use crate::decode::{DecodeError, Decoder, SchemaStore};
+use crate::events::{OrderEvent, ValidOrder};
+use crate::http::Health;
+use crate::metrics::{self, Outcome};
+use crate::sink::{self, BatchOutcome, PartitionKey, SinkError};
+use crate::source::{self, Assignment, Source};
+
+/// The reader schema of the orders topic, in the schemas folder.
+pub const ORDER_SCHEMA_FILE: &str = "order_event.avsc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("schemas: {0}")]
+    Schemas(#[from] crate::decode::SchemaLoadError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("Postgres: {0}")]
+    Postgres(#[from] SinkError),
+    #[error("Redis: {0}")]
+    Redis(#[from] cache::CacheError),
+    #[error("HTTP port {addr}: {source}")]
+    Http {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A transient failure of one batch: retried, never dead-lettered.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Registry(DecodeError),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Postgres(#[from] SinkError),
+}
+
+impl BatchError {
+    fn component(&self) -> &'static str {
+        match self {
+            Self::Registry(_) => "schema_registry",
+            Self::DeadLetter(_) => "kafka",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+enum Processed {
+    Committed { next_offset: i64 },
+    Fenced,
+    Abandoned,
+}
+
+/// A partition this worker owns: its stored offset and the messages not yet written.
+struct PartitionState {
+    /// The next offset stored in Postgres, as this worker last saw it.
+    committed: Option<i64>,
+    /// The next offset to accept into the buffer (drops anything already buffered or written).
+    position: Option<i64>,
+    buffer: Vec<OwnedMessage>,
+    oldest: Option<Instant>,
+}
+
+impl PartitionState {
+    fn starting_at(stored: Option<i64>) -> Self {
+        Self {
+            committed: stored,
+            position: stored,
+            buffer: Vec::new(),
+            oldest: None,
+        }
+    }
+
+    fn accept(&mut self, message: OwnedMessage) -> bool {
+        if self.position.is_some_and(|p| message.offset() < p) {
+            return false;
+        }
+        self.position = Some(message.offset() + 1);
+        self.oldest.get_or_insert_with(Instant::now);
+        self.buffer.push(message);
+        true
+    }
+
+    fn due_at(&self, linger: Duration) -> Option<Instant> {
+        self.oldest.map(|t| t + linger)
+    }
+
+    fn take_batch(&mut self) -> Vec<OwnedMessage> {
+        self.oldest = None;
+        std::mem::take(&mut self.buffer)
+    }
+}
+
+/// Everything a running worker holds.
+pub struct Worker {
+    settings: Settings,
+    pool: PgPool,
+    redis: fred::prelude::Client,
+    decoder: Decoder,
+    dead_letters: DeadLetterSink,
+    health: Health,
+    cache_wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// Connects to Postgres, Redis and Kafka, and loads the schemas. Fails with the name of
+    /// what is missing; callers that should wait for dependencies use [`Worker::connect_retrying`].
+    pub async fn connect(settings: Settings, health: Health) -> Result<Self, WorkerError> {
+        let store = Arc::new(SchemaStore::load(
+            &settings.schemas.dir,
+            settings.schemas.registry_url.as_deref(),
+        )?);
+        let decoder = Decoder::new(store, ORDER_SCHEMA_FILE)?;
+        let pool = sink::connect_worker(&settings.database).await?;
+        sink::ensure_rls_applies(&pool).await?;
+        let redis = cache::connect(settings.redis.url.expose()).await?;
+        let dead_letters = DeadLetterSink::new(
+            source::producer(&settings.kafka)?,
+            settings.kafka.dead_letter_topic.clone(),
+        );
+        Ok(Self {
+            settings,
+            pool,
+            redis,
+            decoder,
+            dead_letters,
+            health,
+            cache_wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// [`Worker::connect`], retried with backoff while a dependency is unreachable. Returns
+    /// `None` when stopped first. Configuration errors are not retried.
+    pub async fn connect_retrying(
+        settings: Settings,
+        health: Health,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, WorkerError> {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match Self::connect(settings.clone(), health.clone()).await {
+                Ok(worker) => {
+                    health.recovered("startup");
+                    return Ok(Some(worker));
+                }
+                Err(e @ (WorkerError::Schemas(_) | WorkerError::Postgres(SinkError::Setup(_)))) => {
+                    return Err(e)
+                }
+                Err(error) => {
+                    health.failed("startup", &error);
+                    metrics::transient_error("startup", &error, backoff);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Consumes until `shutdown`, then abandons unwritten buffers and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let consumer = source::subscribe(
+            &self.settings.kafka,
+            &[self.settings.kafka.orders_topic.as_str()],
+            self.pool.clone(),
+            self.health.clone(),
+        )?;
+        let drainer = tokio::spawn(
+            CacheDrainer {
+                pool: self.pool.clone(),
+                redis: self.redis.clone(),
+                ttl_seconds: self.settings.redis.order_ttl_seconds,
+                health: self.health.clone(),
+                wake: self.cache_wake.clone(),
+            }
+            .run(shutdown.child_token()),
+        );
+        self.run_until_stopped(&consumer, &shutdown).await;
+        tracing::info!("Stopping: leaving the consumer group.");
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = drainer.await;
+        Ok(())
+    }
+
+    async fn run_until_stopped(&self, consumer: &Source, shutdown: &CancellationToken) {
+        let linger = Duration::from_millis(self.settings.kafka.batch_linger_ms);
+        let max_events = self.settings.kafka.batch_max_events;
+        let mut partitions: HashMap<(String, i32), PartitionState> = HashMap::new();
+        loop {
+            let next_due = partitions.values().filter_map(|p| p.due_at(linger)).min();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = sleep_until(next_due) => {}
+                received = consumer.recv() => {
+                    apply_assignments(consumer.context().take_changes(), &mut partitions);
+                    match received {
+                        Ok(message) => {
+                            self.health.recovered("kafka");
+                            let message = message.detach();
+                            let key = (message.topic().to_owned(), message.partition());
+                            if let Some(state) = partitions.get_mut(&key) {
+                                if state.accept(message) {
+                                    metrics::events_consumed(&key.0, 1);
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            self.health.failed("kafka", &error);
+                            metrics::transient_error("consume", &error, Duration::from_millis(100));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            let ready: Vec<(String, i32)> = partitions
+                .iter()
+                .filter(|(_, p)| {
+                    p.buffer.len() >= max_events || p.due_at(linger).is_some_and(|t| t <= now)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !ready.is_empty() {
+                self.flush(consumer, &mut partitions, ready, shutdown).await;
+            }
+        }
+    }
+
+    /// Writes the ready partitions' batches concurrently and records what became of each.
+    async fn flush(
+        &self,
+        consumer: &Source,
+        partitions: &mut HashMap<(String, i32), PartitionState>,
+        ready: Vec<(String, i32)>,
+        shutdown: &CancellationToken,
+    ) {
+        let jobs: Vec<_> = ready
+            .into_iter()
+            .filter_map(|key| {
+                let state = partitions.get_mut(&key)?;
+                Some((key, state.committed, state.take_batch()))
+            })
+            .collect();
+        let results = futures::future::join_all(jobs.iter().map(|(key, committed, batch)| {
+            self.process_with_retry(&key.0, key.1, *committed, batch, shutdown)
+        }))
+        .await;
+        for ((key, _, _), result) in jobs.into_iter().zip(results) {
+            let Some(state) = partitions.get_mut(&key) else {
+                continue;
+            };
+            match result {
+                Processed::Committed { next_offset } => {
+                    state.committed = Some(next_offset);
+                    // Kafka's committed offset mirrors Postgres for lag monitoring only;
+                    // librdkafka stores offset + 1.
+                    let _ = consumer.store_offset(&key.0, key.1, next_offset - 1);
+                }
+                Processed::Fenced => self.reseek(consumer, &key, state).await,
+                Processed::Abandoned => {}
+            }
+        }
+    }
+
+    /// After a fence: start again from whatever offset the new writer stored.
+    async fn reseek(&self, consumer: &Source, key: &(String, i32), state: &mut PartitionState) {
+        let group = &self.settings.kafka.group_id;
+        match sink::load_stored_offsets(&self.pool, group, &key.0, &[key.1]).await {
+            Ok(stored) => {
+                let stored = stored.get(&key.1).copied();
+                *state = PartitionState::starting_at(stored);
+                let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+                if let Err(error) = consumer.seek(&key.0, key.1, offset, Duration::from_secs(5)) {
+                    tracing::warn!(%error, topic = key.0, partition = key.1, "Seek after fence failed.");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read stored offset after fence; partition paused until reassigned.");
+                state.buffer.clear();
+            }
+        }
+    }
+
+    async fn process_with_retry(
+        &self,
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> Processed {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.process_batch(topic, partition, committed, batch).await {
+                Ok(processed) => return processed,
+                Err(error) => {
+                    self.health.failed(error.component(), &error);
+                    metrics::transient_error(error.component(), &error, backoff);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Processed::Abandoned,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn process_batch(
+        &self,
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+        batch: &[OwnedMessage],
+    ) -> Result<Processed, BatchError> {
+        let Some(last) = batch.last() else {
+            return Ok(Processed::Abandoned);
+        };
+        let started = Instant::now();
+        let (mut orders, mut dead) = self.decode_batch(batch).await?;
+        if self.settings.tenants.strict {
+            self.reject_unknown_tenants(&mut orders, &mut dead).await?;
+        }
+        self.dead_letters.send_all(&dead).await?;
+        self.health.recovered("schema_registry");
+
+        let key = PartitionKey {
+            group: self.settings.kafka.group_id.clone(),
+            topic: topic.to_owned(),
+            partition,
+        };
+        let next_offset = last.offset() + 1;
+        let valid: Vec<ValidOrder> = orders.into_iter().map(|(_, o)| o).collect();
+        let register = !self.settings.tenants.strict;
+        let outcome =
+            sink::write_batch(&self.pool, &key, committed, next_offset, &valid, register).await?;
+        self.health.recovered("postgres");
+        self.health.recovered("kafka");
+        let written = match outcome {
+            BatchOutcome::Fenced => {
+                metrics::batch_fenced(topic, partition, committed);
+                return Ok(Processed::Fenced);
+            }
+            BatchOutcome::Committed(written) => written,
+        };
+        let occurred: Vec<i64> = valid.iter().map(|o| o.event.occurred_at).collect();
+        metrics::events_processed(topic, Outcome::Written, written.written);
+        metrics::events_processed(topic, Outcome::Stale, written.stale);
+        metrics::batch_committed(topic, partition, next_offset, started.elapsed(), &occurred);
+        self.apply_cache(&written.tenants).await;
+        Ok(Processed::Committed { next_offset })
+    }
+
+    /// Decodes and validates each message; permanent failures become dead letters.
+    async fn decode_batch<'m>(
+        &self,
+        batch: &'m [OwnedMessage],
+    ) -> Result<(Vec<(&'m OwnedMessage, ValidOrder)>, Vec<DeadLetter>), BatchError> {
+        let mut orders = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for message in batch {
+            match self.decode_order(message).await {
+                Ok(order) => orders.push((message, order)),
+                Err(error) if error.is_transient() => return Err(BatchError::Registry(error)),
+                Err(error) => dead.push(DeadLetter {
+                    message: message.clone(),
+                    code: error.code(),
+                    stage: error.stage(),
+                    reason: error.to_string(),
+                }),
+            }
+        }
+        Ok((orders, dead))
+    }
+
+    async fn decode_order(&self, message: &OwnedMessage) -> Result<ValidOrder, DecodeError> {
+        let payload = message
+            .payload()
+            .ok_or_else(|| DecodeError::Undecodable("message has no value".into()))?;
+        let event: OrderEvent = self.decoder.decode(payload).await?;
+        Ok(event.validate()?)
+    }
+
+    /// Strict tenants: events of tenants not in `tenants` become `unknown_tenant` dead letters.
+    async fn reject_unknown_tenants(
+        &self,
+        orders: &mut Vec<(&OwnedMessage, ValidOrder)>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), BatchError> {
+        let mut tenants: Vec<_> = orders.iter().map(|(_, o)| o.tenant_id).collect();
+        tenants.sort();
+        tenants.dedup();
+        let known = sink::known_tenants(&self.pool, &tenants).await?;
+        orders.retain(|(message, order)| {
+            if known.contains(&order.tenant_id) {
+                return true;
+            }
+            dead.push(DeadLetter {
+                message: (*message).clone(),
+                code: "unknown_tenant",
+                stage: "sink",
+                reason: format!("tenant {} is not registered", order.tenant_id),
+            });
+            false
+        });
+        Ok(())
+    }
+
+    /// Refreshes the batch's cache keys now; on failure the drainer retries them later.
+    async fn apply_cache(&self, tenants: &[uuid::Uuid]) {
+        if tenants.is_empty() {
+            return;
+        }
+        let ttl = self.settings.redis.order_ttl_seconds;
+        match cache::drain_tenants(&self.pool, &self.redis, tenants, ttl, 100_000).await {
+            Ok(_) => self.health.recovered("redis"),
+            Err(error) => {
+                self.health.failed("redis", &error);
+                metrics::transient_error("cache", &error, Duration::ZERO);
+                self.cache_wake.notify_one();
+            }
+        }
+    }
+}
+
+fn apply_assignments(
+    changes: Vec<Assignment>,
+    partitions: &mut HashMap<(String, i32), PartitionState>,
+) {
+    for change in changes {
+        match change {
+            Assignment::Assigned(assigned) => {
+                for (topic, partition, stored) in assigned {
+                    partitions.insert((topic, partition), PartitionState::starting_at(stored));
+                }
+            }
+            Assignment::Revoked(revoked) => {
+                for key in revoked {
+                    partitions.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Timestamp;
+
+    fn message(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn partition_accepts_each_offset_once_from_the_stored_one() {
+        let mut state = PartitionState::starting_at(Some(10));
+        assert!(!state.accept(message(9)));
+        assert!(state.accept(message(10)));
+        assert!(!state.accept(message(10)));
+        assert!(state.accept(message(12)));
+        let batch = state.take_batch();
+        assert_eq!(
+            batch.iter().map(|m| m.offset()).collect::<Vec<_>>(),
+            vec![10, 12]
+        );
+        assert!(state.due_at(Duration::from_millis(5)).is_none());
+    }
+}
