@@ -137,7 +137,7 @@ pub async fn produce(settings: &Settings, args: &ProduceArgs) -> anyhow::Result<
     let producer = source::producer(&settings.kafka)?;
     let topic = &settings.kafka.orders_topic;
     let started = std::time::Instant::now();
-    let ends = produce::send(
+    let sent = produce::send(
         &producer,
         topic,
         &messages,
@@ -156,7 +156,7 @@ pub async fn produce(settings: &Settings, args: &ProduceArgs) -> anyhow::Result<
         expected.dead_letters.values().sum::<usize>(),
         spec.seed,
     );
-    let mut ends: Vec<_> = ends.into_iter().collect();
+    let mut ends: Vec<_> = sent.ends.into_iter().collect();
     ends.sort();
     println!("end offsets by partition: {ends:?}");
     Ok(())

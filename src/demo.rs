@@ -66,13 +66,13 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
     let (messages, expected) = produce::generate(&spec, &order_encoder(&settings)?);
     let producer = source::producer(&settings.kafka)?;
     let started = Instant::now();
-    let ends = produce::send(&producer, &orders_topic, &messages, 0, None).await?;
+    let sent = produce::send(&producer, &orders_topic, &messages, 0, None).await?;
     println!(
         "demo: produced {} messages in {:.2}s; waiting for the worker",
         messages.len(),
         started.elapsed().as_secs_f64()
     );
-    wait_until_consumed(&admin, &settings, &ends, &shutdown).await?;
+    wait_until_consumed(&admin, &settings, &sent.ends, &shutdown).await?;
     let elapsed = started.elapsed();
     wait_until_cache_drained(&admin, &shutdown).await?;
     shutdown.cancel();

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real services, starting what is missing:
+# PostgreSQL and Redis (if down) and a tansu Kafka broker on 127.0.0.1:9092 (installed once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+ensure_postgres
+ensure_redis
+ensure_tansu
+
+export TENANTSTREAM_TEST_BROKERS="127.0.0.1:${TANSU_PORT}"
+echo "== cargo test (Postgres 127.0.0.1:5432, Redis 127.0.0.1:6379, tansu ${TENANTSTREAM_TEST_BROKERS})"
+cargo test --release -- --test-threads 4
