@@ -241,6 +241,9 @@ pub struct Overrides {
     /// Max wait (ms) before a partial batch is written.
     #[arg(long, env = "TENANTSTREAM_BATCH_LINGER_MS", global = true)]
     pub batch_linger_ms: Option<u64>,
+    /// Kafka consumer session timeout (ms): how soon a dead worker's partitions move on.
+    #[arg(long, env = "TENANTSTREAM_SESSION_TIMEOUT_MS", global = true)]
+    pub session_timeout_ms: Option<u64>,
     /// TTL of cached order keys in seconds (0 = no expiry).
     #[arg(long, env = "TENANTSTREAM_ORDER_TTL_SECONDS", global = true)]
     pub order_ttl_seconds: Option<u64>,
@@ -304,6 +307,7 @@ impl Settings {
         set(&mut self.kafka.dead_letter_topic, &o.dead_letter_topic);
         set(&mut self.kafka.batch_max_events, &o.batch_max_events);
         set(&mut self.kafka.batch_linger_ms, &o.batch_linger_ms);
+        set(&mut self.kafka.session_timeout_ms, &o.session_timeout_ms);
         set(&mut self.schemas.dir, &o.schemas_dir);
         set(&mut self.http.listen, &o.http_listen);
         set(&mut self.redis.order_ttl_seconds, &o.order_ttl_seconds);

@@ -329,10 +329,14 @@ pub async fn send(
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        in_flight.push_back(producer.send(
-            FutureRecord::to(topic).key(&message.key).payload(&message.value),
-            Duration::from_secs(30),
-        ));
+        in_flight.push_back(
+            producer.send(
+                FutureRecord::to(topic)
+                    .key(&message.key)
+                    .payload(&message.value),
+                Duration::from_secs(30),
+            ),
+        );
         if in_flight.len() >= 10_000 {
             record_delivery(in_flight.next().await, &mut sent)?;
         }
@@ -357,7 +361,10 @@ type Delivery = Result<
     (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
 >;
 
-fn record_delivery(delivery: Option<Delivery>, sent: &mut Sent) -> Result<(), rdkafka::error::KafkaError> {
+fn record_delivery(
+    delivery: Option<Delivery>,
+    sent: &mut Sent,
+) -> Result<(), rdkafka::error::KafkaError> {
     match delivery {
         Some(Ok(d)) => {
             sent.positions.push((d.partition, d.offset));
