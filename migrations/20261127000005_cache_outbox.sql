@@ -1,16 +1,18 @@
 -- Cache work recorded in the batch transaction: one row per Redis key to refresh from the
 -- committed row. Rows are deleted once Redis has the change, so a crash between commit and
--- Redis leaves the work here, not a stale cache.
+-- Redis leaves the work here, not a stale cache. Work belongs to the consumer group whose batch
+-- recorded it, so each deployment's drainer applies its own work to its own Redis.
 CREATE TABLE cache_outbox (
-    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    tenant_id  uuid   NOT NULL,
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer_group text   NOT NULL,
+    tenant_id      uuid   NOT NULL,
     kind       text   NOT NULL,
     key_id     text   NOT NULL,
     version    bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX cache_outbox_tenant_id ON cache_outbox (tenant_id, id);
+CREATE INDEX cache_outbox_pending ON cache_outbox (consumer_group, tenant_id, id);
 
 ALTER TABLE cache_outbox ENABLE ROW LEVEL SECURITY;
 ALTER TABLE cache_outbox FORCE ROW LEVEL SECURITY;
@@ -25,13 +27,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON cache_outbox TO tenantstream_worker;
 -- The recovery drainer must find which tenants have pending cache work without a tenant
 -- context. This function reveals tenant ids only (no rows); it runs as the migration owner,
 -- which bypasses RLS, and only the worker may call it.
-CREATE FUNCTION cache_outbox_pending_tenants(max_tenants int)
+CREATE FUNCTION cache_outbox_pending_tenants(group_id text, max_tenants int)
     RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = public, pg_temp
 AS $$
-    SELECT DISTINCT tenant_id FROM cache_outbox LIMIT max_tenants
+    SELECT DISTINCT tenant_id FROM cache_outbox WHERE consumer_group = group_id LIMIT max_tenants
 $$;
 
-REVOKE ALL ON FUNCTION cache_outbox_pending_tenants(int) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION cache_outbox_pending_tenants(int) TO tenantstream_worker;
+REVOKE ALL ON FUNCTION cache_outbox_pending_tenants(text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cache_outbox_pending_tenants(text, int) TO tenantstream_worker;

@@ -11,4 +11,4 @@ ensure_tansu
 
 export TENANTSTREAM_TEST_BROKERS="127.0.0.1:${TANSU_PORT}"
 echo "== cargo test (Postgres 127.0.0.1:5432, Redis 127.0.0.1:6379, tansu ${TENANTSTREAM_TEST_BROKERS})"
-cargo test --release -- --test-threads 4
+cargo test -- --test-threads 4

@@ -57,6 +57,9 @@ end
 return 1
 "#;
 
+/// How long one Redis round trip may take before it counts as a failure.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The cache key of one order.
 pub fn order_key(tenant: &Uuid, order_id: &str) -> String {
     format!("t:{{{tenant}}}:order:{order_id}")
@@ -70,6 +73,9 @@ pub async fn connect(url: &str) -> Result<Client, CacheError> {
             c.connection_timeout = Duration::from_secs(3);
             c.internal_command_timeout = Duration::from_secs(5);
         })
+        // Without a timeout, commands queue while the client reconnects and a Redis outage
+        // would hold the batch path (and its Postgres transaction) indefinitely.
+        .with_performance_config(|c| c.default_command_timeout = COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()?;
     client.init().await?;
@@ -109,6 +115,13 @@ pub async fn set_if_newer(
         let () = pipeline.custom(eval.clone(), args).await?;
     }
     let results: Vec<i64> = pipeline.all().await?;
+    if results.len() != entries.len() {
+        // Never treat a partial answer as success: the outbox rows would be deleted.
+        return Err(CacheError::Redis(fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            format!("{} answers to {} writes", results.len(), entries.len()),
+        )));
+    }
     let written = results.iter().filter(|r| **r == 1).count();
     Ok((written, results.len() - written))
 }
@@ -122,10 +135,12 @@ pub struct Drained {
     pub skipped_older: usize,
 }
 
-/// Applies the queued cache work of `tenants` (up to `per_tenant` rows each) in one transaction.
+/// Applies the queued cache work of consumer group `group` for `tenants` (up to `per_tenant`
+/// rows each) in one transaction.
 pub async fn drain_tenants(
     pool: &PgPool,
     redis: &Client,
+    group: &str,
     tenants: &[Uuid],
     ttl_seconds: u64,
     per_tenant: i64,
@@ -137,7 +152,8 @@ pub async fn drain_tenants(
         let rows: Vec<(String, i64, String)> = sqlx::query_as(
             "WITH claimed AS (
                  DELETE FROM cache_outbox
-                  WHERE id IN (SELECT id FROM cache_outbox WHERE kind = 'order'
+                  WHERE id IN (SELECT id FROM cache_outbox
+                                WHERE consumer_group = $2 AND kind = 'order'
                                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
                  RETURNING key_id
              )
@@ -151,6 +167,7 @@ pub async fn drain_tenants(
               WHERE o.order_id IN (SELECT key_id FROM claimed)",
         )
         .bind(per_tenant)
+        .bind(group)
         .fetch_all(&mut *tx)
         .await?;
         entries.extend(
@@ -173,10 +190,15 @@ pub async fn drain_tenants(
     })
 }
 
-/// Tenants with queued cache work (at most `max`).
-pub async fn pending_tenants(pool: &PgPool, max: i32) -> Result<Vec<Uuid>, CacheError> {
+/// Tenants with cache work queued by consumer group `group` (at most `max`).
+pub async fn pending_tenants(
+    pool: &PgPool,
+    group: &str,
+    max: i32,
+) -> Result<Vec<Uuid>, CacheError> {
     Ok(
-        sqlx::query_scalar("SELECT cache_outbox_pending_tenants($1)")
+        sqlx::query_scalar("SELECT cache_outbox_pending_tenants($1, $2)")
+            .bind(group)
             .bind(max)
             .fetch_all(pool)
             .await?,
@@ -187,6 +209,7 @@ pub async fn pending_tenants(pool: &PgPool, max: i32) -> Result<Vec<Uuid>, Cache
 pub struct CacheDrainer {
     pub pool: PgPool,
     pub redis: Client,
+    pub group: String,
     pub ttl_seconds: u64,
     pub health: Health,
     /// Woken by the batch path when its own drain failed.
@@ -222,15 +245,22 @@ impl CacheDrainer {
     /// Drains until the outbox is empty.
     pub async fn drain_once(&self) -> Result<(), CacheError> {
         loop {
-            let tenants = pending_tenants(&self.pool, 100).await?;
+            let tenants = pending_tenants(&self.pool, &self.group, 100).await?;
             crate::metrics::cache_backlog(tenants.len());
             if tenants.is_empty() {
                 // Nothing queued: still prove Redis answers, so readiness tells the truth.
                 let _: Value = self.redis.ping(None).await?;
                 return Ok(());
             }
-            let drained =
-                drain_tenants(&self.pool, &self.redis, &tenants, self.ttl_seconds, 1000).await?;
+            let drained = drain_tenants(
+                &self.pool,
+                &self.redis,
+                &self.group,
+                &tenants,
+                self.ttl_seconds,
+                1000,
+            )
+            .await?;
             if drained.claimed == 0 {
                 // What is left is held by a running batch drain; it will clear it.
                 return Ok(());

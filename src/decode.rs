@@ -363,6 +363,18 @@ impl Decoder {
                 (self.store.by_fingerprint(&fingerprint)?, &rest[8..])
             }
             [] => return Err(DecodeError::Undecodable("empty message value".into())),
+            [CONFLUENT_MAGIC, ..] => {
+                return Err(DecodeError::Undecodable(format!(
+                    "{} bytes: too short for the 5-byte Confluent header",
+                    payload.len()
+                )))
+            }
+            [0xC3, 0x01, ..] => {
+                return Err(DecodeError::Undecodable(format!(
+                    "{} bytes: too short for the 10-byte single-object header",
+                    payload.len()
+                )))
+            }
             [first, ..] => {
                 return Err(DecodeError::Undecodable(format!(
                     "unknown framing: first byte 0x{first:02x} is neither 0x00 (Confluent) nor 0xc3 (single-object)"
@@ -370,9 +382,19 @@ impl Decoder {
             }
         };
         self.check_compatible(&writer)?;
-        serde_avro_fast::from_datum_slice(body, &writer.fast).map_err(|e| {
+        let mut state = serde_avro_fast::de::DeserializerState::from_slice(body, &writer.fast);
+        let value = T::deserialize(state.deserializer()).map_err(|e| {
             DecodeError::Undecodable(format!("Avro body does not match {}: {e}", writer.origin))
-        })
+        })?;
+        // Bytes left over mean the body was not written with this schema (e.g. a wrong id).
+        let rest = std::io::BufRead::fill_buf(&mut state.into_reader()).map_or(0, |r| r.len());
+        if rest > 0 {
+            return Err(DecodeError::Undecodable(format!(
+                "{rest} bytes left after the Avro body of {}",
+                writer.origin
+            )));
+        }
+        Ok(value)
     }
 
     fn check_compatible(&self, writer: &WriterSchema) -> Result<(), DecodeError> {

@@ -74,7 +74,7 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
     );
     wait_until_consumed(&admin, &settings, &sent.ends, &shutdown).await?;
     let elapsed = started.elapsed();
-    wait_until_cache_drained(&admin, &shutdown).await?;
+    wait_until_cache_drained(&admin, &settings.kafka.group_id, &shutdown).await?;
     shutdown.cancel();
     worker_task.await??;
 
@@ -164,13 +164,16 @@ const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 async fn wait_until_cache_drained(
     pool: &PgPool,
+    group: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_outbox")
-            .fetch_one(pool)
-            .await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM cache_outbox WHERE consumer_group = $1")
+                .bind(group)
+                .fetch_one(pool)
+                .await?;
         if pending == 0 {
             return Ok(());
         }

@@ -30,6 +30,13 @@ impl Health {
         self.failing.lock().expect("health lock").remove(component);
     }
 
+    pub fn is_failing(&self, component: &str) -> bool {
+        self.failing
+            .lock()
+            .expect("health lock")
+            .contains_key(component)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.failing.lock().expect("health lock").is_empty()
     }

@@ -169,7 +169,7 @@ pub async fn write_batch(
     let mut outcome = BatchWrite::default();
     for (tenant, latest) in latest_per_order(orders) {
         set_tenant(&mut tx, tenant).await?;
-        let written = upsert_orders(&mut tx, tenant, &latest, register_tenants).await?;
+        let written = upsert_orders(&mut tx, &key.group, tenant, &latest, register_tenants).await?;
         if written > 0 {
             outcome.tenants.push(tenant);
         }
@@ -243,6 +243,7 @@ fn latest_per_order(orders: &[ValidOrder]) -> BTreeMap<Uuid, Vec<&ValidOrder>> {
 /// newer than the stored row, and queue a cache refresh for each row written.
 async fn upsert_orders(
     tx: &mut Transaction<'_, Postgres>,
+    group: &str,
     tenant: Uuid,
     orders: &[&ValidOrder],
     register_tenant: bool,
@@ -292,8 +293,8 @@ async fn upsert_orders(
              RETURNING o.order_id, o.version
          ),
          queued AS (
-             INSERT INTO cache_outbox (tenant_id, kind, key_id, version)
-             SELECT $1, 'order', order_id, version FROM upserted
+             INSERT INTO cache_outbox (consumer_group, tenant_id, kind, key_id, version)
+             SELECT $12, $1, 'order', order_id, version FROM upserted
          )
          SELECT count(*) FROM upserted",
     )
@@ -308,6 +309,7 @@ async fn upsert_orders(
     .bind(&occurred)
     .bind(&event_ids)
     .bind(register_tenant)
+    .bind(group)
     .fetch_one(&mut **tx)
     .await?;
     Ok(written as usize)

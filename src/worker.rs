@@ -194,6 +194,7 @@ impl Worker {
             CacheDrainer {
                 pool: self.pool.clone(),
                 redis: self.redis.clone(),
+                group: self.settings.kafka.group_id.clone(),
                 ttl_seconds: self.settings.redis.order_ttl_seconds,
                 health: self.health.clone(),
                 wake: self.cache_wake.clone(),
@@ -433,13 +434,20 @@ impl Worker {
         Ok(())
     }
 
-    /// Refreshes the batch's cache keys now; on failure the drainer retries them later.
+    /// Refreshes the batch's cache keys now; on failure the drainer retries them later. While
+    /// Redis is known to be down the batch path leaves the work to the drainer at once, so
+    /// Postgres progress goes on at full speed.
     async fn apply_cache(&self, tenants: &[uuid::Uuid]) {
         if tenants.is_empty() {
             return;
         }
+        if self.health.is_failing("redis") {
+            self.cache_wake.notify_one();
+            return;
+        }
         let ttl = self.settings.redis.order_ttl_seconds;
-        match cache::drain_tenants(&self.pool, &self.redis, tenants, ttl, 100_000).await {
+        let group = &self.settings.kafka.group_id;
+        match cache::drain_tenants(&self.pool, &self.redis, group, tenants, ttl, 100_000).await {
             Ok(_) => self.health.recovered("redis"),
             Err(error) => {
                 self.health.failed("redis", &error);

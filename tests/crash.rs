@@ -13,7 +13,18 @@ use tenantstream::deadletter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use tenantstream::produce::{self, TrafficSpec, WireFormat};
 use tenantstream::{commands, sink, Settings};
 
-fn spawn_worker(settings: &Settings, log: &std::path::Path) -> Child {
+/// The worker process; killed when dropped, so a failing test leaves no worker behind (its
+/// cache drainer would otherwise keep serving other tests' tenants).
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(settings: &Settings, log: &std::path::Path) -> WorkerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -40,6 +51,7 @@ fn spawn_worker(settings: &Settings, log: &std::path::Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(WorkerProcess)
         .expect("start worker process")
 }
 
@@ -76,7 +88,7 @@ async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
         tenants: 5,
         malformed: 0.02,
         format: WireFormat::Mixed,
-        seed: 11,
+        seed: rand::random(),
         ..Default::default()
     };
     let (messages, expected) =
@@ -106,8 +118,8 @@ async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        worker.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
-        worker.wait().unwrap();
+        worker.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+        worker.0.wait().unwrap();
         kills += 1;
         let done = committed(&admin, &settings, &partitions).await;
         assert!(
@@ -120,13 +132,13 @@ async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
     common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(180)).await;
     common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
     // A clean stop: SIGTERM, exit 0.
-    let pid = worker.id().to_string();
+    let pid = worker.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let status = worker.wait().unwrap();
+    let status = worker.0.wait().unwrap();
     assert!(status.success(), "SIGTERM exit status {status:?}");
 
     assert_eq!(kills, 3);

@@ -19,7 +19,10 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
     let settings = common::settings(&brokers, "e2e");
     common::create_topics(
         &brokers,
-        &[(&settings.kafka.orders_topic, 3), (&settings.kafka.dead_letter_topic, 1)],
+        &[
+            (&settings.kafka.orders_topic, 3),
+            (&settings.kafka.dead_letter_topic, 1),
+        ],
     )
     .await;
     let admin = common::admin_pool().await;
@@ -32,17 +35,20 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
         duplicates: 0.08,
         reorder: 0.2,
         format: WireFormat::Mixed,
-        seed: 7,
+        seed: rand::random(),
         start_ms: None,
     };
-    let (messages, expected) = produce::generate(&spec, &commands::order_encoder(&settings).unwrap());
+    let (messages, expected) =
+        produce::generate(&spec, &commands::order_encoder(&settings).unwrap());
     let producer = source::producer(&settings.kafka).unwrap();
     let sent = produce::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
         .await
         .unwrap();
 
     let shutdown = CancellationToken::new();
-    let worker = Worker::connect(settings.clone(), Health::default()).await.unwrap();
+    let worker = Worker::connect(settings.clone(), Health::default())
+        .await
+        .unwrap();
     let running = tokio::spawn(worker.run(shutdown.clone()));
     common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(120)).await;
     common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
@@ -61,15 +67,29 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
         expected_dead,
         Duration::from_secs(60),
     );
-    assert_eq!(dead.len(), expected_dead, "one dead letter per malformed message");
+    assert_eq!(
+        dead.len(),
+        expected_dead,
+        "one dead letter per malformed message"
+    );
     let codes = common::tally(dead.iter().map(|m| common::header(m, HEADER_ERROR_CODE)));
-    let want: std::collections::HashMap<&str, usize> =
-        expected.dead_letters.iter().map(|(k, v)| (*k, *v)).collect();
+    let want: std::collections::HashMap<&str, usize> = expected
+        .dead_letters
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
     assert_eq!(codes, want);
     for letter in &dead {
-        assert_eq!(common::header(letter, HEADER_SOURCE_TOPIC), settings.kafka.orders_topic);
-        let partition: i32 = common::header(letter, HEADER_SOURCE_PARTITION).parse().unwrap();
-        let offset: i64 = common::header(letter, HEADER_SOURCE_OFFSET).parse().unwrap();
+        assert_eq!(
+            common::header(letter, HEADER_SOURCE_TOPIC),
+            settings.kafka.orders_topic
+        );
+        let partition: i32 = common::header(letter, HEADER_SOURCE_PARTITION)
+            .parse()
+            .unwrap();
+        let offset: i64 = common::header(letter, HEADER_SOURCE_OFFSET)
+            .parse()
+            .unwrap();
         let index = sent
             .positions
             .iter()
@@ -81,7 +101,11 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
             Some(common::header(letter, HEADER_ERROR_CODE)),
             "only malformed messages are dead-lettered, with their own code"
         );
-        assert_eq!(letter.payload(), Some(original.value.as_slice()), "original bytes");
+        assert_eq!(
+            letter.payload(),
+            Some(original.value.as_slice()),
+            "original bytes"
+        );
         assert_eq!(letter.key(), Some(original.key.as_slice()), "original key");
         let stage = common::header(letter, HEADER_ERROR_STAGE);
         assert!(stage == "decode" || stage == "validate", "{stage}");

@@ -155,7 +155,7 @@ pub async fn wait_for_cache(pool: &PgPool, tenants: &[Uuid], limit: Duration) {
 
 /// Asserts that Postgres holds exactly the expected orders of the traffic's tenants.
 pub async fn assert_rows(pool: &PgPool, expected: &Expected) {
-    let rows: Vec<(
+    type Row = (
         Uuid,
         String,
         i64,
@@ -165,7 +165,8 @@ pub async fn assert_rows(pool: &PgPool, expected: &Expected) {
         i64,
         serde_json::Value,
         Uuid,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT tenant_id, order_id, version, status, customer_id, currency, total_cents,
                     items, last_event_id
                FROM orders WHERE tenant_id = ANY($1)",

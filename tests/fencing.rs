@@ -1,0 +1,155 @@
+//! A worker that lost its partition cannot commit over the new owner: the stored offset is a
+//! compare-and-set, taken first in the batch transaction.
+
+mod common;
+
+use tenantstream::events::{LineItem, OrderEvent, OrderEventType, ValidOrder};
+use tenantstream::sink::{self, BatchOutcome, PartitionKey};
+use uuid::Uuid;
+
+fn order(tenant: Uuid, order_id: &str, version: i64) -> ValidOrder {
+    OrderEvent {
+        event_id: Uuid::new_v4().to_string(),
+        tenant_id: tenant.to_string(),
+        order_id: order_id.into(),
+        version,
+        event_type: OrderEventType::Updated,
+        occurred_at: 1_700_000_000_000,
+        customer_id: "c".into(),
+        currency: "EUR".into(),
+        total_cents: 100 * version,
+        items: vec![LineItem {
+            sku: "s".into(),
+            category_id: "k".into(),
+            quantity: 1,
+            unit_price_cents: 100 * version,
+        }],
+    }
+    .validate()
+    .unwrap()
+}
+
+async fn stored(pool: &sqlx::PgPool, key: &PartitionKey) -> Option<i64> {
+    sink::load_stored_offsets(pool, &key.group, &key.topic, &[key.partition])
+        .await
+        .unwrap()
+        .get(&key.partition)
+        .copied()
+}
+
+#[tokio::test]
+async fn stale_owner_is_fenced_and_changes_nothing() {
+    let admin = common::admin_pool().await;
+    let settings = common::settings("unused:9092", "fence");
+    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let tenant = Uuid::new_v4();
+    let key = PartitionKey {
+        group: settings.kafka.group_id.clone(),
+        topic: "orders".into(),
+        partition: 0,
+    };
+
+    // Old owner writes offsets 0..10.
+    let first = sink::write_batch(&pool, &key, None, 10, &[order(tenant, "o-1", 1)], true)
+        .await
+        .unwrap();
+    assert!(matches!(first, BatchOutcome::Committed(ref w) if w.written == 1));
+
+    // New owner (seeked to 10) writes 10..20.
+    let second = sink::write_batch(&pool, &key, Some(10), 20, &[order(tenant, "o-1", 2)], true)
+        .await
+        .unwrap();
+    assert!(matches!(second, BatchOutcome::Committed(_)));
+
+    // The old owner, still believing 10 is stored, tries to commit 10..15 with other data.
+    let stale = sink::write_batch(&pool, &key, Some(10), 15, &[order(tenant, "o-2", 1)], true)
+        .await
+        .unwrap();
+    assert_eq!(stale, BatchOutcome::Fenced);
+    // A worker that never saw a stored offset cannot create one over an existing row either.
+    let fresh = sink::write_batch(&pool, &key, None, 5, &[order(tenant, "o-3", 1)], true)
+        .await
+        .unwrap();
+    assert_eq!(fresh, BatchOutcome::Fenced);
+
+    assert_eq!(stored(&pool, &key).await, Some(20));
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT order_id, version FROM orders WHERE tenant_id = $1 ORDER BY order_id",
+    )
+    .bind(tenant)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![("o-1".to_owned(), 2)],
+        "fenced batches wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn version_guard_counts_stale_and_keeps_the_newest() {
+    let admin = common::admin_pool().await;
+    let settings = common::settings("unused:9092", "guard");
+    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let tenant = Uuid::new_v4();
+    let key = PartitionKey {
+        group: settings.kafka.group_id.clone(),
+        topic: "orders".into(),
+        partition: 0,
+    };
+    let batch = [
+        order(tenant, "o-1", 3),
+        order(tenant, "o-1", 2),
+        order(tenant, "o-2", 1),
+    ];
+    let BatchOutcome::Committed(w) = sink::write_batch(&pool, &key, None, 3, &batch, true)
+        .await
+        .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!((w.written, w.stale), (2, 1));
+    // Same and older versions later: nothing changes, all stale.
+    let batch = [
+        order(tenant, "o-1", 3),
+        order(tenant, "o-1", 1),
+        order(tenant, "o-2", 1),
+    ];
+    let BatchOutcome::Committed(w) = sink::write_batch(&pool, &key, Some(3), 6, &batch, true)
+        .await
+        .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!((w.written, w.stale), (0, 3));
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, version, total_cents FROM orders WHERE tenant_id = $1 ORDER BY order_id",
+    )
+    .bind(tenant)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![("o-1".to_owned(), 3, 300), ("o-2".to_owned(), 1, 100)]
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM tenants WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "provisional",
+        "unknown tenant registered as provisional"
+    );
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_outbox WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued, 2,
+        "one cache refresh per row written, none for stale events"
+    );
+}

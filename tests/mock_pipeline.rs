@@ -1,0 +1,260 @@
+//! Pipeline behaviour on librdkafka's mock cluster (in-process broker, correct end offsets):
+//! strict tenants, and a Redis outage during which Postgres progress continues and the cache
+//! work waits and drains later.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use tenantstream::config::Secret;
+use tenantstream::deadletter::HEADER_ERROR_CODE;
+use tenantstream::http::Health;
+use tenantstream::produce::{self, Expected, TrafficSpec};
+use tenantstream::{cache, commands, source, Settings, Worker};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn mock_settings(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    name: &str,
+) -> Settings {
+    let settings = common::settings(&mock.bootstrap_servers(), name);
+    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    settings
+}
+
+fn traffic(
+    settings: &Settings,
+    count: usize,
+    tenants: usize,
+    seed: u64,
+) -> (Vec<produce::Generated>, Expected) {
+    let spec = TrafficSpec {
+        count,
+        tenants,
+        malformed: 0.0,
+        seed,
+        ..Default::default()
+    };
+    produce::generate(&spec, &commands::order_encoder(settings).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_dead_letters_unknown_tenants() {
+    let mock = MockCluster::new(1).unwrap();
+    let mut settings = mock_settings(&mock, "strict");
+    settings.tenants.strict = true;
+    let admin = common::admin_pool().await;
+    let (messages, expected) = traffic(&settings, 600, 2, rand::random());
+    let (known, unknown) = (expected.tenants[0], expected.tenants[1]);
+    sqlx::query("INSERT INTO tenants (tenant_id, status) VALUES ($1, 'active')")
+        .bind(known)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let producer = source::producer(&settings.kafka).unwrap();
+    let sent = produce::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = Worker::connect(settings.clone(), Health::default())
+        .await
+        .unwrap();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let count = |tenant: Uuid| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+        }
+    };
+    let known_orders = expected.orders.keys().filter(|(t, _)| *t == known).count();
+    assert_eq!(count(known).await as usize, known_orders);
+    assert_eq!(
+        count(unknown).await,
+        0,
+        "unknown tenant's events must not be written"
+    );
+    let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE tenant_id = $1")
+        .bind(unknown)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert_eq!(registered, 0, "strict mode registers no tenant");
+    let unknown_messages = messages
+        .iter()
+        .filter(|m| {
+            let order_id = String::from_utf8(m.key.clone()).unwrap();
+            expected.orders.contains_key(&(unknown, order_id))
+        })
+        .count();
+    let dead = common::read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.dead_letter_topic,
+        unknown_messages,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dead.len(), unknown_messages);
+    assert!(dead
+        .iter()
+        .all(|m| common::header(m, HEADER_ERROR_CODE) == "unknown_tenant"));
+}
+
+/// A private redis-server on its own port, so the test can stop and start it.
+struct PrivateRedis {
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_postgres_progress_and_drains_later() {
+    let mock = MockCluster::new(1).unwrap();
+    let mut settings = mock_settings(&mock, "redis-down");
+    let port = free_port();
+    let mut redis_server = PrivateRedis::start(port);
+    settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
+    let admin = common::admin_pool().await;
+    let (messages, expected) = traffic(&settings, 2_000, 3, 9);
+    let (first, second) = messages.split_at(messages.len() / 2);
+
+    let health = Health::default();
+    let shutdown = CancellationToken::new();
+    let worker = Worker::connect(settings.clone(), health.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let producer = source::producer(&settings.kafka).unwrap();
+    let topic = &settings.kafka.orders_topic;
+    let sent = produce::send(&producer, topic, first, 0, None)
+        .await
+        .unwrap();
+    common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
+    let before: HashSet<(Uuid, String, i64)> = rows(&admin, &expected).await;
+
+    redis_server.stop();
+    let sent_more = produce::send(&producer, topic, second, 0, None)
+        .await
+        .unwrap();
+    let mut ends = sent.ends.clone();
+    ends.extend(sent_more.ends);
+    common::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cache_outbox WHERE tenant_id = ANY($1)")
+            .bind(&expected.tenants)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(
+        pending > 0,
+        "cache work must wait in the outbox while Redis is down"
+    );
+    assert!(
+        !health.is_ready(),
+        "readiness must fail while Redis is down"
+    );
+
+    let _redis_server = PrivateRedis::start(port);
+    common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(60)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    // The restarted Redis is empty, so it holds exactly the rows written during the outage.
+    let after = rows(&admin, &expected).await;
+    let changed: Vec<_> = after.difference(&before).collect();
+    assert!(!changed.is_empty());
+    let redis = cache::connect(settings.redis.url.expose()).await.unwrap();
+    let mut present = 0;
+    for (tenant, order_id, _) in &changed {
+        let json: Option<String> =
+            fred::interfaces::KeysInterface::get(&redis, cache::order_key(tenant, order_id))
+                .await
+                .unwrap();
+        present += usize::from(json.is_some());
+    }
+    assert_eq!(present, changed.len(), "keys present after the outage");
+    for (tenant, order_id, version) in &changed {
+        let json: Option<String> =
+            fred::interfaces::KeysInterface::get(&redis, cache::order_key(tenant, order_id))
+                .await
+                .unwrap();
+        let value: serde_json::Value =
+            serde_json::from_str(&json.expect("key drained after outage")).unwrap();
+        assert_eq!(value["version"], *version);
+    }
+    common::assert_rows(&admin, &expected).await;
+}
+
+async fn rows(admin: &sqlx::PgPool, expected: &Expected) -> HashSet<(Uuid, String, i64)> {
+    sqlx::query_as::<_, (Uuid, String, i64)>(
+        "SELECT tenant_id, order_id, version FROM orders WHERE tenant_id = ANY($1)",
+    )
+    .bind(&expected.tenants)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
