@@ -176,7 +176,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
     let mut redis_server = PrivateRedis::start(port);
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
     let admin = common::admin_pool().await;
-    let (messages, expected) = traffic(&settings, 2_000, 3, 9);
+    let (messages, expected) = traffic(&settings, 2_000, 3, rand::random());
     let (first, second) = messages.split_at(messages.len() / 2);
 
     let health = Health::default();
