@@ -258,3 +258,93 @@ async fn rows(admin: &sqlx::PgPool, expected: &Expected) -> HashSet<(Uuid, Strin
     .into_iter()
     .collect()
 }
+
+/// The value of one sample line `name{labels} value` whose labels include all of `want`.
+fn sample(rendered: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    rendered.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        want.iter()
+            .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_outcome_and_lag_reaches_zero() {
+    let metrics = tenantstream::metrics::install_recorder();
+    let mock = MockCluster::new(1).unwrap();
+    let settings = mock_settings(&mock, "metrics");
+    let admin = common::admin_pool().await;
+    let spec = TrafficSpec {
+        count: 1_500,
+        tenants: 3,
+        malformed: 0.04,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (messages, expected) =
+        produce::generate(&spec, &commands::order_encoder(&settings).unwrap());
+    let producer = source::producer(&settings.kafka).unwrap();
+    let topic = settings.kafka.orders_topic.clone();
+    let sent = produce::send(&producer, &topic, &messages, 0, None)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = Worker::connect(settings.clone(), Health::default())
+        .await
+        .unwrap();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+
+    // Lag comes from librdkafka statistics (every 5 s): wait until every partition reports 0.
+    let started = Instant::now();
+    loop {
+        let rendered = metrics.render();
+        let lags: Vec<Option<f64>> = sent
+            .ends
+            .keys()
+            .map(|p| {
+                sample(
+                    &rendered,
+                    tenantstream::metrics::CONSUMER_LAG,
+                    &[("topic", &topic), ("partition", &p.to_string())],
+                )
+            })
+            .collect();
+        if lags.iter().all(|l| *l == Some(0.0)) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "lag {lags:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let rendered = metrics.render();
+    let count = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = vec![("topic", topic.as_str())];
+        want.extend_from_slice(extra);
+        sample(&rendered, name, &want).unwrap_or(0.0) as usize
+    };
+    use tenantstream::metrics::{DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED};
+    let consumed = count(EVENTS_CONSUMED, &[]);
+    let written = count(EVENTS_PROCESSED, &[("outcome", "written")]);
+    let stale = count(EVENTS_PROCESSED, &[("outcome", "stale")]);
+    let dead = count(EVENTS_PROCESSED, &[("outcome", "dead_lettered")]);
+    assert_eq!(consumed, messages.len());
+    assert_eq!(
+        written + stale + dead,
+        consumed,
+        "every event has one outcome"
+    );
+    assert_eq!(dead, expected.dead_letters.values().sum::<usize>());
+    assert!(
+        written >= expected.orders.len(),
+        "each order written at least once"
+    );
+    assert!(stale > 0, "duplicates and reordering produce stale events");
+    for (code, n) in &expected.dead_letters {
+        assert_eq!(count(DEAD_LETTERS, &[("error_code", code)]), *n, "{code}");
+    }
+}
