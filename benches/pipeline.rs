@@ -41,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
     let tenants = knob("BENCH_TENANTS", 50);
     let partitions = knob("BENCH_PARTITIONS", 4) as i32;
 
-    sink::migrate(ADMIN_URL).await.context("migrate bench database")?;
+    sink::migrate(ADMIN_URL)
+        .await
+        .context("migrate bench database")?;
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(ADMIN_URL)
@@ -94,8 +96,14 @@ async fn main() -> anyhow::Result<()> {
         };
         let (burst_messages, expected) = produce::generate(&burst_spec, &encoder);
         latency_tenants.extend(expected.tenants);
-        let burst_sent =
-            produce::send(&producer, &settings.kafka.orders_topic, &burst_messages, 0, None).await?;
+        let burst_sent = produce::send(
+            &producer,
+            &settings.kafka.orders_topic,
+            &burst_messages,
+            0,
+            None,
+        )
+        .await?;
         for (p, end) in burst_sent.ends {
             let e = ends.entry(p).or_insert(0);
             *e = (*e).max(end);

@@ -7,9 +7,12 @@
 //! false; nothing after the failed step happens, so no offset passes unwritten data.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset};
@@ -76,6 +79,12 @@ enum Processed {
 
 /// A partition this worker owns: its stored offset and the messages not yet written.
 struct PartitionState {
+    /// Which assignment this state belongs to; a batch of an older one is ignored.
+    epoch: u64,
+    /// A batch of this partition is being written.
+    in_flight: bool,
+    /// Fetching is paused because the buffer is full while a batch is being written.
+    paused: bool,
     /// The next offset stored in Postgres, as this worker last saw it.
     committed: Option<i64>,
     /// The next offset to accept into the buffer (drops anything already buffered or written).
@@ -85,8 +94,11 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn starting_at(stored: Option<i64>) -> Self {
+    fn starting_at(stored: Option<i64>, epoch: u64) -> Self {
         Self {
+            epoch,
+            in_flight: false,
+            paused: false,
             committed: stored,
             position: stored,
             buffer: Vec::new(),
@@ -106,6 +118,17 @@ impl PartitionState {
 
     fn due_at(&self, linger: Duration) -> Option<Instant> {
         self.oldest.map(|t| t + linger)
+    }
+
+    fn restart_at(&mut self, stored: Option<i64>) {
+        let paused = self.paused;
+        *self = Self::starting_at(stored, self.epoch);
+        self.paused = paused;
+    }
+
+    fn is_ready(&self, max_events: usize, linger: Duration, now: Instant) -> bool {
+        !self.in_flight
+            && (self.buffer.len() >= max_events || self.due_at(linger).is_some_and(|t| t <= now))
     }
 
     fn take_batch(&mut self) -> Vec<OwnedMessage> {
@@ -212,25 +235,24 @@ impl Worker {
     async fn run_until_stopped(&self, consumer: &Source, shutdown: &CancellationToken) {
         let linger = Duration::from_millis(self.settings.kafka.batch_linger_ms);
         let max_events = self.settings.kafka.batch_max_events;
-        let mut partitions: HashMap<(String, i32), PartitionState> = HashMap::new();
+        let mut partitions = Partitions::default();
+        // At most one batch per partition is being written; partitions write concurrently.
+        let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
         loop {
-            let next_due = partitions.values().filter_map(|p| p.due_at(linger)).min();
+            let next_due = partitions.next_due(linger);
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.finish_batch(consumer, &mut partitions, done).await;
+                }
                 _ = sleep_until(next_due) => {}
                 received = consumer.recv() => {
-                    apply_assignments(consumer.context().take_changes(), &mut partitions);
+                    partitions.apply(consumer.context().take_changes());
                     match received {
                         Ok(message) => {
                             self.health.recovered("kafka");
-                            let message = message.detach();
-                            let key = (message.topic().to_owned(), message.partition());
-                            if let Some(state) = partitions.get_mut(&key) {
-                                if state.accept(message) {
-                                    metrics::events_consumed(&key.0, 1);
-                                }
-                            }
+                            partitions.accept(consumer, message.detach(), 2 * max_events);
                         }
                         Err(error) => {
                             self.health.failed("kafka", &error);
@@ -240,54 +262,47 @@ impl Worker {
                     }
                 }
             }
-            let now = Instant::now();
-            let ready: Vec<(String, i32)> = partitions
-                .iter()
-                .filter(|(_, p)| {
-                    p.buffer.len() >= max_events || p.due_at(linger).is_some_and(|t| t <= now)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            if !ready.is_empty() {
-                self.flush(consumer, &mut partitions, ready, shutdown).await;
+            for (key, epoch, committed, batch) in partitions.take_ready(max_events, linger) {
+                in_flight.push(Box::pin(async move {
+                    let processed = self
+                        .process_with_retry(&key.0, key.1, committed, &batch, shutdown)
+                        .await;
+                    BatchDone {
+                        key,
+                        epoch,
+                        processed,
+                    }
+                }));
             }
+        }
+        // Stopping: batches being written finish, or are abandoned if they are retrying.
+        while let Some(done) = in_flight.next().await {
+            self.finish_batch(consumer, &mut partitions, done).await;
         }
     }
 
-    /// Writes the ready partitions' batches concurrently and records what became of each.
-    async fn flush(
-        &self,
-        consumer: &Source,
-        partitions: &mut HashMap<(String, i32), PartitionState>,
-        ready: Vec<(String, i32)>,
-        shutdown: &CancellationToken,
-    ) {
-        let jobs: Vec<_> = ready
-            .into_iter()
-            .filter_map(|key| {
-                let state = partitions.get_mut(&key)?;
-                Some((key, state.committed, state.take_batch()))
-            })
-            .collect();
-        let results = futures::future::join_all(jobs.iter().map(|(key, committed, batch)| {
-            self.process_with_retry(&key.0, key.1, *committed, batch, shutdown)
-        }))
-        .await;
-        for ((key, _, _), result) in jobs.into_iter().zip(results) {
-            let Some(state) = partitions.get_mut(&key) else {
-                continue;
-            };
-            match result {
-                Processed::Committed { next_offset } => {
-                    state.committed = Some(next_offset);
-                    // Kafka's committed offset mirrors Postgres for lag monitoring only;
-                    // librdkafka stores offset + 1.
-                    let _ = consumer.store_offset(&key.0, key.1, next_offset - 1);
-                }
-                Processed::Fenced => self.reseek(consumer, &key, state).await,
-                Processed::Abandoned => {}
+    /// Records what became of a batch, unless its partition was reassigned meanwhile.
+    async fn finish_batch(&self, consumer: &Source, partitions: &mut Partitions, done: BatchDone) {
+        let BatchDone {
+            key,
+            epoch,
+            processed,
+        } = done;
+        let Some(state) = partitions.current(&key, epoch) else {
+            return;
+        };
+        state.in_flight = false;
+        match processed {
+            Processed::Committed { next_offset } => {
+                state.committed = Some(next_offset);
+                // Kafka's committed offset mirrors Postgres for lag monitoring only;
+                // librdkafka stores offset + 1.
+                let _ = consumer.store_offset(&key.0, key.1, next_offset - 1);
             }
+            Processed::Fenced => self.reseek(consumer, &key, state).await,
+            Processed::Abandoned => {}
         }
+        partitions.resume_if_drained(consumer, &key);
     }
 
     /// After a fence: start again from whatever offset the new writer stored.
@@ -296,7 +311,7 @@ impl Worker {
         match sink::load_stored_offsets(&self.pool, group, &key.0, &[key.1]).await {
             Ok(stored) => {
                 let stored = stored.get(&key.1).copied();
-                *state = PartitionState::starting_at(stored);
+                state.restart_at(stored);
                 let offset = stored.map_or(Offset::Beginning, Offset::Offset);
                 if let Err(error) = consumer.seek(&key.0, key.1, offset, Duration::from_secs(5)) {
                     tracing::warn!(%error, topic = key.0, partition = key.1, "Seek after fence failed.");
@@ -458,24 +473,115 @@ impl Worker {
     }
 }
 
-fn apply_assignments(
-    changes: Vec<Assignment>,
-    partitions: &mut HashMap<(String, i32), PartitionState>,
-) {
-    for change in changes {
-        match change {
-            Assignment::Assigned(assigned) => {
-                for (topic, partition, stored) in assigned {
-                    partitions.insert((topic, partition), PartitionState::starting_at(stored));
+type PartitionKeyOf = (String, i32);
+
+/// A batch handed to the writer, and what became of it.
+struct BatchDone {
+    key: PartitionKeyOf,
+    epoch: u64,
+    processed: Processed,
+}
+
+type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchDone> + Send + 'a>>;
+
+/// The partitions this worker owns.
+#[derive(Default)]
+struct Partitions {
+    states: HashMap<PartitionKeyOf, PartitionState>,
+    next_epoch: u64,
+}
+
+impl Partitions {
+    fn apply(&mut self, changes: Vec<Assignment>) {
+        for change in changes {
+            match change {
+                Assignment::Assigned(assigned) => {
+                    for (topic, partition, stored) in assigned {
+                        self.next_epoch += 1;
+                        let state = PartitionState::starting_at(stored, self.next_epoch);
+                        self.states.insert((topic, partition), state);
+                    }
                 }
-            }
-            Assignment::Revoked(revoked) => {
-                for key in revoked {
-                    partitions.remove(&key);
+                Assignment::Revoked(revoked) => {
+                    for key in revoked {
+                        self.states.remove(&key);
+                    }
                 }
             }
         }
     }
+
+    /// Buffers a message of an owned partition; pauses the partition when its buffer is full.
+    fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: usize) {
+        let key = (message.topic().to_owned(), message.partition());
+        let Some(state) = self.states.get_mut(&key) else {
+            return;
+        };
+        if state.accept(message) {
+            metrics::events_consumed(&key.0, 1);
+        }
+        if state.buffer.len() >= pause_at && !state.paused {
+            state.paused = set_paused(consumer, &key, true);
+        }
+    }
+
+    fn resume_if_drained(&mut self, consumer: &Source, key: &PartitionKeyOf) {
+        if let Some(state) = self.states.get_mut(key) {
+            if state.paused && !state.in_flight {
+                state.paused = !set_paused(consumer, key, false);
+            }
+        }
+    }
+
+    fn current(&mut self, key: &PartitionKeyOf, epoch: u64) -> Option<&mut PartitionState> {
+        self.states.get_mut(key).filter(|s| s.epoch == epoch)
+    }
+
+    fn next_due(&self, linger: Duration) -> Option<Instant> {
+        self.states
+            .values()
+            .filter(|p| !p.in_flight)
+            .filter_map(|p| p.due_at(linger))
+            .min()
+    }
+
+    /// Takes the batches that are full or have lingered long enough, marking them in flight.
+    fn take_ready(
+        &mut self,
+        max_events: usize,
+        linger: Duration,
+    ) -> Vec<(PartitionKeyOf, u64, Option<i64>, Vec<OwnedMessage>)> {
+        let now = Instant::now();
+        self.states
+            .iter_mut()
+            .filter(|(_, state)| state.is_ready(max_events, linger, now))
+            .map(|(key, state)| {
+                state.in_flight = true;
+                let mut batch = state.take_batch();
+                if batch.len() > max_events {
+                    // Keep the rest (arrived while the previous batch was written) for the next.
+                    state.buffer = batch.split_off(max_events);
+                    state.oldest = Some(now);
+                }
+                (key.clone(), state.epoch, state.committed, batch)
+            })
+            .collect()
+    }
+}
+
+/// Pauses or resumes fetching one partition; true when librdkafka accepted it.
+fn set_paused(consumer: &Source, key: &PartitionKeyOf, pause: bool) -> bool {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(error) = &result {
+        tracing::warn!(%error, topic = key.0, partition = key.1, pause, "Pause/resume failed.");
+    }
+    result.is_ok()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -504,7 +610,7 @@ mod tests {
 
     #[test]
     fn partition_accepts_each_offset_once_from_the_stored_one() {
-        let mut state = PartitionState::starting_at(Some(10));
+        let mut state = PartitionState::starting_at(Some(10), 1);
         assert!(!state.accept(message(9)));
         assert!(state.accept(message(10)));
         assert!(!state.accept(message(10)));
