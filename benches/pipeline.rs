@@ -156,7 +156,8 @@ async fn main() -> anyhow::Result<()> {
             let mut stored = None;
             for (i, chunk) in lane.chunks(batch).enumerate() {
                 let next = ((i + 1) * batch) as i64;
-                sink::write_batch(&pool, &key, stored, next, chunk, true).await?;
+                sink::write_batch(&pool, &key, stored, next, chunk, true, &Default::default())
+                    .await?;
                 stored = Some(next);
             }
             anyhow::Ok(())

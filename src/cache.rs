@@ -1,15 +1,19 @@
 //! Redis: per-tenant cache keys derived from committed rows.
 //!
 //! Guarantee: the cache follows commits. Each batch records its cache work in `cache_outbox`
-//! inside the batch transaction; [`drain_tenants`] reads the committed rows behind that work,
-//! writes them to Redis with a version check (a key never goes back to an older version, so a
-//! replay or a slow drainer cannot regress it) and deletes the outbox rows in the same
-//! transaction only once Redis has answered. A crash or a Redis outage leaves the work queued;
-//! [`CacheDrainer`] finds and applies it later.
+//! inside the batch transaction, and gets back the committed rows' JSON. After the commit the
+//! batch writes them to Redis with a version check (a key never goes back to an older version,
+//! so a replay or a slow drainer cannot regress it) and notes the applied outbox rows in the
+//! [`CacheLedger`]; they are deleted later, in the next write of the same tenant or by the
+//! drainer's sweep. An outbox row is deleted only after Redis has answered for it. A crash or a
+//! Redis outage leaves work queued; [`CacheDrainer`] reads the current rows behind it and applies
+//! it ([`drain_tenants`]). Applying a row twice is harmless: the version check skips it.
 //!
 //! Key layout: `t:{<tenant_id>}:order:<order_id>` (the braces are a Redis Cluster hash tag, so a
 //! tenant's keys share a slot); value: the order row as JSON, including `version`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -19,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::http::Health;
-use crate::sink::{set_tenant, SinkError};
+use crate::sink::{set_tenant, QueuedCache, SinkError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -135,8 +139,12 @@ pub struct Drained {
     pub skipped_older: usize,
 }
 
+/// How old queued work must be before the drainer takes it: younger work is normally being
+/// applied by its own batch right now.
+const MIN_AGE: Duration = Duration::from_secs(2);
+
 /// Applies the queued cache work of consumer group `group` for `tenants` (up to `per_tenant`
-/// rows each) in one transaction.
+/// rows each, older than [`MIN_AGE`]) in one transaction, from the current rows.
 pub async fn drain_tenants(
     pool: &PgPool,
     redis: &Client,
@@ -145,6 +153,7 @@ pub async fn drain_tenants(
     ttl_seconds: u64,
     per_tenant: i64,
 ) -> Result<Drained, CacheError> {
+    let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
     let mut entries = Vec::new();
     for tenant in tenants {
@@ -154,20 +163,17 @@ pub async fn drain_tenants(
                  DELETE FROM cache_outbox
                   WHERE id IN (SELECT id FROM cache_outbox
                                 WHERE consumer_group = $2 AND kind = 'order'
+                                  AND created_at < now() - make_interval(secs => $3)
                                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
                  RETURNING key_id
              )
-             SELECT o.order_id, o.version,
-                    json_build_object(
-                        'tenant_id', o.tenant_id, 'order_id', o.order_id, 'version', o.version,
-                        'status', o.status, 'customer_id', o.customer_id, 'currency', o.currency,
-                        'total_cents', o.total_cents, 'items', o.items,
-                        'occurred_at', o.occurred_at, 'updated_at', o.updated_at)::text
+             SELECT o.order_id, o.version, order_cache_json(o)
                FROM orders o
               WHERE o.order_id IN (SELECT key_id FROM claimed)",
         )
         .bind(per_tenant)
         .bind(group)
+        .bind(MIN_AGE.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         entries.extend(
@@ -182,12 +188,82 @@ pub async fn drain_tenants(
     // Redis first: if it fails, the rollback puts the work back in the outbox.
     let (written, skipped_older) = set_if_newer(redis, &entries, ttl_seconds).await?;
     tx.commit().await?;
-    crate::metrics::cache_keys_written(written, skipped_older);
+    crate::metrics::cache_keys_written(written, skipped_older, started.elapsed());
     Ok(Drained {
         claimed: entries.len(),
         written,
         skipped_older,
     })
+}
+
+/// Outbox rows whose Redis write succeeded and that still have to be deleted, per tenant.
+#[derive(Default)]
+pub struct CacheLedger {
+    applied: Mutex<HashMap<Uuid, Vec<i64>>>,
+}
+
+impl CacheLedger {
+    fn record(&self, queued: &[QueuedCache]) {
+        let mut applied = self.applied.lock().expect("ledger lock");
+        for q in queued {
+            applied.entry(q.tenant).or_default().push(q.outbox_id);
+        }
+    }
+
+    /// The applied rows of `tenants`, handed to the next batch to delete.
+    pub fn take_for(&self, tenants: impl IntoIterator<Item = Uuid>) -> HashMap<Uuid, Vec<i64>> {
+        let mut applied = self.applied.lock().expect("ledger lock");
+        tenants
+            .into_iter()
+            .filter_map(|t| applied.remove(&t).map(|ids| (t, ids)))
+            .collect()
+    }
+
+    fn take_all(&self) -> HashMap<Uuid, Vec<i64>> {
+        std::mem::take(&mut *self.applied.lock().expect("ledger lock"))
+    }
+}
+
+/// Writes a committed batch's rows to Redis and notes the applied outbox rows in `ledger`.
+pub async fn apply_queued(
+    redis: &Client,
+    ledger: &CacheLedger,
+    queued: &[QueuedCache],
+    ttl_seconds: u64,
+) -> Result<(), CacheError> {
+    let started = std::time::Instant::now();
+    let entries: Vec<CacheEntry> = queued
+        .iter()
+        .map(|q| CacheEntry {
+            key: order_key(&q.tenant, &q.order_id),
+            version: q.version,
+            json: q.json.clone(),
+        })
+        .collect();
+    let (written, skipped_older) = set_if_newer(redis, &entries, ttl_seconds).await?;
+    ledger.record(queued);
+    crate::metrics::cache_keys_written(written, skipped_older, started.elapsed());
+    Ok(())
+}
+
+/// Deletes outbox rows already applied to Redis, each tenant under its own context.
+pub async fn delete_applied(
+    pool: &PgPool,
+    applied: &HashMap<Uuid, Vec<i64>>,
+) -> Result<(), CacheError> {
+    if applied.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    for (tenant, ids) in applied {
+        set_tenant(&mut tx, *tenant).await?;
+        sqlx::query("DELETE FROM cache_outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Tenants with cache work queued by consumer group `group` (at most `max`).
@@ -211,6 +287,7 @@ pub struct CacheDrainer {
     pub redis: Client,
     pub group: String,
     pub ttl_seconds: u64,
+    pub ledger: std::sync::Arc<CacheLedger>,
     pub health: Health,
     /// Woken by the batch path when its own drain failed.
     pub wake: std::sync::Arc<tokio::sync::Notify>,
@@ -242,8 +319,13 @@ impl CacheDrainer {
         }
     }
 
-    /// Drains until the outbox is empty.
+    /// Deletes what batches applied, then drains what is left until the outbox is empty.
     pub async fn drain_once(&self) -> Result<(), CacheError> {
+        let applied = self.ledger.take_all();
+        if let Err(error) = delete_applied(&self.pool, &applied).await {
+            // The rows stay queued and are applied again later, which changes nothing.
+            tracing::warn!(%error, "Could not delete applied cache work.");
+        }
         loop {
             let tenants = pending_tenants(&self.pool, &self.group, 100).await?;
             crate::metrics::cache_backlog(tenants.len());

@@ -16,6 +16,7 @@ pub const BATCH_COMMIT_SECONDS: &str = "tenantstream_batch_commit_seconds";
 pub const END_TO_END_SECONDS: &str = "tenantstream_end_to_end_latency_seconds";
 pub const CONSUMER_LAG: &str = "tenantstream_consumer_lag_messages";
 pub const CACHE_KEYS_WRITTEN: &str = "tenantstream_cache_keys_written_total";
+pub const CACHE_APPLY_SECONDS: &str = "tenantstream_cache_apply_seconds";
 pub const CACHE_OUTBOX_BACKLOG: &str = "tenantstream_cache_outbox_backlog";
 pub const TRANSIENT_ERRORS: &str = "tenantstream_transient_errors_total";
 pub const FENCED_BATCHES: &str = "tenantstream_fenced_batches_total";
@@ -130,9 +131,16 @@ pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
         .set(lag.max(0) as f64);
 }
 
-pub fn cache_keys_written(written: usize, skipped_older: usize) {
+pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duration) {
     counter!(CACHE_KEYS_WRITTEN, "outcome" => "written").increment(written as u64);
     counter!(CACHE_KEYS_WRITTEN, "outcome" => "skipped_older").increment(skipped_older as u64);
+    histogram!(CACHE_APPLY_SECONDS).record(elapsed.as_secs_f64());
+    tracing::debug!(
+        written,
+        skipped_older,
+        ms = elapsed.as_millis() as u64,
+        "Cache refreshed."
+    );
 }
 
 pub fn cache_backlog(pending_tenants: usize) {

@@ -36,8 +36,19 @@ pub struct PartitionKey {
 pub struct BatchWrite {
     pub written: usize,
     pub stale: usize,
-    /// Tenants with new cache outbox rows.
-    pub tenants: Vec<Uuid>,
+    /// The cache work this batch queued: one entry per row written, with the row's JSON.
+    pub cache: Vec<QueuedCache>,
+}
+
+/// One cache refresh recorded in `cache_outbox` by a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedCache {
+    pub outbox_id: i64,
+    pub tenant: Uuid,
+    pub order_id: String,
+    pub version: i64,
+    /// The committed row as the cache stores it (`order_cache_json`).
+    pub json: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +163,10 @@ pub async fn set_tenant(tx: &mut Transaction<'_, Postgres>, tenant: Uuid) -> Res
 /// Writes one partition batch: fence the offset, upsert each tenant's orders, record cache work.
 ///
 /// `expected` is the next offset this worker believes is stored (`None`: nothing stored yet);
-/// `next_offset` is the offset after the batch's last message.
+/// `next_offset` is the offset after the batch's last message. `applied` holds, per tenant, the
+/// outbox rows whose Redis write already succeeded; they are deleted in the same statement as the
+/// tenant's upsert, which saves a round trip per tenant (left undeleted, a row is only applied
+/// again, harmlessly, by the drainer).
 pub async fn write_batch(
     pool: &PgPool,
     key: &PartitionKey,
@@ -160,6 +174,7 @@ pub async fn write_batch(
     next_offset: i64,
     orders: &[ValidOrder],
     register_tenants: bool,
+    applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<BatchOutcome, SinkError> {
     let mut tx = pool.begin().await?;
     if !advance_offset(&mut tx, key, expected, next_offset).await? {
@@ -169,11 +184,12 @@ pub async fn write_batch(
     let mut outcome = BatchWrite::default();
     for (tenant, latest) in latest_per_order(orders) {
         set_tenant(&mut tx, tenant).await?;
-        let written = upsert_orders(&mut tx, &key.group, tenant, &latest, register_tenants).await?;
-        if written > 0 {
-            outcome.tenants.push(tenant);
-        }
-        outcome.written += written;
+        let no_ids = Vec::new();
+        let done = applied.get(&tenant).unwrap_or(&no_ids);
+        let queued =
+            upsert_orders(&mut tx, &key.group, tenant, &latest, register_tenants, done).await?;
+        outcome.written += queued.len();
+        outcome.cache.extend(queued);
     }
     outcome.stale = orders.len() - outcome.written;
     tx.commit().await?;
@@ -247,7 +263,8 @@ async fn upsert_orders(
     tenant: Uuid,
     orders: &[&ValidOrder],
     register_tenant: bool,
-) -> Result<usize, SinkError> {
+    applied_outbox_ids: &[i64],
+) -> Result<Vec<QueuedCache>, SinkError> {
     let mut order_ids = Vec::with_capacity(orders.len());
     let mut versions = Vec::with_capacity(orders.len());
     let mut statuses = Vec::with_capacity(orders.len());
@@ -269,7 +286,7 @@ async fn upsert_orders(
         occurred.push(e.occurred_at);
         event_ids.push(order.event_id);
     }
-    let written: i64 = sqlx::query_scalar(
+    let queued: Vec<(i64, String, i64, String)> = sqlx::query_as(
         "WITH registered AS (
              INSERT INTO tenants (tenant_id) SELECT $1 WHERE $11
              ON CONFLICT (tenant_id) DO NOTHING
@@ -290,13 +307,18 @@ async fn upsert_orders(
                     occurred_at = EXCLUDED.occurred_at, last_event_id = EXCLUDED.last_event_id,
                     updated_at = now()
               WHERE o.version < EXCLUDED.version
-             RETURNING o.order_id, o.version
+             RETURNING o.order_id, o.version, order_cache_json(o) AS json
          ),
          queued AS (
              INSERT INTO cache_outbox (consumer_group, tenant_id, kind, key_id, version)
              SELECT $12, $1, 'order', order_id, version FROM upserted
+             RETURNING id, key_id
+         ),
+         cleared AS (
+             DELETE FROM cache_outbox WHERE id = ANY($13)
          )
-         SELECT count(*) FROM upserted",
+         SELECT q.id, u.order_id, u.version, u.json
+           FROM upserted u JOIN queued q ON q.key_id = u.order_id",
     )
     .bind(tenant)
     .bind(&order_ids)
@@ -310,9 +332,19 @@ async fn upsert_orders(
     .bind(&event_ids)
     .bind(register_tenant)
     .bind(group)
-    .fetch_one(&mut **tx)
+    .bind(applied_outbox_ids)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(written as usize)
+    Ok(queued
+        .into_iter()
+        .map(|(outbox_id, order_id, version, json)| QueuedCache {
+            outbox_id,
+            tenant,
+            order_id,
+            version,
+            json,
+        })
+        .collect())
 }
 
 #[cfg(test)]

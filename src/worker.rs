@@ -146,6 +146,7 @@ pub struct Worker {
     dead_letters: DeadLetterSink,
     health: Health,
     cache_wake: Arc<Notify>,
+    cache_ledger: Arc<cache::CacheLedger>,
 }
 
 impl Worker {
@@ -172,6 +173,7 @@ impl Worker {
             dead_letters,
             health,
             cache_wake: Arc::new(Notify::new()),
+            cache_ledger: Arc::default(),
         })
     }
 
@@ -219,6 +221,7 @@ impl Worker {
                 redis: self.redis.clone(),
                 group: self.settings.kafka.group_id.clone(),
                 ttl_seconds: self.settings.redis.order_ttl_seconds,
+                ledger: self.cache_ledger.clone(),
                 health: self.health.clone(),
                 wake: self.cache_wake.clone(),
             }
@@ -375,8 +378,19 @@ impl Worker {
         let next_offset = last.offset() + 1;
         let valid: Vec<ValidOrder> = orders.into_iter().map(|(_, o)| o).collect();
         let register = !self.settings.tenants.strict;
-        let outcome =
-            sink::write_batch(&self.pool, &key, committed, next_offset, &valid, register).await?;
+        let applied = self
+            .cache_ledger
+            .take_for(valid.iter().map(|o| o.tenant_id));
+        let outcome = sink::write_batch(
+            &self.pool,
+            &key,
+            committed,
+            next_offset,
+            &valid,
+            register,
+            &applied,
+        )
+        .await?;
         self.health.recovered("postgres");
         self.health.recovered("kafka");
         let written = match outcome {
@@ -390,7 +404,7 @@ impl Worker {
         metrics::events_processed(topic, Outcome::Written, written.written);
         metrics::events_processed(topic, Outcome::Stale, written.stale);
         metrics::batch_committed(topic, partition, next_offset, started.elapsed(), &occurred);
-        self.apply_cache(&written.tenants).await;
+        self.apply_cache(&written.cache).await;
         Ok(Processed::Committed { next_offset })
     }
 
@@ -449,11 +463,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Refreshes the batch's cache keys now; on failure the drainer retries them later. While
-    /// Redis is known to be down the batch path leaves the work to the drainer at once, so
-    /// Postgres progress goes on at full speed.
-    async fn apply_cache(&self, tenants: &[uuid::Uuid]) {
-        if tenants.is_empty() {
+    /// Refreshes the batch's cache keys now; on failure the drainer applies them later. While
+    /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
+    /// progress goes on at full speed.
+    async fn apply_cache(&self, queued: &[sink::QueuedCache]) {
+        if queued.is_empty() {
             return;
         }
         if self.health.is_failing("redis") {
@@ -461,9 +475,8 @@ impl Worker {
             return;
         }
         let ttl = self.settings.redis.order_ttl_seconds;
-        let group = &self.settings.kafka.group_id;
-        match cache::drain_tenants(&self.pool, &self.redis, group, tenants, ttl, 100_000).await {
-            Ok(_) => self.health.recovered("redis"),
+        match cache::apply_queued(&self.redis, &self.cache_ledger, queued, ttl).await {
+            Ok(()) => self.health.recovered("redis"),
             Err(error) => {
                 self.health.failed("redis", &error);
                 metrics::transient_error("cache", &error, Duration::ZERO);

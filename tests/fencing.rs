@@ -50,26 +50,58 @@ async fn stale_owner_is_fenced_and_changes_nothing() {
     };
 
     // Old owner writes offsets 0..10.
-    let first = sink::write_batch(&pool, &key, None, 10, &[order(tenant, "o-1", 1)], true)
-        .await
-        .unwrap();
+    let first = sink::write_batch(
+        &pool,
+        &key,
+        None,
+        10,
+        &[order(tenant, "o-1", 1)],
+        true,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(first, BatchOutcome::Committed(ref w) if w.written == 1));
 
     // New owner (seeked to 10) writes 10..20.
-    let second = sink::write_batch(&pool, &key, Some(10), 20, &[order(tenant, "o-1", 2)], true)
-        .await
-        .unwrap();
+    let second = sink::write_batch(
+        &pool,
+        &key,
+        Some(10),
+        20,
+        &[order(tenant, "o-1", 2)],
+        true,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(matches!(second, BatchOutcome::Committed(_)));
 
     // The old owner, still believing 10 is stored, tries to commit 10..15 with other data.
-    let stale = sink::write_batch(&pool, &key, Some(10), 15, &[order(tenant, "o-2", 1)], true)
-        .await
-        .unwrap();
+    let stale = sink::write_batch(
+        &pool,
+        &key,
+        Some(10),
+        15,
+        &[order(tenant, "o-2", 1)],
+        true,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(stale, BatchOutcome::Fenced);
     // A worker that never saw a stored offset cannot create one over an existing row either.
-    let fresh = sink::write_batch(&pool, &key, None, 5, &[order(tenant, "o-3", 1)], true)
-        .await
-        .unwrap();
+    let fresh = sink::write_batch(
+        &pool,
+        &key,
+        None,
+        5,
+        &[order(tenant, "o-3", 1)],
+        true,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(fresh, BatchOutcome::Fenced);
 
     assert_eq!(stored(&pool, &key).await, Some(20));
@@ -103,9 +135,10 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
         order(tenant, "o-1", 2),
         order(tenant, "o-2", 1),
     ];
-    let BatchOutcome::Committed(w) = sink::write_batch(&pool, &key, None, 3, &batch, true)
-        .await
-        .unwrap()
+    let BatchOutcome::Committed(w) =
+        sink::write_batch(&pool, &key, None, 3, &batch, true, &Default::default())
+            .await
+            .unwrap()
     else {
         panic!("fenced")
     };
@@ -116,9 +149,10 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
         order(tenant, "o-1", 1),
         order(tenant, "o-2", 1),
     ];
-    let BatchOutcome::Committed(w) = sink::write_batch(&pool, &key, Some(3), 6, &batch, true)
-        .await
-        .unwrap()
+    let BatchOutcome::Committed(w) =
+        sink::write_batch(&pool, &key, Some(3), 6, &batch, true, &Default::default())
+            .await
+            .unwrap()
     else {
         panic!("fenced")
     };
@@ -152,4 +186,53 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
         queued, 2,
         "one cache refresh per row written, none for stale events"
     );
+}
+
+#[tokio::test]
+async fn applied_cache_work_is_deleted_with_the_next_write() {
+    let admin = common::admin_pool().await;
+    let settings = common::settings("unused:9092", "ledger");
+    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let (tenant, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let key = PartitionKey {
+        group: settings.kafka.group_id.clone(),
+        topic: "orders".into(),
+        partition: 0,
+    };
+    let batch = [order(tenant, "o-1", 1), order(other, "x-1", 1)];
+    let BatchOutcome::Committed(first) =
+        sink::write_batch(&pool, &key, None, 2, &batch, true, &Default::default())
+            .await
+            .unwrap()
+    else {
+        panic!("fenced")
+    };
+    assert_eq!(first.cache.len(), 2);
+    for queued in &first.cache {
+        let json: serde_json::Value = serde_json::from_str(&queued.json).unwrap();
+        assert_eq!(
+            json["version"], 1,
+            "the batch returns the committed row's JSON"
+        );
+        assert_eq!(json["tenant_id"], queued.tenant.to_string());
+    }
+    // Both rows were applied to Redis; the next batch, of `tenant` only, deletes its row.
+    let applied: std::collections::HashMap<Uuid, Vec<i64>> = first
+        .cache
+        .iter()
+        .map(|q| (q.tenant, vec![q.outbox_id]))
+        .collect();
+    let next = [order(tenant, "o-1", 2)];
+    sink::write_batch(&pool, &key, Some(2), 3, &next, true, &applied)
+        .await
+        .unwrap();
+    let left: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT tenant_id, version FROM cache_outbox WHERE tenant_id = ANY($1) ORDER BY version",
+    )
+    .bind([tenant, other])
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    // `other` is not in the batch, so its applied row is left for the drainer's sweep.
+    assert_eq!(left, vec![(other, 1), (tenant, 2)]);
 }
