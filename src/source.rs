@@ -198,6 +198,9 @@ pub fn subscribe(
             settings.session_timeout_ms.to_string(),
         )
         .set("statistics.interval.ms", "5000")
+        // An idle partition's fetch returns after this long at most (librdkafka's default is
+        // 500 ms, which would dominate end-to-end latency at low rates).
+        .set("fetch.wait.max.ms", "50")
         .create_with_context(context)?;
     consumer.subscribe(topics)?;
     Ok(consumer)

@@ -30,6 +30,10 @@ use crate::metrics::{self, Outcome};
 use crate::sink::{self, BatchOutcome, PartitionKey, SinkError};
 use crate::source::{self, Assignment, Source};
 
+/// A partition stops fetching when this many batches wait behind the one being written: enough
+/// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
+const PAUSE_AT_BATCHES: usize = 4;
+
 /// The reader schema of the orders topic, in the schemas folder.
 pub const ORDER_SCHEMA_FILE: &str = "order_event.avsc";
 
@@ -255,7 +259,7 @@ impl Worker {
                     match received {
                         Ok(message) => {
                             self.health.recovered("kafka");
-                            partitions.accept(consumer, message.detach(), 2 * max_events);
+                            partitions.accept(consumer, message.detach(), PAUSE_AT_BATCHES * max_events);
                         }
                         Err(error) => {
                             self.health.failed("kafka", &error);
@@ -266,6 +270,7 @@ impl Worker {
                 }
             }
             for (key, epoch, committed, batch) in partitions.take_ready(max_events, linger) {
+                metrics::events_consumed(&key.0, batch.len());
                 in_flight.push(Box::pin(async move {
                     let processed = self
                         .process_with_retry(&key.0, key.1, committed, &batch, shutdown)
@@ -530,9 +535,7 @@ impl Partitions {
         let Some(state) = self.states.get_mut(&key) else {
             return;
         };
-        if state.accept(message) {
-            metrics::events_consumed(&key.0, 1);
-        }
+        state.accept(message);
         if state.buffer.len() >= pause_at && !state.paused {
             state.paused = set_paused(consumer, &key, true);
         }

@@ -70,18 +70,8 @@ async fn committed(pool: &sqlx::PgPool, settings: &Settings, partitions: &[i32])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
-    let brokers = common::tansu_brokers();
-    let settings = common::settings(&brokers, "crash");
-    common::create_topics(
-        &brokers,
-        &[
-            (&settings.kafka.orders_topic, 3),
-            (&settings.kafka.dead_letter_topic, 1),
-        ],
-    )
-    .await;
-    let admin = common::admin_pool().await;
-    let redis = common::redis().await;
+    let (settings, admin, redis) = common::tansu_setup("crash").await;
+    let brokers = settings.kafka.brokers.clone();
 
     let spec = TrafficSpec {
         count: 4_000,

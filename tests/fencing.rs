@@ -29,6 +29,19 @@ fn order(tenant: Uuid, order_id: &str, version: i64) -> ValidOrder {
     .unwrap()
 }
 
+/// One batch with no applied cache work to clear, registering unknown tenants.
+async fn write(
+    pool: &sqlx::PgPool,
+    key: &PartitionKey,
+    expected: Option<i64>,
+    next: i64,
+    orders: &[ValidOrder],
+) -> BatchOutcome {
+    sink::write_batch(pool, key, expected, next, orders, true, &Default::default())
+        .await
+        .unwrap()
+}
+
 async fn stored(pool: &sqlx::PgPool, key: &PartitionKey) -> Option<i64> {
     sink::load_stored_offsets(pool, &key.group, &key.topic, &[key.partition])
         .await
@@ -50,58 +63,18 @@ async fn stale_owner_is_fenced_and_changes_nothing() {
     };
 
     // Old owner writes offsets 0..10.
-    let first = sink::write_batch(
-        &pool,
-        &key,
-        None,
-        10,
-        &[order(tenant, "o-1", 1)],
-        true,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let first = write(&pool, &key, None, 10, &[order(tenant, "o-1", 1)]).await;
     assert!(matches!(first, BatchOutcome::Committed(ref w) if w.written == 1));
 
     // New owner (seeked to 10) writes 10..20.
-    let second = sink::write_batch(
-        &pool,
-        &key,
-        Some(10),
-        20,
-        &[order(tenant, "o-1", 2)],
-        true,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let second = write(&pool, &key, Some(10), 20, &[order(tenant, "o-1", 2)]).await;
     assert!(matches!(second, BatchOutcome::Committed(_)));
 
     // The old owner, still believing 10 is stored, tries to commit 10..15 with other data.
-    let stale = sink::write_batch(
-        &pool,
-        &key,
-        Some(10),
-        15,
-        &[order(tenant, "o-2", 1)],
-        true,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let stale = write(&pool, &key, Some(10), 15, &[order(tenant, "o-2", 1)]).await;
     assert_eq!(stale, BatchOutcome::Fenced);
     // A worker that never saw a stored offset cannot create one over an existing row either.
-    let fresh = sink::write_batch(
-        &pool,
-        &key,
-        None,
-        5,
-        &[order(tenant, "o-3", 1)],
-        true,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let fresh = write(&pool, &key, None, 5, &[order(tenant, "o-3", 1)]).await;
     assert_eq!(fresh, BatchOutcome::Fenced);
 
     assert_eq!(stored(&pool, &key).await, Some(20));
@@ -135,11 +108,7 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
         order(tenant, "o-1", 2),
         order(tenant, "o-2", 1),
     ];
-    let BatchOutcome::Committed(w) =
-        sink::write_batch(&pool, &key, None, 3, &batch, true, &Default::default())
-            .await
-            .unwrap()
-    else {
+    let BatchOutcome::Committed(w) = write(&pool, &key, None, 3, &batch).await else {
         panic!("fenced")
     };
     assert_eq!((w.written, w.stale), (2, 1));
@@ -149,11 +118,7 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
         order(tenant, "o-1", 1),
         order(tenant, "o-2", 1),
     ];
-    let BatchOutcome::Committed(w) =
-        sink::write_batch(&pool, &key, Some(3), 6, &batch, true, &Default::default())
-            .await
-            .unwrap()
-    else {
+    let BatchOutcome::Committed(w) = write(&pool, &key, Some(3), 6, &batch).await else {
         panic!("fenced")
     };
     assert_eq!((w.written, w.stale), (0, 3));
@@ -200,11 +165,7 @@ async fn applied_cache_work_is_deleted_with_the_next_write() {
         partition: 0,
     };
     let batch = [order(tenant, "o-1", 1), order(other, "x-1", 1)];
-    let BatchOutcome::Committed(first) =
-        sink::write_batch(&pool, &key, None, 2, &batch, true, &Default::default())
-            .await
-            .unwrap()
-    else {
+    let BatchOutcome::Committed(first) = write(&pool, &key, None, 2, &batch).await else {
         panic!("fenced")
     };
     assert_eq!(first.cache.len(), 2);

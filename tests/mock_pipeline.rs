@@ -13,8 +13,7 @@ use tenantstream::config::Secret;
 use tenantstream::deadletter::HEADER_ERROR_CODE;
 use tenantstream::http::Health;
 use tenantstream::produce::{self, Expected, TrafficSpec};
-use tenantstream::{cache, commands, source, Settings, Worker};
-use tokio_util::sync::CancellationToken;
+use tenantstream::{cache, commands, source, Settings};
 use uuid::Uuid;
 
 fn mock_settings(
@@ -63,14 +62,9 @@ async fn strict_mode_dead_letters_unknown_tenants() {
     let sent = produce::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let worker = Worker::connect(settings.clone(), Health::default())
-        .await
-        .unwrap();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = common::RunningWorker::start(&settings, Health::default()).await;
     common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 
     let count = |tenant: Uuid| {
         let admin = admin.clone();
@@ -180,11 +174,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
     let (first, second) = messages.split_at(messages.len() / 2);
 
     let health = Health::default();
-    let shutdown = CancellationToken::new();
-    let worker = Worker::connect(settings.clone(), health.clone())
-        .await
-        .unwrap();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = common::RunningWorker::start(&settings, health.clone()).await;
     let producer = source::producer(&settings.kafka).unwrap();
     let topic = &settings.kafka.orders_topic;
     let sent = produce::send(&producer, topic, first, 0, None)
@@ -218,8 +208,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
 
     let _redis_server = PrivateRedis::start(port);
     common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(60)).await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 
     // The restarted Redis is empty, so it holds exactly the rows written during the outage.
     let after = rows(&admin, &expected).await;
@@ -290,11 +279,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     let sent = produce::send(&producer, &topic, &messages, 0, None)
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let worker = Worker::connect(settings.clone(), Health::default())
-        .await
-        .unwrap();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = common::RunningWorker::start(&settings, Health::default()).await;
     common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
 
     // Lag comes from librdkafka statistics (every 5 s): wait until every partition reports 0.
@@ -318,8 +303,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
         assert!(started.elapsed() < Duration::from_secs(20), "lag {lags:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 
     let rendered = metrics.render();
     let count = |name: &str, extra: &[(&str, &str)]| {

@@ -10,23 +10,12 @@ use rdkafka::Message;
 use tenantstream::deadletter::*;
 use tenantstream::http::Health;
 use tenantstream::produce::{self, TrafficSpec, WireFormat};
-use tenantstream::{commands, source, Worker};
-use tokio_util::sync::CancellationToken;
+use tenantstream::{commands, source};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
-    let brokers = common::tansu_brokers();
-    let settings = common::settings(&brokers, "e2e");
-    common::create_topics(
-        &brokers,
-        &[
-            (&settings.kafka.orders_topic, 3),
-            (&settings.kafka.dead_letter_topic, 1),
-        ],
-    )
-    .await;
-    let admin = common::admin_pool().await;
-    let redis = common::redis().await;
+    let (settings, admin, redis) = common::tansu_setup("e2e").await;
+    let brokers = settings.kafka.brokers.clone();
 
     let spec = TrafficSpec {
         count: 3_000,
@@ -45,15 +34,10 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
         .await
         .unwrap();
 
-    let shutdown = CancellationToken::new();
-    let worker = Worker::connect(settings.clone(), Health::default())
-        .await
-        .unwrap();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = common::RunningWorker::start(&settings, Health::default()).await;
     common::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(120)).await;
     common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
-    shutdown.cancel();
-    running.await.unwrap().unwrap();
+    worker.stop().await;
 
     common::assert_rows(&admin, &expected).await;
     common::assert_cache(&redis, &expected).await;

@@ -103,6 +103,45 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
+/// A worker running in this process until [`RunningWorker::stop`].
+pub struct RunningWorker {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tenantstream::worker::WorkerError>>,
+}
+
+impl RunningWorker {
+    pub async fn start(settings: &Settings, health: tenantstream::http::Health) -> Self {
+        let worker = tenantstream::Worker::connect(settings.clone(), health)
+            .await
+            .expect("worker connects");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    /// Stops it as SIGTERM would, and checks it stopped cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().expect("worker stops cleanly");
+    }
+}
+
+/// A test's own topics on tansu (orders with 3 partitions, dead letters with 1), with the
+/// migrated database and Redis.
+pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client) {
+    let brokers = tansu_brokers();
+    let settings = settings(&brokers, name);
+    create_topics(
+        &brokers,
+        &[
+            (&settings.kafka.orders_topic, 3),
+            (&settings.kafka.dead_letter_topic, 1),
+        ],
+    )
+    .await;
+    (settings, admin_pool().await, redis().await)
+}
+
 /// Waits until Postgres stores `ends` as the group's next offsets.
 pub async fn wait_for_offsets(
     pool: &PgPool,
