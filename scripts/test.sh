@@ -11,4 +11,12 @@ ensure_tansu
 
 export TENANTSTREAM_TEST_BROKERS="127.0.0.1:${TANSU_PORT}"
 echo "== cargo test (Postgres 127.0.0.1:5432, Redis 127.0.0.1:6379, tansu ${TENANTSTREAM_TEST_BROKERS})"
-cargo test -- --test-threads 4
+log=$(mktemp)
+set +e
+cargo test -- --test-threads 4 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"
+exit "$status"
