@@ -24,16 +24,24 @@ CREATE POLICY tenant_isolation ON cache_outbox
 -- UPDATE only for the row locks (FOR UPDATE SKIP LOCKED) that let drains run side by side.
 GRANT SELECT, INSERT, UPDATE, DELETE ON cache_outbox TO tenantstream_worker;
 
--- The recovery drainer must find which tenants have pending cache work without a tenant
--- context. This function reveals tenant ids only (no rows); it runs as the migration owner,
--- which bypasses RLS, and only the worker may call it.
-CREATE FUNCTION cache_outbox_pending_tenants(group_id text, max_tenants int)
+-- The recovery drainer must find which tenants have cache work older than min_age without a
+-- tenant context. This function reveals tenant ids only (no rows); it runs as the migration
+-- owner, which bypasses RLS, and only the worker may call it. It pages by tenant id, so every
+-- tenant's leftover work is reached however many tenants have fresh work queued.
+CREATE FUNCTION cache_outbox_pending_tenants(
+    group_id text, min_age interval, after_tenant uuid, max_tenants int)
     RETURNS SETOF uuid
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = public, pg_temp
 AS $$
-    SELECT DISTINCT tenant_id FROM cache_outbox WHERE consumer_group = group_id LIMIT max_tenants
+    SELECT DISTINCT tenant_id FROM cache_outbox
+     WHERE consumer_group = group_id
+       AND created_at < now() - min_age
+       AND (after_tenant IS NULL OR tenant_id > after_tenant)
+     ORDER BY tenant_id
+     LIMIT max_tenants
 $$;
 
-REVOKE ALL ON FUNCTION cache_outbox_pending_tenants(text, int) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION cache_outbox_pending_tenants(text, int) TO tenantstream_worker;
+REVOKE ALL ON FUNCTION cache_outbox_pending_tenants(text, interval, uuid, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION cache_outbox_pending_tenants(text, interval, uuid, int)
+    TO tenantstream_worker;

@@ -94,15 +94,30 @@ pub struct CacheEntry {
     pub json: String,
 }
 
-/// Writes entries with the version check, pipelined. Returns (written, skipped as older).
+/// Entries per Redis pipeline: small enough to answer well within [`COMMAND_TIMEOUT`].
+const PIPELINE_CHUNK: usize = 1000;
+
+/// Writes entries with the version check, pipelined in chunks. Returns (written, skipped as
+/// older). On an error some chunks may have been written; writing them again changes nothing.
 pub async fn set_if_newer(
     redis: &Client,
     entries: &[CacheEntry],
     ttl_seconds: u64,
 ) -> Result<(usize, usize), CacheError> {
-    if entries.is_empty() {
-        return Ok((0, 0));
+    let (mut written, mut skipped) = (0, 0);
+    for chunk in entries.chunks(PIPELINE_CHUNK) {
+        let (w, s) = set_if_newer_pipelined(redis, chunk, ttl_seconds).await?;
+        written += w;
+        skipped += s;
     }
+    Ok((written, skipped))
+}
+
+async fn set_if_newer_pipelined(
+    redis: &Client,
+    entries: &[CacheEntry],
+    ttl_seconds: u64,
+) -> Result<(usize, usize), CacheError> {
     // EVAL as a custom command, because fred pipelines have no Lua interface; the key (argument
     // 2: script, numkeys, key) picks the cluster node.
     let eval = CustomCommand::new("EVAL", ClusterHash::Offset(2), false);
@@ -162,18 +177,19 @@ pub async fn drain_tenants(
             "WITH claimed AS (
                  DELETE FROM cache_outbox
                   WHERE id IN (SELECT id FROM cache_outbox
-                                WHERE consumer_group = $2 AND kind = 'order'
+                                WHERE consumer_group = $2 AND tenant_id = $4 AND kind = 'order'
                                   AND created_at < now() - make_interval(secs => $3)
                                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
                  RETURNING key_id
              )
              SELECT o.order_id, o.version, order_cache_json(o)
                FROM orders o
-              WHERE o.order_id IN (SELECT key_id FROM claimed)",
+              WHERE o.tenant_id = $4 AND o.order_id IN (SELECT key_id FROM claimed)",
         )
         .bind(per_tenant)
         .bind(group)
         .bind(MIN_AGE.as_secs_f64())
+        .bind(tenant)
         .fetch_all(&mut *tx)
         .await?;
         entries.extend(
@@ -266,19 +282,23 @@ pub async fn delete_applied(
     Ok(())
 }
 
-/// Tenants with cache work queued by consumer group `group` (at most `max`).
+/// Tenants after `after` (in id order) with cache work queued by consumer group `group` and
+/// older than [`MIN_AGE`] (at most `max`).
 pub async fn pending_tenants(
     pool: &PgPool,
     group: &str,
+    after: Option<Uuid>,
     max: i32,
 ) -> Result<Vec<Uuid>, CacheError> {
-    Ok(
-        sqlx::query_scalar("SELECT cache_outbox_pending_tenants($1, $2)")
-            .bind(group)
-            .bind(max)
-            .fetch_all(pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT cache_outbox_pending_tenants($1, make_interval(secs => $2), $3, $4)",
     )
+    .bind(group)
+    .bind(MIN_AGE.as_secs_f64())
+    .bind(after)
+    .bind(max)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Background loop that applies cache work left behind by a crash or a Redis outage.
@@ -319,35 +339,37 @@ impl CacheDrainer {
         }
     }
 
-    /// Deletes what batches applied, then drains what is left until the outbox is empty.
+    /// Deletes what batches applied, then applies what is left (older than [`MIN_AGE`]).
     pub async fn drain_once(&self) -> Result<(), CacheError> {
         let applied = self.ledger.take_all();
         if let Err(error) = delete_applied(&self.pool, &applied).await {
             // The rows stay queued and are applied again later, which changes nothing.
             tracing::warn!(%error, "Could not delete applied cache work.");
         }
+        // One pass over every tenant with leftover work, a page of tenants at a time.
+        let mut after = None;
+        let mut tenants_seen = 0;
         loop {
-            let tenants = pending_tenants(&self.pool, &self.group, 100).await?;
-            crate::metrics::cache_backlog(tenants.len());
-            if tenants.is_empty() {
-                // Nothing queued: still prove Redis answers, so readiness tells the truth.
-                let _: Value = self.redis.ping(None).await?;
-                return Ok(());
-            }
-            let drained = drain_tenants(
+            let tenants = pending_tenants(&self.pool, &self.group, after, 20).await?;
+            let Some(last) = tenants.last().copied() else {
+                break;
+            };
+            tenants_seen += tenants.len();
+            drain_tenants(
                 &self.pool,
                 &self.redis,
                 &self.group,
                 &tenants,
                 self.ttl_seconds,
-                1000,
+                500,
             )
             .await?;
-            if drained.claimed == 0 {
-                // What is left is held by a running batch drain; it will clear it.
-                return Ok(());
-            }
+            after = Some(last);
         }
+        crate::metrics::cache_backlog(tenants_seen);
+        // Prove Redis answers even when nothing was queued, so readiness tells the truth.
+        let _: Value = self.redis.ping(None).await?;
+        Ok(())
     }
 }
 

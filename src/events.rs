@@ -93,8 +93,20 @@ impl OrderEvent {
         if self.order_id.trim().is_empty() || self.order_id.len() > 200 {
             return Err(invalid("order_id", "must be 1 to 200 characters"));
         }
-        if self.version < 0 {
-            return Err(invalid("version", format!("{} is negative", self.version)));
+        if !(0..=MAX_VERSION).contains(&self.version) {
+            return Err(invalid(
+                "version",
+                format!(
+                    "{} is outside 0..=2^53 (cache version checks compare exactly only up to 2^53)",
+                    self.version
+                ),
+            ));
+        }
+        if !(0..=MAX_OCCURRED_AT_MS).contains(&self.occurred_at) {
+            return Err(invalid(
+                "occurred_at",
+                format!("{} ms is not between 1970 and 9999", self.occurred_at),
+            ));
         }
         if self.customer_id.trim().is_empty() {
             return Err(invalid("customer_id", "must not be empty"));
@@ -153,6 +165,12 @@ impl OrderEvent {
         }
     }
 }
+
+/// Versions above 2^53 lose precision in Redis' Lua numbers, where cache writes are compared.
+pub const MAX_VERSION: i64 = 1 << 53;
+
+/// 9999-12-31T23:59:59.999Z: Postgres timestamps hold no later time.
+const MAX_OCCURRED_AT_MS: i64 = 253_402_300_799_999;
 
 /// Active ISO 4217 alphabetic codes.
 const ISO_4217: &[&str] = &[
@@ -220,6 +238,9 @@ mod tests {
             (|e| e.items[0].quantity = -1, "items[0].quantity"),
             (|e| e.total_cents = -5, "total_cents"),
             (|e| e.order_id = " ".into(), "order_id"),
+            (|e| e.occurred_at = i64::MAX, "occurred_at"),
+            (|e| e.occurred_at = -1, "occurred_at"),
+            (|e| e.version = MAX_VERSION + 1, "version"),
         ];
         for (mutate, field) in cases {
             let mut e = sample_order();

@@ -80,7 +80,7 @@ pub fn batch_committed(
     let now_ms = now_millis();
     let e2e = histogram!(END_TO_END_SECONDS, "topic" => topic.to_owned());
     for occurred in occurred_at_ms {
-        e2e.record((now_ms - occurred).max(0) as f64 / 1000.0);
+        e2e.record(now_ms.saturating_sub(*occurred).max(0) as f64 / 1000.0);
     }
     tracing::debug!(
         topic,

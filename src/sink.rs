@@ -67,13 +67,24 @@ fn connect_options(url: &str) -> Result<PgConnectOptions, SinkError> {
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
 }
 
-/// The worker's pool. Refuses a role that would bypass row-level security.
+/// The worker's pool (lazy: connects on first use). A statement or lock wait that hangs (a
+/// network partition, a stuck lock) fails after a bound and is retried, instead of holding the
+/// batch, and shutdown, forever.
 pub async fn connect_worker(settings: &DatabaseSettings) -> Result<PgPool, SinkError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+    connect_worker_sized(settings, settings.max_connections)
+}
+
+/// [`connect_worker`] with its own size, for a separate small pool.
+pub fn connect_worker_sized(
+    settings: &DatabaseSettings,
+    max_connections: u32,
+) -> Result<PgPool, SinkError> {
+    let options = connect_options(settings.url.expose())?
+        .options([("statement_timeout", "30s"), ("lock_timeout", "10s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options(settings.url.expose())?);
-    Ok(pool)
+        .connect_lazy_with(options))
 }
 
 /// Fails unless the pool's role is subject to RLS (not superuser, no BYPASSRLS, owns no table).

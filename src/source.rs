@@ -4,6 +4,9 @@
 //! Kafka's committed offset, which is written afterwards for lag monitoring only). The stored
 //! offsets are read inside the rebalance callback, before the partitions are assigned, so no
 //! message from an older position is ever handed to the pipeline.
+//!
+//! The callback blocks the task that also drives the in-flight batches, so it reads through its
+//! own small pool: it never waits for a connection held by a batch it is blocking.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,6 +20,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, Statistics, TopicPartitionList};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 use crate::http::Health;
@@ -33,10 +37,12 @@ pub enum Assignment {
 
 /// The consumer's context: rebalance handling, broker health and lag from statistics.
 pub struct SourceContext {
-    pool: PgPool,
+    /// Used only by the rebalance callback (see the module doc).
+    offsets_pool: PgPool,
     group: String,
     runtime: tokio::runtime::Handle,
     health: Health,
+    shutdown: CancellationToken,
     changes: Mutex<Vec<Assignment>>,
 }
 
@@ -49,23 +55,31 @@ impl SourceContext {
     }
 
     /// Reads the stored offsets, retrying while Postgres is down: the partitions must not start
-    /// anywhere else.
-    fn stored_offsets_blocking(&self, topic: &str, partitions: &[i32]) -> HashMap<i32, i64> {
+    /// anywhere else. `None` when stopped first.
+    fn stored_offsets_blocking(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Option<HashMap<i32, i64>> {
         let load = async {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match load_stored_offsets(&self.pool, &self.group, topic, partitions).await {
+                match load_stored_offsets(&self.offsets_pool, &self.group, topic, partitions).await
+                {
                     Ok(offsets) => {
                         self.health.recovered("postgres");
-                        return offsets;
+                        return Some(offsets);
                     }
                     Err(error) => {
                         self.health.failed("postgres", &error);
                         crate::metrics::transient_error("assign", &error, backoff);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         };
         // The callback runs inside the consumer's poll on a runtime worker thread.
@@ -85,7 +99,10 @@ impl SourceContext {
         }
         let mut assigned = Vec::new();
         for (topic, partitions) in by_topic {
-            let stored = self.stored_offsets_blocking(&topic, &partitions);
+            let Some(stored) = self.stored_offsets_blocking(&topic, &partitions) else {
+                tracing::info!("Stopping during assignment; partitions left unassigned.");
+                return;
+            };
             for partition in partitions {
                 let start = stored.get(&partition).copied();
                 let offset = start.map_or(Offset::Beginning, Offset::Offset);
@@ -98,6 +115,11 @@ impl SourceContext {
         if let Err(error) = consumer.assign(tpl) {
             tracing::error!(%error, "Partition assignment failed.");
             return;
+        }
+        // librdkafka keeps an application pause across revoke and assign; a partition paused
+        // for backpressure before a rebalance would otherwise never fetch again.
+        if let Err(error) = consumer.resume(tpl) {
+            tracing::error!(%error, "Resuming assigned partitions failed.");
         }
         tracing::info!(partitions = ?assigned, "Partitions assigned at stored offsets.");
         self.changes
@@ -177,14 +199,16 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 pub fn subscribe(
     settings: &KafkaSettings,
     topics: &[&str],
-    pool: PgPool,
+    offsets_pool: PgPool,
     health: Health,
+    shutdown: CancellationToken,
 ) -> Result<Source, KafkaError> {
     let context = SourceContext {
-        pool,
+        offsets_pool,
         group: settings.group_id.clone(),
         runtime: tokio::runtime::Handle::current(),
         health,
+        shutdown,
         changes: Mutex::new(Vec::new()),
     };
     let consumer: Source = client_config(settings)

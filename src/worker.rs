@@ -34,6 +34,27 @@ use crate::source::{self, Assignment, Source};
 /// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
 const PAUSE_AT_BATCHES: usize = 4;
 
+const RETRY_START: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Awaits `$attempt` until it succeeds; after each failure, waits with backoff. Returns
+/// `Processed::Abandoned` from the enclosing function when stopped while waiting.
+macro_rules! until_ok {
+    ($worker:expr, $backoff:expr, $shutdown:expr, $attempt:expr) => {
+        loop {
+            match $attempt.await {
+                Ok(value) => break value,
+                Err(error) => {
+                    let error = BatchError::from(error);
+                    if !$worker.wait_to_retry(error, &mut $backoff, $shutdown).await {
+                        return Processed::Abandoned;
+                    }
+                }
+            }
+        }
+    };
+}
+
 /// The reader schema of the orders topic, in the schemas folder.
 pub const ORDER_SCHEMA_FILE: &str = "order_event.avsc";
 
@@ -216,8 +237,9 @@ impl Worker {
         let consumer = source::subscribe(
             &self.settings.kafka,
             &[self.settings.kafka.orders_topic.as_str()],
-            self.pool.clone(),
+            sink::connect_worker_sized(&self.settings.database, 1)?,
             self.health.clone(),
+            shutdown.clone(),
         )?;
         let drainer = tokio::spawn(
             CacheDrainer {
@@ -273,7 +295,7 @@ impl Worker {
                 metrics::events_consumed(&key.0, batch.len());
                 in_flight.push(Box::pin(async move {
                     let processed = self
-                        .process_with_retry(&key.0, key.1, committed, &batch, shutdown)
+                        .process_batch(&key.0, key.1, committed, &batch, shutdown)
                         .await;
                     BatchDone {
                         key,
@@ -332,7 +354,10 @@ impl Worker {
         }
     }
 
-    async fn process_with_retry(
+    /// `decode → dead_letter → write_batch → apply_cache`. Each step runs until it succeeds; a
+    /// transient failure retries that step only (so dead letters are not sent again while
+    /// Postgres is down). Abandoned when stopped during a retry.
+    async fn process_batch(
         &self,
         topic: &str,
         partition: i32,
@@ -340,40 +365,24 @@ impl Worker {
         batch: &[OwnedMessage],
         shutdown: &CancellationToken,
     ) -> Processed {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.process_batch(topic, partition, committed, batch).await {
-                Ok(processed) => return processed,
-                Err(error) => {
-                    self.health.failed(error.component(), &error);
-                    metrics::transient_error(error.component(), &error, backoff);
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Processed::Abandoned,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    async fn process_batch(
-        &self,
-        topic: &str,
-        partition: i32,
-        committed: Option<i64>,
-        batch: &[OwnedMessage],
-    ) -> Result<Processed, BatchError> {
         let Some(last) = batch.last() else {
-            return Ok(Processed::Abandoned);
+            return Processed::Abandoned;
         };
         let started = Instant::now();
-        let (mut orders, mut dead) = self.decode_batch(batch).await?;
-        if self.settings.tenants.strict {
-            self.reject_unknown_tenants(&mut orders, &mut dead).await?;
-        }
-        self.dead_letters.send_all(&dead).await?;
+        let mut backoff = RETRY_START;
+        let (mut orders, mut dead) = until_ok!(self, backoff, shutdown, self.decode_batch(batch));
         self.health.recovered("schema_registry");
+        if self.settings.tenants.strict {
+            let tenants = distinct_tenants(&orders);
+            let known = until_ok!(
+                self,
+                backoff,
+                shutdown,
+                sink::known_tenants(&self.pool, &tenants)
+            );
+            reject_unknown_tenants(&known, &mut orders, &mut dead);
+        }
+        until_ok!(self, backoff, shutdown, self.dead_letters.send_all(&dead));
 
         let key = PartitionKey {
             group: self.settings.kafka.group_id.clone(),
@@ -383,25 +392,27 @@ impl Worker {
         let next_offset = last.offset() + 1;
         let valid: Vec<ValidOrder> = orders.into_iter().map(|(_, o)| o).collect();
         let register = !self.settings.tenants.strict;
-        let applied = self
-            .cache_ledger
-            .take_for(valid.iter().map(|o| o.tenant_id));
-        let outcome = sink::write_batch(
-            &self.pool,
-            &key,
-            committed,
-            next_offset,
-            &valid,
-            register,
-            &applied,
-        )
-        .await?;
+        let outcome = until_ok!(self, backoff, shutdown, async {
+            let applied = self
+                .cache_ledger
+                .take_for(valid.iter().map(|o| o.tenant_id));
+            sink::write_batch(
+                &self.pool,
+                &key,
+                committed,
+                next_offset,
+                &valid,
+                register,
+                &applied,
+            )
+            .await
+        });
         self.health.recovered("postgres");
         self.health.recovered("kafka");
         let written = match outcome {
             BatchOutcome::Fenced => {
                 metrics::batch_fenced(topic, partition, committed);
-                return Ok(Processed::Fenced);
+                return Processed::Fenced;
             }
             BatchOutcome::Committed(written) => written,
         };
@@ -410,7 +421,25 @@ impl Worker {
         metrics::events_processed(topic, Outcome::Stale, written.stale);
         metrics::batch_committed(topic, partition, next_offset, started.elapsed(), &occurred);
         self.apply_cache(&written.cache).await;
-        Ok(Processed::Committed { next_offset })
+        Processed::Committed { next_offset }
+    }
+
+    /// Marks the failing dependency, then waits `backoff` (doubled for next time). False when
+    /// stopped first.
+    async fn wait_to_retry(
+        &self,
+        error: BatchError,
+        backoff: &mut Duration,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.health.failed(error.component(), &error);
+        metrics::transient_error(error.component(), &error, *backoff);
+        let waited = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(*backoff) => true,
+        };
+        *backoff = (*backoff * 2).min(RETRY_MAX);
+        waited
     }
 
     /// Decodes and validates each message; permanent failures become dead letters.
@@ -443,31 +472,6 @@ impl Worker {
         Ok(event.validate()?)
     }
 
-    /// Strict tenants: events of tenants not in `tenants` become `unknown_tenant` dead letters.
-    async fn reject_unknown_tenants(
-        &self,
-        orders: &mut Vec<(&OwnedMessage, ValidOrder)>,
-        dead: &mut Vec<DeadLetter>,
-    ) -> Result<(), BatchError> {
-        let mut tenants: Vec<_> = orders.iter().map(|(_, o)| o.tenant_id).collect();
-        tenants.sort();
-        tenants.dedup();
-        let known = sink::known_tenants(&self.pool, &tenants).await?;
-        orders.retain(|(message, order)| {
-            if known.contains(&order.tenant_id) {
-                return true;
-            }
-            dead.push(DeadLetter {
-                message: (*message).clone(),
-                code: "unknown_tenant",
-                stage: "sink",
-                reason: format!("tenant {} is not registered", order.tenant_id),
-            });
-            false
-        });
-        Ok(())
-    }
-
     /// Refreshes the batch's cache keys now; on failure the drainer applies them later. While
     /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
     /// progress goes on at full speed.
@@ -489,6 +493,33 @@ impl Worker {
             }
         }
     }
+}
+
+fn distinct_tenants(orders: &[(&OwnedMessage, ValidOrder)]) -> Vec<uuid::Uuid> {
+    let mut tenants: Vec<_> = orders.iter().map(|(_, o)| o.tenant_id).collect();
+    tenants.sort();
+    tenants.dedup();
+    tenants
+}
+
+/// Strict tenants: events of tenants not in `known` become `unknown_tenant` dead letters.
+fn reject_unknown_tenants(
+    known: &std::collections::HashSet<uuid::Uuid>,
+    orders: &mut Vec<(&OwnedMessage, ValidOrder)>,
+    dead: &mut Vec<DeadLetter>,
+) {
+    orders.retain(|(message, order)| {
+        if known.contains(&order.tenant_id) {
+            return true;
+        }
+        dead.push(DeadLetter {
+            message: (*message).clone(),
+            code: "unknown_tenant",
+            stage: "sink",
+            reason: format!("tenant {} is not registered", order.tenant_id),
+        });
+        false
+    });
 }
 
 type PartitionKeyOf = (String, i32);

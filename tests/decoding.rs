@@ -139,7 +139,7 @@ async fn confluent_and_single_object_framings_round_trip() {
 
     let mut edge = sample();
     edge.order_id = "commande-été-№7 ✓".into();
-    edge.version = i64::MAX;
+    edge.version = tenantstream::events::MAX_VERSION; // the largest version accepted
     edge.occurred_at = 0;
     edge.total_cents = i64::MAX;
     edge.items[0].quantity = i32::MAX;
