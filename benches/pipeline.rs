@@ -71,9 +71,14 @@ async fn main() -> anyhow::Result<()> {
     let producer = source::producer(&settings.kafka)?;
     let sent = produce::send(&producer, &settings.kafka.orders_topic, &messages, 0, None).await?;
     let shutdown = CancellationToken::new();
-    let worker = Worker::connect(settings.clone(), Health::default()).await?;
-    let started = Instant::now();
+    let health = Health::default();
+    let worker = Worker::connect(settings.clone(), health.clone()).await?;
     let running = tokio::spawn(worker.run(shutdown.clone()));
+    // Time the pipeline, not the consumer group join.
+    while !health.is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
     demo::wait_until_consumed(&admin, &settings, &sent.ends, &shutdown).await?;
     let pipeline_secs = started.elapsed().as_secs_f64();
     let pipeline_rate = messages.len() as f64 / pipeline_secs;

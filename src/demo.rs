@@ -52,8 +52,10 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
 
     let shutdown = CancellationToken::new();
     crate::commands::cancel_on_signals(shutdown.clone());
-    let worker = Worker::connect(settings.clone(), Health::default()).await?;
+    let health = Health::default();
+    let worker = Worker::connect(settings.clone(), health.clone()).await?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    wait_until_ready(&health, &shutdown).await?;
 
     let spec = TrafficSpec {
         count: args.count,
@@ -157,6 +159,22 @@ pub async fn wait_until_consumed(
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
+}
+
+/// Waits until the worker has joined the group and has its partitions, so that the measured
+/// time is the pipeline's, not the group join's.
+async fn wait_until_ready(health: &Health, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !health.is_ready() {
+        if started.elapsed() > STALL_LIMIT {
+            bail!("the worker did not get ready in {STALL_LIMIT:?}; see the log above");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => bail!("interrupted"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    Ok(())
 }
 
 /// How long a wait may see no progress before the demo gives up.

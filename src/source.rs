@@ -122,6 +122,7 @@ impl SourceContext {
             tracing::error!(%error, "Resuming assigned partitions failed.");
         }
         tracing::info!(partitions = ?assigned, "Partitions assigned at stored offsets.");
+        self.health.recovered("kafka");
         self.changes
             .lock()
             .expect("assignment lock")

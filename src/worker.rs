@@ -190,6 +190,8 @@ impl Worker {
             source::producer(&settings.kafka)?,
             settings.kafka.dead_letter_topic.clone(),
         );
+        // Not ready until `run` has joined the group and been assigned its partitions.
+        health.failed("kafka", "not yet assigned partitions");
         Ok(Self {
             settings,
             pool,
