@@ -80,8 +80,10 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
     shutdown.cancel();
     worker_task.await??;
 
-    let summary = summarize(&admin, &settings, &expected, messages.len(), elapsed).await?;
+    let (summary, matches) =
+        summarize(&admin, &settings, &expected, messages.len(), elapsed).await?;
     println!("{summary}");
+    anyhow::ensure!(matches, "the end state does not match the traffic");
     Ok(())
 }
 
@@ -211,7 +213,7 @@ async fn summarize(
     expected: &Expected,
     messages: usize,
     elapsed: Duration,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     // The owner bypasses RLS, so the summary can count across the demo's tenants.
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE tenant_id = ANY($1)")
         .bind(&expected.tenants)
@@ -248,16 +250,16 @@ async fn summarize(
     let expected_dead: usize = expected.dead_letters.values().sum();
     let mut codes: Vec<_> = expected.dead_letters.iter().collect();
     codes.sort();
-    let verdict = if rows as usize == expected.orders.len()
+    let matches = rows as usize == expected.orders.len()
         && matching as usize == expected.orders.len()
         && keys == expected.orders.len()
-        && dead as usize == expected_dead
-    {
+        && dead as usize == expected_dead;
+    let verdict = if matches {
         "OK: rows, versions, cache keys and dead letters match the traffic"
     } else {
         "MISMATCH: see the counts above"
     };
-    Ok(format!(
+    let summary = format!(
         "\n== tenantstream demo ==\n\
          messages produced     {messages}\n\
          orders in Postgres    {rows} (expected {}, {matching} at the expected version)\n\
@@ -271,7 +273,8 @@ async fn summarize(
         expected.tenants.len(),
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64(),
-    ))
+    );
+    Ok((summary, matches))
 }
 
 /// Counts keys matching `pattern` with SCAN (never KEYS).

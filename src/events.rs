@@ -192,8 +192,8 @@ pub fn is_iso4217(code: &str) -> bool {
     ISO_4217.binary_search(&code).is_ok()
 }
 
-#[cfg(test)]
-pub(crate) fn sample_order() -> OrderEvent {
+/// A valid example event (fixed ids), for tests and examples.
+pub fn sample_order() -> OrderEvent {
     OrderEvent {
         event_id: "0b7c6f4e-8f7a-4c61-9d0e-2f3b1a0c9d11".into(),
         tenant_id: "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b".into(),

@@ -44,25 +44,8 @@ fn decoder(store: &Arc<SchemaStore>) -> Decoder {
     Decoder::new(store.clone(), READER).expect("reader schema loads")
 }
 
-/// The same event as `events::sample_order` (which is test-only inside the crate).
 fn sample() -> OrderEvent {
-    OrderEvent {
-        event_id: "0b7c6f4e-8f7a-4c61-9d0e-2f3b1a0c9d11".into(),
-        tenant_id: "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b".into(),
-        order_id: "o-1".into(),
-        version: 1,
-        event_type: OrderEventType::Created,
-        occurred_at: 1_700_000_000_000,
-        customer_id: "c-1".into(),
-        currency: "EUR".into(),
-        total_cents: 1200,
-        items: vec![LineItem {
-            sku: "sku-1".into(),
-            category_id: "cat-1".into(),
-            quantity: 2,
-            unit_price_cents: 600,
-        }],
-    }
+    tenantstream::events::sample_order()
 }
 
 const ALL_TYPES: [OrderEventType; 6] = [

@@ -142,33 +142,34 @@ pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client
     (settings, admin_pool().await, redis().await)
 }
 
-/// Waits until Postgres stores `ends` as the group's next offsets.
+/// Waits until Postgres stores exactly `ends` as the group's next offsets.
 pub async fn wait_for_offsets(
     pool: &PgPool,
     settings: &Settings,
     ends: &EndOffsets,
     limit: Duration,
 ) {
+    let never = tokio_util::sync::CancellationToken::new();
+    tokio::time::timeout(
+        limit,
+        tenantstream::demo::wait_until_consumed(pool, settings, ends, &never),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("stored offsets did not reach {ends:?} in {limit:?}"))
+    .expect("offsets progress");
     let partitions: Vec<i32> = ends.keys().copied().collect();
-    let started = Instant::now();
-    loop {
-        let stored = sink::load_stored_offsets(
-            pool,
-            &settings.kafka.group_id,
-            &settings.kafka.orders_topic,
-            &partitions,
-        )
-        .await
-        .unwrap();
-        if ends.iter().all(|(p, end)| stored.get(p) == Some(end)) {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "stored offsets {stored:?} did not reach {ends:?} in {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = sink::load_stored_offsets(
+        pool,
+        &settings.kafka.group_id,
+        &settings.kafka.orders_topic,
+        &partitions,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        &stored, ends,
+        "stored offsets end exactly at the end offsets"
+    );
 }
 
 /// Waits until the cache outbox holds nothing for `tenants`.
