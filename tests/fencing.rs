@@ -29,6 +29,19 @@ fn order(tenant: Uuid, order_id: &str, version: i64) -> ValidOrder {
     .unwrap()
 }
 
+/// The owner pool (to check rows), the worker pool and partition 0 of a fresh group.
+async fn setup(name: &str) -> (sqlx::PgPool, sqlx::PgPool, PartitionKey) {
+    let admin = common::admin_pool().await;
+    let settings = common::settings("unused:9092", name);
+    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let key = PartitionKey {
+        group: settings.kafka.group_id.clone(),
+        topic: "orders".into(),
+        partition: 0,
+    };
+    (admin, pool, key)
+}
+
 /// One batch with no applied cache work to clear, registering unknown tenants.
 async fn write(
     pool: &sqlx::PgPool,
@@ -52,15 +65,8 @@ async fn stored(pool: &sqlx::PgPool, key: &PartitionKey) -> Option<i64> {
 
 #[tokio::test]
 async fn stale_owner_is_fenced_and_changes_nothing() {
-    let admin = common::admin_pool().await;
-    let settings = common::settings("unused:9092", "fence");
-    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let (admin, pool, key) = setup("fence").await;
     let tenant = Uuid::new_v4();
-    let key = PartitionKey {
-        group: settings.kafka.group_id.clone(),
-        topic: "orders".into(),
-        partition: 0,
-    };
 
     // Old owner writes offsets 0..10.
     let first = write(&pool, &key, None, 10, &[order(tenant, "o-1", 1)]).await;
@@ -94,15 +100,8 @@ async fn stale_owner_is_fenced_and_changes_nothing() {
 
 #[tokio::test]
 async fn version_guard_counts_stale_and_keeps_the_newest() {
-    let admin = common::admin_pool().await;
-    let settings = common::settings("unused:9092", "guard");
-    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let (admin, pool, key) = setup("guard").await;
     let tenant = Uuid::new_v4();
-    let key = PartitionKey {
-        group: settings.kafka.group_id.clone(),
-        topic: "orders".into(),
-        partition: 0,
-    };
     let batch = [
         order(tenant, "o-1", 3),
         order(tenant, "o-1", 2),
@@ -155,15 +154,8 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
 
 #[tokio::test]
 async fn applied_cache_work_is_deleted_with_the_next_write() {
-    let admin = common::admin_pool().await;
-    let settings = common::settings("unused:9092", "ledger");
-    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let (admin, pool, key) = setup("ledger").await;
     let (tenant, other) = (Uuid::new_v4(), Uuid::new_v4());
-    let key = PartitionKey {
-        group: settings.kafka.group_id.clone(),
-        topic: "orders".into(),
-        partition: 0,
-    };
     let batch = [order(tenant, "o-1", 1), order(other, "x-1", 1)];
     let BatchOutcome::Committed(first) = write(&pool, &key, None, 2, &batch).await else {
         panic!("fenced")
