@@ -145,15 +145,6 @@ async fn set_if_newer_pipelined(
     Ok((written, results.len() - written))
 }
 
-/// How much cache work one drain applied.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
-    /// Outbox rows claimed (0: nothing left that another drain is not already holding).
-    pub claimed: usize,
-    pub written: usize,
-    pub skipped_older: usize,
-}
-
 /// How old queued work must be before the drainer takes it: younger work is normally being
 /// applied by its own batch right now.
 const MIN_AGE: Duration = Duration::from_secs(2);
@@ -167,7 +158,7 @@ pub async fn drain_tenants(
     tenants: &[Uuid],
     ttl_seconds: u64,
     per_tenant: i64,
-) -> Result<Drained, CacheError> {
+) -> Result<(), CacheError> {
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
     let mut entries = Vec::new();
@@ -205,11 +196,7 @@ pub async fn drain_tenants(
     let (written, skipped_older) = set_if_newer(redis, &entries, ttl_seconds).await?;
     tx.commit().await?;
     crate::metrics::cache_keys_written(written, skipped_older, started.elapsed());
-    Ok(Drained {
-        claimed: entries.len(),
-        written,
-        skipped_older,
-    })
+    Ok(())
 }
 
 /// Outbox rows whose Redis write succeeded and that still have to be deleted, per tenant.

@@ -347,10 +347,6 @@ impl Decoder {
         })
     }
 
-    pub fn store(&self) -> &Arc<SchemaStore> {
-        &self.store
-    }
-
     /// Decodes one message value into `T` (whose serde shape follows the reader schema).
     pub async fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, DecodeError> {
         let (writer, body) = match payload {
