@@ -13,11 +13,11 @@ use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use tenantstream::config::Secret;
 use tenantstream::decode::{Decoder, SchemaStore};
+use tenantstream::events::Event;
 use tenantstream::events::{OrderEvent, ValidOrder};
 use tenantstream::http::Health;
 use tenantstream::produce::{self, TrafficSpec, WireFormat};
 use tenantstream::sink::{self, PartitionKey};
-use tenantstream::worker::ORDER_SCHEMA_FILE;
 use tenantstream::{commands, demo, source, Settings, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
     settings.database.url = Secret::new(WORKER_URL);
     settings.database.admin_url = Secret::new(ADMIN_URL);
     mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
+    mock.create_topic(&settings.kafka.config_topic, 1, 1)?;
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
     let encoder = commands::order_encoder(&settings)?;
     let spec = TrafficSpec {
@@ -79,7 +80,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    demo::wait_until_consumed(&admin, &settings, &sent.ends, &shutdown).await?;
+    demo::wait_until_consumed(
+        &admin,
+        &settings,
+        &settings.kafka.orders_topic,
+        &sent.ends,
+        &shutdown,
+    )
+    .await?;
     let pipeline_secs = started.elapsed().as_secs_f64();
     let pipeline_rate = messages.len() as f64 / pipeline_secs;
 
@@ -116,7 +124,14 @@ async fn main() -> anyhow::Result<()> {
         let next = latency_started + Duration::from_millis(100 * (round + 1));
         tokio::time::sleep_until(next.into()).await;
     }
-    demo::wait_until_consumed(&admin, &settings, &ends, &shutdown).await?;
+    demo::wait_until_consumed(
+        &admin,
+        &settings,
+        &settings.kafka.orders_topic,
+        &ends,
+        &shutdown,
+    )
+    .await?;
     shutdown.cancel();
     running.await??;
     let (p50, p95, p99): (f64, f64, f64) = sqlx::query_as(
@@ -138,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (ceiling_messages, _) = produce::generate(&ceiling_spec, &encoder);
     let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None)?);
-    let decoder = Decoder::new(store, ORDER_SCHEMA_FILE)?;
+    let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE)?;
     let mut lanes: Vec<Vec<ValidOrder>> = vec![Vec::new(); partitions as usize];
     for message in &ceiling_messages {
         let event: OrderEvent = decoder.decode(&message.value).await?;
@@ -161,8 +176,16 @@ async fn main() -> anyhow::Result<()> {
             let mut stored = None;
             for (i, chunk) in lane.chunks(batch).enumerate() {
                 let next = ((i + 1) * batch) as i64;
-                sink::write_batch(&pool, &key, stored, next, chunk, true, &Default::default())
-                    .await?;
+                sink::write_batch(
+                    &pool,
+                    &key,
+                    stored,
+                    next,
+                    chunk.into(),
+                    true,
+                    &Default::default(),
+                )
+                .await?;
                 stored = Some(next);
             }
             anyhow::Ok(())

@@ -22,8 +22,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::events::TenantMap;
 use crate::http::Health;
-use crate::sink::{set_tenant, QueuedCache, SinkError};
+use crate::sink::{
+    claim_outbox, current_items, delete_outbox_rows, set_tenant, QueuedCache, SinkError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -39,34 +42,130 @@ impl From<sqlx::Error> for CacheError {
     }
 }
 
-/// Sets KEYS[1] to ARGV[1] unless the cached value's `version` is already >= ARGV[2].
-/// ARGV[3] is the TTL in seconds (0: none). Returns 1 when written, 0 when skipped as older.
+/// Writes an order's JSON unless the cached value's `version` is already >= the new one.
+/// KEYS: generation, order key. ARGV: the generation the key belongs to, JSON, version, TTL
+/// (seconds, 0: none). Returns 1 written, 0 skipped as older, -1 when the generation moved
+/// (the caller reads it again and rebuilds the key).
 pub const SET_IF_NEWER: &str = r#"
-local current = redis.call('GET', KEYS[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return -1
+end
+local current = redis.call('GET', KEYS[2])
 if current then
   local ok, decoded = pcall(cjson.decode, current)
   if ok and type(decoded) == 'table' then
     local cached = tonumber(decoded['version'])
-    if cached and cached >= tonumber(ARGV[2]) then
+    if cached and cached >= tonumber(ARGV[3]) then
       return 0
     end
   end
 end
-local ttl = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
 if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl)
 else
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
 end
 return 1
+"#;
+
+/// Sets or deletes one versioned entry: a hash field (settings, SLA policies) or a whole key
+/// (profile, category, with an optional index set). Its version lives in the keyspace's
+/// `versions` hash, which also keeps the version of a deletion, so an older write cannot bring a
+/// deleted entry back.
+/// KEYS: generation, versions hash, target, [index set]. ARGV: generation, versions field,
+/// version, TTL, 'hash' or 'string', '1' when there is a value, value, hash field or index member.
+/// Returns 1 written, 0 skipped as older, -1 when the generation moved.
+pub const APPLY_ENTRY: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return -1
+end
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[2]))
+if current and current >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local present = ARGV[6] == '1'
+if ARGV[5] == 'hash' then
+  if present then
+    redis.call('HSET', KEYS[3], ARGV[8], ARGV[7])
+  else
+    redis.call('HDEL', KEYS[3], ARGV[8])
+  end
+elseif present then
+  redis.call('SET', KEYS[3], ARGV[7])
+else
+  redis.call('DEL', KEYS[3])
+end
+if KEYS[4] then
+  if present then
+    redis.call('SADD', KEYS[4], ARGV[8])
+  else
+    redis.call('SREM', KEYS[4], ARGV[8])
+  end
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  for i = 2, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+return 1
+"#;
+
+/// Retires a keyspace's keys in O(1): increments its generation. With a version (> 0), only once
+/// per version (a suspension applied again, by the drainer or a replay, does not bump again).
+/// KEYS: generation, last bumped version. ARGV: version or 0. Returns the generation.
+pub const BUMP_GENERATION: &str = r#"
+local version = tonumber(ARGV[1])
+if version > 0 then
+  local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+  if last >= version then
+    return tonumber(redis.call('GET', KEYS[1]) or '0')
+  end
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return redis.call('INCR', KEYS[1])
 "#;
 
 /// How long one Redis round trip may take before it counts as a failure.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The cache key of one order.
-pub fn order_key(tenant: &Uuid, order_id: &str) -> String {
-    format!("t:{{{tenant}}}:order:{order_id}")
+/// A set of keys retired together by bumping one generation counter: one tenant's keys, or the
+/// shared reference data. All keys of one keyspace share a Redis Cluster hash slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Keyspace {
+    Tenant(Uuid),
+    Reference,
+}
+
+impl Keyspace {
+    fn prefix(&self) -> String {
+        match self {
+            Self::Tenant(tenant) => format!("t:{{{tenant}}}"),
+            Self::Reference => "ref:{category}".to_owned(),
+        }
+    }
+
+    /// The keyspace's current generation (absent: 0). Never expires.
+    pub fn generation_key(&self) -> String {
+        format!("{}:gen", self.prefix())
+    }
+
+    /// The profile version that last bumped the generation. Never expires.
+    fn bumped_for_key(&self) -> String {
+        format!("{}:gen:bumped_for", self.prefix())
+    }
+
+    /// A key of generation `generation`: `t:{<tenant>}:g<generation>:<suffix>`.
+    pub fn key(&self, generation: i64, suffix: &str) -> String {
+        format!("{}:g{generation}:{suffix}", self.prefix())
+    }
+}
+
+/// The cache key of one order in generation `generation`.
+pub fn order_key(tenant: &Uuid, generation: i64, order_id: &str) -> String {
+    Keyspace::Tenant(*tenant).key(generation, &format!("order:{order_id}"))
 }
 
 /// Connects to a single Redis (`redis://`) or a cluster (`redis-cluster://`).
@@ -86,130 +185,312 @@ pub async fn connect(url: &str) -> Result<Client, CacheError> {
     Ok(client)
 }
 
-/// A key and value to write if newer.
-#[derive(Debug, Clone)]
-pub struct CacheEntry {
-    pub key: String,
-    pub version: i64,
-    pub json: String,
+/// One Redis change, derived from a committed row (its current value and version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheItem {
+    Order {
+        tenant: Uuid,
+        order_id: String,
+        version: i64,
+        json: String,
+    },
+    /// The tenant profile; a suspended one first retires the tenant's keyspace.
+    Profile {
+        tenant: Uuid,
+        version: i64,
+        json: String,
+        suspended: bool,
+    },
+    /// A setting or an SLA policy; `None` deletes it.
+    Entry {
+        tenant: Uuid,
+        map: TenantMap,
+        key: String,
+        version: i64,
+        value: Option<String>,
+    },
+    /// A category of the shared reference data; `None` deletes it.
+    Category {
+        id: String,
+        version: i64,
+        value: Option<String>,
+    },
 }
 
-/// Entries per Redis pipeline: small enough to answer well within [`COMMAND_TIMEOUT`].
+impl CacheItem {
+    pub fn keyspace(&self) -> Keyspace {
+        match self {
+            Self::Order { tenant, .. }
+            | Self::Profile { tenant, .. }
+            | Self::Entry { tenant, .. } => Keyspace::Tenant(*tenant),
+            Self::Category { .. } => Keyspace::Reference,
+        }
+    }
+
+    /// The script, keys and arguments that apply this item in generation `generation`.
+    fn command(&self, generation: i64, ttl: &Ttl) -> (&'static str, Vec<String>, Vec<Value>) {
+        let space = self.keyspace();
+        let gen_key = space.generation_key();
+        let versions = space.key(generation, "versions");
+        let entry =
+            |field: String, mode: &str, value: &Option<String>, member: &str| -> Vec<Value> {
+                vec![
+                    generation.into(),
+                    field.into(),
+                    self.version().into(),
+                    (ttl.config as i64).into(),
+                    mode.into(),
+                    if value.is_some() { "1" } else { "0" }.into(),
+                    value.clone().unwrap_or_default().into(),
+                    member.into(),
+                ]
+            };
+        match self {
+            Self::Order {
+                tenant,
+                order_id,
+                version,
+                json,
+            } => (
+                SET_IF_NEWER,
+                vec![gen_key, order_key(tenant, generation, order_id)],
+                vec![
+                    generation.into(),
+                    json.as_str().into(),
+                    (*version).into(),
+                    (ttl.orders as i64).into(),
+                ],
+            ),
+            Self::Profile { json, .. } => (
+                APPLY_ENTRY,
+                vec![gen_key, versions, space.key(generation, "profile")],
+                entry("profile".into(), "string", &Some(json.clone()), ""),
+            ),
+            Self::Entry {
+                map, key, value, ..
+            } => (
+                APPLY_ENTRY,
+                vec![gen_key, versions, space.key(generation, map.name())],
+                entry(format!("{}:{key}", map.name()), "hash", value, key),
+            ),
+            Self::Category { id, value, .. } => (
+                APPLY_ENTRY,
+                vec![
+                    gen_key,
+                    versions,
+                    space.key(generation, id),
+                    space.key(generation, "ids"),
+                ],
+                entry(id.clone(), "string", value, id),
+            ),
+        }
+    }
+
+    pub fn version(&self) -> i64 {
+        match self {
+            Self::Order { version, .. }
+            | Self::Profile { version, .. }
+            | Self::Entry { version, .. }
+            | Self::Category { version, .. } => *version,
+        }
+    }
+}
+
+/// Key lifetimes in seconds (0: no expiry). Retired generations' keys expire by these.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl {
+    pub orders: u64,
+    pub config: u64,
+}
+
+impl From<&crate::config::RedisSettings> for Ttl {
+    fn from(settings: &crate::config::RedisSettings) -> Self {
+        Self {
+            orders: settings.order_ttl_seconds,
+            config: settings.config_ttl_seconds,
+        }
+    }
+}
+
+/// What applying cache items did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub written: usize,
+    pub skipped_older: usize,
+}
+
+/// Script calls per Redis pipeline: small enough to answer well within [`COMMAND_TIMEOUT`].
 const PIPELINE_CHUNK: usize = 1000;
 
-/// Writes entries with the version check, pipelined in chunks. Returns (written, skipped as
-/// older). On an error some chunks may have been written; writing them again changes nothing.
-pub async fn set_if_newer(
-    redis: &Client,
-    entries: &[CacheEntry],
-    ttl_seconds: u64,
-) -> Result<(usize, usize), CacheError> {
-    let (mut written, mut skipped) = (0, 0);
-    for chunk in entries.chunks(PIPELINE_CHUNK) {
-        let (w, s) = set_if_newer_pipelined(redis, chunk, ttl_seconds).await?;
-        written += w;
-        skipped += s;
+/// How often items are tried again when their keyspace's generation moved under them.
+const GENERATION_RETRIES: usize = 10;
+
+/// Applies items with their version checks: first the generation bumps of suspended profiles,
+/// then every write in the keyspace's current generation. On an error some items may have been
+/// applied; applying them again changes nothing.
+pub async fn apply(redis: &Client, items: &[CacheItem], ttl: &Ttl) -> Result<Applied, CacheError> {
+    let suspensions: Vec<(Keyspace, i64)> = items
+        .iter()
+        .filter_map(|item| match item {
+            CacheItem::Profile {
+                tenant,
+                version,
+                suspended: true,
+                ..
+            } => Some((Keyspace::Tenant(*tenant), *version)),
+            _ => None,
+        })
+        .collect();
+    bump_generations(redis, &suspensions).await?;
+    let mut applied = Applied::default();
+    let mut pending: Vec<&CacheItem> = items.iter().collect();
+    for _ in 0..GENERATION_RETRIES {
+        if pending.is_empty() {
+            return Ok(applied);
+        }
+        let generations = read_generations(redis, pending.iter().map(|i| i.keyspace())).await?;
+        let mut moved = Vec::new();
+        for chunk in pending.chunks(PIPELINE_CHUNK) {
+            let pipeline = redis.pipeline();
+            for item in chunk {
+                let (script, keys, args) = item.command(generations[&item.keyspace()], ttl);
+                let () = pipeline
+                    .custom(eval(), eval_args(script, keys, args))
+                    .await?;
+            }
+            let results: Vec<i64> = pipeline.all().await?;
+            if results.len() != chunk.len() {
+                // Never treat a partial answer as success: the outbox rows would be deleted.
+                return Err(CacheError::Redis(fred::error::Error::new(
+                    fred::error::ErrorKind::Unknown,
+                    format!("{} answers to {} writes", results.len(), chunk.len()),
+                )));
+            }
+            for (item, result) in chunk.iter().zip(results) {
+                match result {
+                    1 => applied.written += 1,
+                    0 => applied.skipped_older += 1,
+                    _ => moved.push(*item),
+                }
+            }
+        }
+        pending = moved;
     }
-    Ok((written, skipped))
+    Err(CacheError::Redis(fred::error::Error::new(
+        fred::error::ErrorKind::Unknown,
+        format!("{} writes kept meeting a moving generation", pending.len()),
+    )))
 }
 
-async fn set_if_newer_pipelined(
-    redis: &Client,
-    entries: &[CacheEntry],
-    ttl_seconds: u64,
-) -> Result<(usize, usize), CacheError> {
-    // EVAL as a custom command, because fred pipelines have no Lua interface; the key (argument
-    // 2: script, numkeys, key) picks the cluster node.
-    let eval = CustomCommand::new("EVAL", ClusterHash::Offset(2), false);
+/// EVAL as a custom command, because fred pipelines have no Lua interface; the first key
+/// (argument 2: script, numkeys, key) picks the cluster node.
+fn eval() -> CustomCommand {
+    CustomCommand::new("EVAL", ClusterHash::Offset(2), false)
+}
+
+fn eval_args(script: &str, keys: Vec<String>, args: Vec<Value>) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(script.into());
+    all.push((keys.len() as i64).into());
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args);
+    all
+}
+
+/// Bumps each keyspace's generation; with a version, at most once per version.
+pub async fn bump_generations(redis: &Client, bumps: &[(Keyspace, i64)]) -> Result<(), CacheError> {
+    if bumps.is_empty() {
+        return Ok(());
+    }
     let pipeline = redis.pipeline();
-    for entry in entries {
-        let args: Vec<Value> = vec![
-            SET_IF_NEWER.into(),
-            1.into(),
-            entry.key.as_str().into(),
-            entry.json.as_str().into(),
-            entry.version.into(),
-            (ttl_seconds as i64).into(),
-        ];
-        let () = pipeline.custom(eval.clone(), args).await?;
+    for (space, version) in bumps {
+        let keys = vec![space.generation_key(), space.bumped_for_key()];
+        let () = pipeline
+            .custom(
+                eval(),
+                eval_args(BUMP_GENERATION, keys, vec![(*version).into()]),
+            )
+            .await?;
     }
-    let results: Vec<i64> = pipeline.all().await?;
-    if results.len() != entries.len() {
-        // Never treat a partial answer as success: the outbox rows would be deleted.
-        return Err(CacheError::Redis(fred::error::Error::new(
-            fred::error::ErrorKind::Unknown,
-            format!("{} answers to {} writes", results.len(), entries.len()),
-        )));
+    let _: Vec<i64> = pipeline.all().await?;
+    Ok(())
+}
+
+/// The current generation of each keyspace (absent: 0).
+pub async fn read_generations(
+    redis: &Client,
+    spaces: impl IntoIterator<Item = Keyspace>,
+) -> Result<HashMap<Keyspace, i64>, CacheError> {
+    let mut spaces: Vec<Keyspace> = spaces.into_iter().collect();
+    spaces.sort();
+    spaces.dedup();
+    let pipeline = redis.pipeline();
+    for space in &spaces {
+        let () = pipeline.get(space.generation_key()).await?;
     }
-    let written = results.iter().filter(|r| **r == 1).count();
-    Ok((written, results.len() - written))
+    let values: Vec<Option<i64>> = if spaces.is_empty() {
+        Vec::new()
+    } else {
+        pipeline.all().await?
+    };
+    Ok(spaces
+        .into_iter()
+        .zip(values)
+        .map(|(space, generation)| (space, generation.unwrap_or(0)))
+        .collect())
 }
 
 /// How old queued work must be before the drainer takes it: younger work is normally being
 /// applied by its own batch right now.
 const MIN_AGE: Duration = Duration::from_secs(2);
 
-/// Applies the queued cache work of consumer group `group` for `tenants` (up to `per_tenant`
-/// rows each, older than [`MIN_AGE`]) in one transaction, from the current rows.
-pub async fn drain_tenants(
+/// Applies the queued cache work of consumer group `group` for `tenants` (and, with
+/// `shared`, the shared work), up to `per_scope` rows each, older than [`MIN_AGE`], in one
+/// transaction, from the current rows.
+pub async fn drain(
     pool: &PgPool,
     redis: &Client,
     group: &str,
     tenants: &[Uuid],
-    ttl_seconds: u64,
-    per_tenant: i64,
+    shared: bool,
+    ttl: &Ttl,
+    per_scope: i64,
 ) -> Result<(), CacheError> {
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
-    let mut entries = Vec::new();
-    for tenant in tenants {
-        set_tenant(&mut tx, *tenant).await?;
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "WITH claimed AS (
-                 DELETE FROM cache_outbox
-                  WHERE id IN (SELECT id FROM cache_outbox
-                                WHERE consumer_group = $2 AND tenant_id = $4 AND kind = 'order'
-                                  AND created_at < now() - make_interval(secs => $3)
-                                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                 RETURNING key_id
-             )
-             SELECT o.order_id, o.version, order_cache_json(o)
-               FROM orders o
-              WHERE o.tenant_id = $4 AND o.order_id IN (SELECT key_id FROM claimed)",
-        )
-        .bind(per_tenant)
-        .bind(group)
-        .bind(MIN_AGE.as_secs_f64())
-        .bind(tenant)
-        .fetch_all(&mut *tx)
-        .await?;
-        entries.extend(
-            rows.into_iter()
-                .map(|(order_id, version, json)| CacheEntry {
-                    key: order_key(tenant, &order_id),
-                    version,
-                    json,
-                }),
-        );
+    let mut items = Vec::new();
+    let scopes = tenants
+        .iter()
+        .map(|t| Some(*t))
+        .chain(shared.then_some(None));
+    for tenant in scopes {
+        if let Some(tenant) = tenant {
+            set_tenant(&mut tx, tenant).await?;
+        }
+        let refs = claim_outbox(&mut tx, group, tenant, MIN_AGE, per_scope).await?;
+        items.extend(current_items(&mut tx, tenant, &refs).await?);
     }
     // Redis first: if it fails, the rollback puts the work back in the outbox.
-    let (written, skipped_older) = set_if_newer(redis, &entries, ttl_seconds).await?;
+    let applied = apply(redis, &items, ttl).await?;
     tx.commit().await?;
-    crate::metrics::cache_keys_written(written, skipped_older, started.elapsed());
+    crate::metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
     Ok(())
 }
 
-/// Outbox rows whose Redis write succeeded and that still have to be deleted, per tenant.
+/// Outbox rows whose Redis write succeeded and that still have to be deleted.
 #[derive(Default)]
 pub struct CacheLedger {
-    applied: Mutex<HashMap<Uuid, Vec<i64>>>,
+    applied: Mutex<HashMap<Keyspace, Vec<i64>>>,
 }
 
 impl CacheLedger {
     fn record(&self, queued: &[QueuedCache]) {
         let mut applied = self.applied.lock().expect("ledger lock");
         for q in queued {
-            applied.entry(q.tenant).or_default().push(q.outbox_id);
+            applied
+                .entry(q.item.keyspace())
+                .or_default()
+                .push(q.outbox_id);
         }
     }
 
@@ -218,11 +499,11 @@ impl CacheLedger {
         let mut applied = self.applied.lock().expect("ledger lock");
         tenants
             .into_iter()
-            .filter_map(|t| applied.remove(&t).map(|ids| (t, ids)))
+            .filter_map(|t| applied.remove(&Keyspace::Tenant(t)).map(|ids| (t, ids)))
             .collect()
     }
 
-    fn take_all(&self) -> HashMap<Uuid, Vec<i64>> {
+    fn take_all(&self) -> HashMap<Keyspace, Vec<i64>> {
         std::mem::take(&mut *self.applied.lock().expect("ledger lock"))
     }
 }
@@ -232,38 +513,27 @@ pub async fn apply_queued(
     redis: &Client,
     ledger: &CacheLedger,
     queued: &[QueuedCache],
-    ttl_seconds: u64,
+    ttl: &Ttl,
 ) -> Result<(), CacheError> {
     let started = std::time::Instant::now();
-    let entries: Vec<CacheEntry> = queued
-        .iter()
-        .map(|q| CacheEntry {
-            key: order_key(&q.tenant, &q.order_id),
-            version: q.version,
-            json: q.json.clone(),
-        })
-        .collect();
-    let (written, skipped_older) = set_if_newer(redis, &entries, ttl_seconds).await?;
+    let items: Vec<CacheItem> = queued.iter().map(|q| q.item.clone()).collect();
+    let applied = apply(redis, &items, ttl).await?;
     ledger.record(queued);
-    crate::metrics::cache_keys_written(written, skipped_older, started.elapsed());
+    crate::metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
     Ok(())
 }
 
-/// Deletes outbox rows already applied to Redis, each tenant under its own context.
+/// Deletes outbox rows already applied to Redis, each tenant's under its own context.
 pub async fn delete_applied(
     pool: &PgPool,
-    applied: &HashMap<Uuid, Vec<i64>>,
+    applied: &HashMap<Keyspace, Vec<i64>>,
 ) -> Result<(), CacheError> {
     if applied.is_empty() {
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    for (tenant, ids) in applied {
-        set_tenant(&mut tx, *tenant).await?;
-        sqlx::query("DELETE FROM cache_outbox WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
+    for (space, ids) in applied {
+        delete_outbox_rows(&mut tx, *space, ids).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -293,7 +563,7 @@ pub struct CacheDrainer {
     pub pool: PgPool,
     pub redis: Client,
     pub group: String,
-    pub ttl_seconds: u64,
+    pub ttl: Ttl,
     pub ledger: std::sync::Arc<CacheLedger>,
     pub health: Health,
     /// Woken by the batch path when its own drain failed.
@@ -333,7 +603,18 @@ impl CacheDrainer {
             // The rows stay queued and are applied again later, which changes nothing.
             tracing::warn!(%error, "Could not delete applied cache work.");
         }
-        // One pass over every tenant with leftover work, a page of tenants at a time.
+        // Shared work (few keys), then one pass over every tenant with leftover work, a page
+        // of tenants at a time.
+        drain(
+            &self.pool,
+            &self.redis,
+            &self.group,
+            &[],
+            true,
+            &self.ttl,
+            500,
+        )
+        .await?;
         let mut after = None;
         let mut tenants_seen = 0;
         loop {
@@ -342,12 +623,13 @@ impl CacheDrainer {
                 break;
             };
             tenants_seen += tenants.len();
-            drain_tenants(
+            drain(
                 &self.pool,
                 &self.redis,
                 &self.group,
                 &tenants,
-                self.ttl_seconds,
+                false,
+                &self.ttl,
                 500,
             )
             .await?;
@@ -364,12 +646,55 @@ impl CacheDrainer {
 mod tests {
     use super::*;
 
+    const TENANT: &str = "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b";
+
     #[test]
-    fn order_keys_share_the_tenant_hash_tag() {
-        let tenant = Uuid::parse_str("6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b").unwrap();
+    fn keys_of_a_keyspace_share_its_hash_tag_and_name_their_generation() {
+        let tenant = Uuid::parse_str(TENANT).unwrap();
         assert_eq!(
-            order_key(&tenant, "o-1"),
-            "t:{6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b}:order:o-1"
+            order_key(&tenant, 3, "o-1"),
+            format!("t:{{{TENANT}}}:g3:order:o-1")
         );
+        let space = Keyspace::Tenant(tenant);
+        assert_eq!(space.generation_key(), format!("t:{{{TENANT}}}:gen"));
+        assert_eq!(space.key(0, "config"), format!("t:{{{TENANT}}}:g0:config"));
+        assert_eq!(
+            Keyspace::Reference.key(2, "books"),
+            "ref:{category}:g2:books"
+        );
+        assert_eq!(Keyspace::Reference.generation_key(), "ref:{category}:gen");
+    }
+
+    #[test]
+    fn every_script_key_of_an_item_is_in_its_keyspace() {
+        let tenant = Uuid::parse_str(TENANT).unwrap();
+        let ttl = Ttl {
+            orders: 10,
+            config: 20,
+        };
+        let items = [
+            CacheItem::Entry {
+                tenant,
+                map: TenantMap::SlaPolicies,
+                key: "default".into(),
+                version: 4,
+                value: None,
+            },
+            CacheItem::Category {
+                id: "books".into(),
+                version: 1,
+                value: Some("{}".into()),
+            },
+        ];
+        for item in items {
+            let (_, keys, args) = item.command(7, &ttl);
+            let tag = match item.keyspace() {
+                Keyspace::Tenant(_) => format!("{{{TENANT}}}"),
+                Keyspace::Reference => "{category}".to_owned(),
+            };
+            assert!(keys.iter().all(|k| k.contains(&tag)), "{keys:?}");
+            assert_eq!(args[0], Value::from(7_i64));
+            assert_eq!(args[3], Value::from(20_i64));
+        }
     }
 }

@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::decode::{Decoder, SchemaStore};
+use crate::events::{Event, ValidConfig, ValidOrder};
 use crate::http::{self, Health};
 use crate::produce::{self, Encoder, TrafficSpec, WireFormat};
-use crate::worker::{Worker, ORDER_SCHEMA_FILE};
+use crate::worker::Worker;
 use crate::{cache, metrics, sink, source};
 
 /// Cancels `token` on SIGTERM or SIGINT.
@@ -119,15 +120,23 @@ impl ProduceArgs {
 
 /// The encoder for the order schema, framed with its id from `registry.json`.
 pub fn order_encoder(settings: &Settings) -> anyhow::Result<Encoder> {
+    encoder_for(settings, ValidOrder::SCHEMA_FILE)
+}
+
+/// The encoder for the configuration-change schema, framed with its id from `registry.json`.
+pub fn config_encoder(settings: &Settings) -> anyhow::Result<Encoder> {
+    encoder_for(settings, ValidConfig::SCHEMA_FILE)
+}
+
+fn encoder_for(settings: &Settings, file: &str) -> anyhow::Result<Encoder> {
     let store = SchemaStore::load(&settings.schemas.dir, None)?;
-    let id = store.local_id_of(ORDER_SCHEMA_FILE).with_context(|| {
+    let id = store.local_id_of(file).with_context(|| {
         format!(
-            "{} in {} has no schema id in registry.json",
-            ORDER_SCHEMA_FILE,
+            "{file} in {} has no schema id in registry.json",
             settings.schemas.dir.display()
         )
     })?;
-    Ok(Encoder::new(store.local_schema(ORDER_SCHEMA_FILE)?, id))
+    Ok(Encoder::new(store.local_schema(file)?, id))
 }
 
 /// `tenantstream produce`.
@@ -186,11 +195,15 @@ fn check_schemas(settings: &Settings) -> anyhow::Result<String> {
         &settings.schemas.dir,
         settings.schemas.registry_url.as_deref(),
     )?);
-    Decoder::new(store, ORDER_SCHEMA_FILE)?;
+    Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE)?;
+    Decoder::new(store, ValidConfig::SCHEMA_FILE)?;
     order_encoder(settings)?;
+    config_encoder(settings)?;
     Ok(format!(
-        "{} readable, reader {ORDER_SCHEMA_FILE}",
-        settings.schemas.dir.display()
+        "{} readable, readers {} and {}",
+        settings.schemas.dir.display(),
+        ValidOrder::SCHEMA_FILE,
+        ValidConfig::SCHEMA_FILE
     ))
 }
 
@@ -223,22 +236,21 @@ async fn check_kafka(settings: &Settings) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = source::client_config(&kafka).create()?;
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
-        let has = |t: &str| metadata.topics().iter().any(|m| m.name() == t);
+        let topics: Vec<String> = [
+            &kafka.orders_topic,
+            &kafka.config_topic,
+            &kafka.dead_letter_topic,
+        ]
+        .into_iter()
+        .map(|topic| {
+            let present = metadata.topics().iter().any(|m| m.name() == topic);
+            format!("{topic}: {}", if present { "present" } else { "missing" })
+        })
+        .collect();
         Ok(format!(
-            "{} answers; topics {}: {}, {}: {}",
+            "{} answers; topics {}",
             kafka.brokers,
-            kafka.orders_topic,
-            if has(&kafka.orders_topic) {
-                "present"
-            } else {
-                "missing"
-            },
-            kafka.dead_letter_topic,
-            if has(&kafka.dead_letter_topic) {
-                "present"
-            } else {
-                "missing"
-            },
+            topics.join(", ")
         ))
     })
     .await?

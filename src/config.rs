@@ -71,6 +71,8 @@ pub struct KafkaSettings {
     /// Consumer group; also the key of this worker's progress in the `consumer_offsets` table.
     pub group_id: String,
     pub orders_topic: String,
+    /// Topic of configuration-change events.
+    pub config_topic: String,
     pub dead_letter_topic: String,
     /// A partition's batch is written when it holds this many events...
     pub batch_max_events: usize,
@@ -96,6 +98,10 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Time to live of cached order keys; 0 keeps them without expiry.
     pub order_ttl_seconds: u64,
+    /// Time to live of cached profiles, settings, SLA policies and categories (refreshed on each
+    /// change of the keyspace). Keys of a retired generation disappear after this long; 0 keeps
+    /// them until Redis evicts them.
+    pub config_ttl_seconds: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -150,6 +156,7 @@ impl Default for KafkaSettings {
             brokers: "127.0.0.1:9092".into(),
             group_id: "tenantstream".into(),
             orders_topic: "orders".into(),
+            config_topic: "config-changes".into(),
             dead_letter_topic: "dead-letters".into(),
             batch_max_events: 1000,
             batch_linger_ms: 50,
@@ -173,6 +180,7 @@ impl Default for RedisSettings {
         Self {
             url: Secret::new("redis://127.0.0.1:6379"),
             order_ttl_seconds: 86_400,
+            config_ttl_seconds: 604_800,
         }
     }
 }
@@ -209,6 +217,9 @@ pub struct Overrides {
     /// Topic of order events.
     #[arg(long, env = "TENANTSTREAM_ORDERS_TOPIC", global = true)]
     pub orders_topic: Option<String>,
+    /// Topic of configuration-change events.
+    #[arg(long, env = "TENANTSTREAM_CONFIG_TOPIC", global = true)]
+    pub config_topic: Option<String>,
     /// Dead-letter topic.
     #[arg(long, env = "TENANTSTREAM_DEAD_LETTER_TOPIC", global = true)]
     pub dead_letter_topic: Option<String>,
@@ -247,6 +258,9 @@ pub struct Overrides {
     /// TTL of cached order keys in seconds (0 = no expiry).
     #[arg(long, env = "TENANTSTREAM_ORDER_TTL_SECONDS", global = true)]
     pub order_ttl_seconds: Option<u64>,
+    /// TTL of cached profiles, settings, SLA policies and categories in seconds (0 = no expiry).
+    #[arg(long, env = "TENANTSTREAM_CONFIG_TTL_SECONDS", global = true)]
+    pub config_ttl_seconds: Option<u64>,
     /// Dead-letter events of unknown tenants instead of registering them as provisional.
     #[arg(long, env = "TENANTSTREAM_STRICT_TENANTS", global = true)]
     pub strict_tenants: Option<bool>,
@@ -304,6 +318,7 @@ impl Settings {
         set(&mut self.kafka.brokers, &o.brokers);
         set(&mut self.kafka.group_id, &o.group_id);
         set(&mut self.kafka.orders_topic, &o.orders_topic);
+        set(&mut self.kafka.config_topic, &o.config_topic);
         set(&mut self.kafka.dead_letter_topic, &o.dead_letter_topic);
         set(&mut self.kafka.batch_max_events, &o.batch_max_events);
         set(&mut self.kafka.batch_linger_ms, &o.batch_linger_ms);
@@ -311,6 +326,7 @@ impl Settings {
         set(&mut self.schemas.dir, &o.schemas_dir);
         set(&mut self.http.listen, &o.http_listen);
         set(&mut self.redis.order_ttl_seconds, &o.order_ttl_seconds);
+        set(&mut self.redis.config_ttl_seconds, &o.config_ttl_seconds);
         set(&mut self.tenants.strict, &o.strict_tenants);
         set(&mut self.log_format, &o.log_format);
         if let Some(url) = &o.database_url {
@@ -341,14 +357,18 @@ impl Settings {
         if self.kafka.group_id.trim().is_empty() {
             return invalid("kafka.group_id", "must not be empty");
         }
-        if self.kafka.orders_topic.is_empty() || self.kafka.dead_letter_topic.is_empty() {
-            return invalid("kafka.*_topic", "topic names must not be empty");
-        }
-        if self.kafka.orders_topic == self.kafka.dead_letter_topic {
-            return invalid(
-                "kafka.dead_letter_topic",
-                "must differ from the orders topic",
-            );
+        let topics = [
+            ("kafka.orders_topic", &self.kafka.orders_topic),
+            ("kafka.config_topic", &self.kafka.config_topic),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+        ];
+        for (i, (field, topic)) in topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                return invalid(field, "topic names must not be empty");
+            }
+            if let Some((other, _)) = topics[..i].iter().find(|(_, t)| t == topic) {
+                return invalid(field, &format!("must differ from {other} ({topic:?})"));
+            }
         }
         if !(1..=100_000).contains(&self.kafka.batch_max_events) {
             return invalid("kafka.batch_max_events", "must be between 1 and 100000");

@@ -42,6 +42,7 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
     let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
     let orders_topic = settings.kafka.orders_topic.clone();
     mock.create_topic(&orders_topic, args.partitions, 1)?;
+    mock.create_topic(&settings.kafka.config_topic, args.partitions, 1)?;
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
     settings.kafka.brokers = mock.bootstrap_servers();
     settings.kafka.group_id = format!("demo-{}", Uuid::new_v4());
@@ -74,7 +75,7 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
         messages.len(),
         started.elapsed().as_secs_f64()
     );
-    wait_until_consumed(&admin, &settings, &sent.ends, &shutdown).await?;
+    wait_until_consumed(&admin, &settings, &orders_topic, &sent.ends, &shutdown).await?;
     let elapsed = started.elapsed();
     wait_until_cache_drained(&admin, &settings.kafka.group_id, &shutdown).await?;
     shutdown.cancel();
@@ -121,10 +122,11 @@ async fn preflight(settings: &Settings) -> anyhow::Result<PgPool> {
         .await?)
 }
 
-/// Waits until Postgres stores `ends` as the group's next offsets, printing progress.
+/// Waits until Postgres stores `ends` as the group's next offsets of `topic`, printing progress.
 pub async fn wait_until_consumed(
     pool: &PgPool,
     settings: &Settings,
+    topic: &str,
     ends: &produce::EndOffsets,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -133,13 +135,8 @@ pub async fn wait_until_consumed(
     let mut last_print = Instant::now();
     let mut last_progress = (0, Instant::now());
     loop {
-        let stored = sink::load_stored_offsets(
-            pool,
-            &settings.kafka.group_id,
-            &settings.kafka.orders_topic,
-            &partitions,
-        )
-        .await?;
+        let stored =
+            sink::load_stored_offsets(pool, &settings.kafka.group_id, topic, &partitions).await?;
         let done: i64 = ends
             .iter()
             .map(|(p, end)| stored.get(p).copied().unwrap_or(0).min(*end))
@@ -242,9 +239,11 @@ async fn summarize(
     .fetch_one(admin)
     .await?;
     let redis = cache::connect(settings.redis.url.expose()).await?;
+    let spaces = expected.tenants.iter().map(|t| cache::Keyspace::Tenant(*t));
+    let generations = cache::read_generations(&redis, spaces).await?;
     let mut keys = 0usize;
-    for tenant in &expected.tenants {
-        keys += count_keys(&redis, &format!("t:{{{tenant}}}:order:*")).await?;
+    for (space, generation) in generations {
+        keys += count_keys(&redis, &space.key(generation, "order:*")).await?;
     }
     let dead = dead_letter_count(settings)?;
     let expected_dead: usize = expected.dead_letters.values().sum();

@@ -1,6 +1,6 @@
 //! tenantstream: a Kafka-native worker for multi-tenant SaaS platforms.
 //!
-//! Order events (Avro) flow `source → decode → sink (Postgres, under tenant RLS) → cache
+//! Order and configuration events (Avro) flow `source → decode → sink (Postgres, under tenant RLS) → cache
 //! (Redis)`, with permanent failures sent to the dead-letter topic. See README.md and
 //! DESIGN.md for the contract.
 
@@ -14,6 +14,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod produce;
+pub mod replay;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -12,8 +12,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::cache::{CacheItem, Keyspace};
 use crate::config::DatabaseSettings;
-use crate::events::ValidOrder;
+use crate::events::{ConfigTarget, TenantMap, TenantStatus, ValidConfig, ValidOrder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -40,15 +41,89 @@ pub struct BatchWrite {
     pub cache: Vec<QueuedCache>,
 }
 
-/// One cache refresh recorded in `cache_outbox` by a committed batch.
+/// One cache refresh recorded in `cache_outbox` (or `shared_cache_outbox`, for shared keys) by
+/// a committed batch, with the committed row's cache value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedCache {
     pub outbox_id: i64,
-    pub tenant: Uuid,
-    pub order_id: String,
-    pub version: i64,
-    /// The committed row as the cache stores it (`order_cache_json`).
-    pub json: String,
+    pub item: CacheItem,
+}
+
+/// The rows of one partition batch: each topic carries one event type.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    Orders(&'a [ValidOrder]),
+    Config(&'a [ValidConfig]),
+}
+
+impl<'a> From<&'a [ValidOrder]> for Rows<'a> {
+    fn from(rows: &'a [ValidOrder]) -> Self {
+        Self::Orders(rows)
+    }
+}
+
+impl<'a> From<&'a [ValidConfig]> for Rows<'a> {
+    fn from(rows: &'a [ValidConfig]) -> Self {
+        Self::Config(rows)
+    }
+}
+
+impl Rows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Orders(rows) => rows.len(),
+            Self::Config(rows) => rows.len(),
+        }
+    }
+}
+
+/// Which cached value a row stands behind: what the outbox records and what a replay reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CacheRef {
+    Order { tenant: Uuid, order_id: String },
+    Config(ConfigTarget),
+}
+
+impl CacheRef {
+    pub fn tenant(&self) -> Option<Uuid> {
+        match self {
+            Self::Order { tenant, .. } => Some(*tenant),
+            Self::Config(target) => target.tenant(),
+        }
+    }
+
+    /// From an outbox row's `kind` and `key_id`; `None` for a kind this version does not know.
+    fn from_outbox(tenant: Option<Uuid>, kind: &str, key_id: String) -> Option<Self> {
+        Some(match (tenant, kind) {
+            (Some(tenant), "order") => Self::Order {
+                tenant,
+                order_id: key_id,
+            },
+            (Some(tenant), "profile") => Self::Config(ConfigTarget::Profile { tenant }),
+            (Some(tenant), "config") => Self::Config(ConfigTarget::Entry {
+                tenant,
+                map: TenantMap::Settings,
+                key: key_id,
+            }),
+            (Some(tenant), "sla") => Self::Config(ConfigTarget::Entry {
+                tenant,
+                map: TenantMap::SlaPolicies,
+                key: key_id,
+            }),
+            (None, "category") => Self::Config(ConfigTarget::Category { id: key_id }),
+            _ => return None,
+        })
+    }
+}
+
+impl TenantMap {
+    /// The table that holds the map. A constant per variant, never input.
+    fn table(self) -> &'static str {
+        match self {
+            Self::Settings => "tenant_settings",
+            Self::SlaPolicies => "sla_policies",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +185,13 @@ pub async fn ensure_rls_applies(pool: &PgPool) -> Result<(), SinkError> {
 pub async fn migrate(admin_url: &str) -> Result<(), SinkError> {
     use sqlx::migrate::MigrateDatabase;
     if !Postgres::database_exists(admin_url).await? {
-        Postgres::create_database(admin_url).await?;
+        match Postgres::create_database(admin_url).await {
+            Ok(()) => {}
+            // Another process created it between the check and the create.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let pool = PgPoolOptions::new()
         .max_connections(2)
@@ -171,19 +252,19 @@ pub async fn set_tenant(tx: &mut Transaction<'_, Postgres>, tenant: Uuid) -> Res
     Ok(())
 }
 
-/// Writes one partition batch: fence the offset, upsert each tenant's orders, record cache work.
+/// Writes one partition batch: fence the offset, upsert each tenant's rows, record cache work.
 ///
 /// `expected` is the next offset this worker believes is stored (`None`: nothing stored yet);
 /// `next_offset` is the offset after the batch's last message. `applied` holds, per tenant, the
-/// outbox rows whose Redis write already succeeded; they are deleted in the same statement as the
-/// tenant's upsert, which saves a round trip per tenant (left undeleted, a row is only applied
-/// again, harmlessly, by the drainer).
+/// outbox rows whose Redis write already succeeded; they are deleted in the same transaction,
+/// which saves a round trip per tenant (left undeleted, a row is only applied again,
+/// harmlessly, by the drainer).
 pub async fn write_batch(
     pool: &PgPool,
     key: &PartitionKey,
     expected: Option<i64>,
     next_offset: i64,
-    orders: &[ValidOrder],
+    rows: Rows<'_>,
     register_tenants: bool,
     applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<BatchOutcome, SinkError> {
@@ -192,19 +273,154 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Ok(BatchOutcome::Fenced);
     }
-    let mut outcome = BatchWrite::default();
-    for (tenant, latest) in latest_per_order(orders) {
-        set_tenant(&mut tx, tenant).await?;
-        let no_ids = Vec::new();
-        let done = applied.get(&tenant).unwrap_or(&no_ids);
-        let queued =
-            upsert_orders(&mut tx, &key.group, tenant, &latest, register_tenants, done).await?;
-        outcome.written += queued.len();
-        outcome.cache.extend(queued);
-    }
-    outcome.stale = orders.len() - outcome.written;
+    let cache = match rows {
+        Rows::Orders(orders) => {
+            write_orders(&mut tx, &key.group, orders, register_tenants, applied).await?
+        }
+        Rows::Config(changes) => {
+            write_config(&mut tx, &key.group, changes, register_tenants, applied).await?
+        }
+    };
     tx.commit().await?;
-    Ok(BatchOutcome::Committed(outcome))
+    Ok(BatchOutcome::Committed(BatchWrite {
+        written: cache.len(),
+        stale: rows.len() - cache.len(),
+        cache,
+    }))
+}
+
+async fn write_orders(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    orders: &[ValidOrder],
+    register_tenants: bool,
+    applied: &HashMap<Uuid, Vec<i64>>,
+) -> Result<Vec<QueuedCache>, SinkError> {
+    let mut queued = Vec::new();
+    for (tenant, latest) in latest_per_order(orders) {
+        set_tenant(tx, tenant).await?;
+        let done = applied.get(&tenant).map_or(&[][..], Vec::as_slice);
+        queued.extend(upsert_orders(tx, group, tenant, &latest, register_tenants, done).await?);
+    }
+    Ok(queued)
+}
+
+/// Per tenant (and once for shared data): the profile first (it may create the tenant), then
+/// each map's entries; categories outside any tenant context.
+async fn write_config(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    changes: &[ValidConfig],
+    register_tenants: bool,
+    applied: &HashMap<Uuid, Vec<i64>>,
+) -> Result<Vec<QueuedCache>, SinkError> {
+    let mut by_tenant: BTreeMap<Option<Uuid>, Vec<&ValidConfig>> = BTreeMap::new();
+    for change in latest_per_target(changes) {
+        by_tenant
+            .entry(change.target.tenant())
+            .or_default()
+            .push(change);
+    }
+    let mut queued = Vec::new();
+    for (tenant, changes) in by_tenant {
+        let Some(tenant) = tenant else {
+            queued.extend(upsert_categories(tx, group, &changes).await?);
+            continue;
+        };
+        set_tenant(tx, tenant).await?;
+        if let Some(done) = applied.get(&tenant) {
+            sqlx::query("DELETE FROM cache_outbox WHERE id = ANY($1)")
+                .bind(done)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let mut entries: BTreeMap<TenantMap, Vec<&ValidConfig>> = BTreeMap::new();
+        for change in changes {
+            match &change.target {
+                ConfigTarget::Profile { .. } => {
+                    queued.extend(upsert_profile(tx, group, tenant, change).await?)
+                }
+                ConfigTarget::Entry { map, .. } => entries.entry(*map).or_default().push(change),
+                ConfigTarget::Category { .. } => unreachable!("grouped under no tenant"),
+            }
+        }
+        for (map, changes) in entries {
+            queued
+                .extend(upsert_entries(tx, group, tenant, map, &changes, register_tenants).await?);
+        }
+    }
+    Ok(queued)
+}
+
+/// The newest change of each target in the batch (one statement may touch a row only once).
+fn latest_per_target(changes: &[ValidConfig]) -> Vec<&ValidConfig> {
+    let mut newest: BTreeMap<&ConfigTarget, &ValidConfig> = BTreeMap::new();
+    for change in changes {
+        newest
+            .entry(&change.target)
+            .and_modify(|kept| {
+                if change.version > kept.version {
+                    *kept = change;
+                }
+            })
+            .or_insert(change);
+    }
+    newest.into_values().collect()
+}
+
+/// The consumer group under which `replay --rewrite-db` writes; its outbox rows are deleted in
+/// the same transaction, since replay refreshes the keys itself.
+const REPLAY_GROUP: &str = "tenantstream-replay";
+
+/// Writes rows outside any partition's progress (no offset is read or moved), for
+/// `replay --rewrite-db`. Returns how many rows were newer than the stored ones.
+pub async fn rewrite_rows(
+    pool: &PgPool,
+    rows: Rows<'_>,
+    register_tenants: bool,
+) -> Result<usize, SinkError> {
+    let mut tx = pool.begin().await?;
+    let none = HashMap::new();
+    let queued = match rows {
+        Rows::Orders(orders) => {
+            write_orders(&mut tx, REPLAY_GROUP, orders, register_tenants, &none).await?
+        }
+        Rows::Config(changes) => {
+            write_config(&mut tx, REPLAY_GROUP, changes, register_tenants, &none).await?
+        }
+    };
+    let mut by_space: HashMap<Keyspace, Vec<i64>> = HashMap::new();
+    for q in &queued {
+        by_space
+            .entry(q.item.keyspace())
+            .or_default()
+            .push(q.outbox_id);
+    }
+    for (space, ids) in &by_space {
+        delete_outbox_rows(&mut tx, *space, ids).await?;
+    }
+    tx.commit().await?;
+    Ok(queued.len())
+}
+
+/// Deletes outbox rows of one keyspace (a tenant's under its context).
+pub async fn delete_outbox_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    space: Keyspace,
+    ids: &[i64],
+) -> Result<(), SinkError> {
+    let table = match space {
+        Keyspace::Tenant(tenant) => {
+            set_tenant(tx, tenant).await?;
+            "cache_outbox"
+        }
+        Keyspace::Reference => "shared_cache_outbox",
+    };
+    sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)"))
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Compare-and-set of the stored offset; false when another writer moved it.
@@ -350,12 +566,354 @@ async fn upsert_orders(
         .into_iter()
         .map(|(outbox_id, order_id, version, json)| QueuedCache {
             outbox_id,
-            tenant,
-            order_id,
-            version,
-            json,
+            item: CacheItem::Order {
+                tenant,
+                order_id,
+                version,
+                json,
+            },
         })
         .collect())
+}
+
+/// The tenant's profile, if newer than the stored one; creates the tenant if needed.
+async fn upsert_profile(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    tenant: Uuid,
+    change: &ValidConfig,
+) -> Result<Option<QueuedCache>, SinkError> {
+    let profile: crate::events::TenantProfile =
+        serde_json::from_str(change.value.as_deref().unwrap_or_default())
+            .map_err(|e| SinkError::Setup(format!("profile validated but unreadable: {e}")))?;
+    let row: Option<(i64, i64, String)> = sqlx::query_as(
+        "WITH upserted AS (
+             INSERT INTO tenants AS t (tenant_id, status, name, tier, profile_version, updated_at)
+             VALUES ($1, $2, $3, $4, $5, now())
+             ON CONFLICT (tenant_id) DO UPDATE
+                SET status = EXCLUDED.status, name = EXCLUDED.name, tier = EXCLUDED.tier,
+                    profile_version = EXCLUDED.profile_version, updated_at = now()
+              WHERE t.profile_version < EXCLUDED.profile_version
+             RETURNING t.profile_version, tenant_profile_json(t) AS json
+         ),
+         queued AS (
+             INSERT INTO cache_outbox (consumer_group, tenant_id, kind, key_id, version)
+             SELECT $6, $1, 'profile', 'profile', profile_version FROM upserted
+             RETURNING id
+         )
+         SELECT q.id, u.profile_version, u.json FROM upserted u, queued q",
+    )
+    .bind(tenant)
+    .bind(profile.status.as_str())
+    .bind(&profile.name)
+    .bind(&profile.tier)
+    .bind(change.version)
+    .bind(group)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|(outbox_id, version, json)| QueuedCache {
+        outbox_id,
+        item: CacheItem::Profile {
+            tenant,
+            version,
+            json,
+            suspended: profile.status == TenantStatus::Suspended,
+        },
+    }))
+}
+
+/// Column arrays of config changes, for UNNEST.
+struct ChangeColumns<'a> {
+    keys: Vec<&'a str>,
+    values: Vec<Option<&'a str>>,
+    versions: Vec<i64>,
+    occurred: Vec<i64>,
+    event_ids: Vec<Uuid>,
+}
+
+impl<'a> ChangeColumns<'a> {
+    fn of(changes: &[&'a ValidConfig]) -> Self {
+        let key = |c: &'a ValidConfig| match &c.target {
+            ConfigTarget::Entry { key, .. } => key.as_str(),
+            ConfigTarget::Category { id } => id.as_str(),
+            ConfigTarget::Profile { .. } => "profile",
+        };
+        Self {
+            keys: changes.iter().map(|c| key(c)).collect(),
+            values: changes.iter().map(|c| c.value.as_deref()).collect(),
+            versions: changes.iter().map(|c| c.version).collect(),
+            occurred: changes.iter().map(|c| c.occurred_at).collect(),
+            event_ids: changes.iter().map(|c| c.event_id).collect(),
+        }
+    }
+}
+
+/// Settings or SLA policies of one tenant: upsert the newer ones (a `None` value is kept as a
+/// tombstone) and queue their cache work.
+async fn upsert_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    tenant: Uuid,
+    map: TenantMap,
+    changes: &[&ValidConfig],
+    register_tenant: bool,
+) -> Result<Vec<QueuedCache>, SinkError> {
+    let c = ChangeColumns::of(changes);
+    let sql = format!(
+        "WITH registered AS (
+             INSERT INTO tenants (tenant_id) SELECT $1 WHERE $7
+             ON CONFLICT (tenant_id) DO NOTHING
+         ),
+         upserted AS (
+             INSERT INTO {table} AS s (tenant_id, key, value, version, occurred_at,
+                                      last_event_id, updated_at)
+             SELECT $1, i.key, i.value::jsonb, i.version, to_timestamp(i.occurred_ms / 1000.0),
+                    i.event_id, now()
+               FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::uuid[])
+                    AS i(key, value, version, occurred_ms, event_id)
+             ON CONFLICT (tenant_id, key) DO UPDATE
+                SET value = EXCLUDED.value, version = EXCLUDED.version,
+                    occurred_at = EXCLUDED.occurred_at, last_event_id = EXCLUDED.last_event_id,
+                    updated_at = now()
+              WHERE s.version < EXCLUDED.version
+             RETURNING s.key, s.version, s.value::text AS value
+         ),
+         queued AS (
+             INSERT INTO cache_outbox (consumer_group, tenant_id, kind, key_id, version)
+             SELECT $8, $1, '{kind}', key, version FROM upserted
+             RETURNING id, key_id
+         )
+         SELECT q.id, u.key, u.version, u.value
+           FROM upserted u JOIN queued q ON q.key_id = u.key",
+        table = map.table(),
+        kind = map.name(),
+    );
+    let rows: Vec<(i64, String, i64, Option<String>)> = sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(&c.keys)
+        .bind(&c.values)
+        .bind(&c.versions)
+        .bind(&c.occurred)
+        .bind(&c.event_ids)
+        .bind(register_tenant)
+        .bind(group)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(outbox_id, key, version, value)| QueuedCache {
+            outbox_id,
+            item: CacheItem::Entry {
+                tenant,
+                map,
+                key,
+                version,
+                value,
+            },
+        })
+        .collect())
+}
+
+/// Shared categories: upsert the newer ones and queue their cache work.
+async fn upsert_categories(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    changes: &[&ValidConfig],
+) -> Result<Vec<QueuedCache>, SinkError> {
+    let c = ChangeColumns::of(changes);
+    let rows: Vec<(i64, String, i64, Option<String>)> = sqlx::query_as(
+        "WITH upserted AS (
+             INSERT INTO categories AS s (category_id, value, version, occurred_at,
+                                         last_event_id, updated_at)
+             SELECT i.key, i.value::jsonb, i.version, to_timestamp(i.occurred_ms / 1000.0),
+                    i.event_id, now()
+               FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::uuid[])
+                    AS i(key, value, version, occurred_ms, event_id)
+             ON CONFLICT (category_id) DO UPDATE
+                SET value = EXCLUDED.value, version = EXCLUDED.version,
+                    occurred_at = EXCLUDED.occurred_at, last_event_id = EXCLUDED.last_event_id,
+                    updated_at = now()
+              WHERE s.version < EXCLUDED.version
+             RETURNING s.category_id, s.version, s.value::text AS value
+         ),
+         queued AS (
+             INSERT INTO shared_cache_outbox (consumer_group, kind, key_id, version)
+             SELECT $6, 'category', category_id, version FROM upserted
+             RETURNING id, key_id
+         )
+         SELECT q.id, u.category_id, u.version, u.value
+           FROM upserted u JOIN queued q ON q.key_id = u.category_id",
+    )
+    .bind(&c.keys)
+    .bind(&c.values)
+    .bind(&c.versions)
+    .bind(&c.occurred)
+    .bind(&c.event_ids)
+    .bind(group)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(outbox_id, id, version, value)| QueuedCache {
+            outbox_id,
+            item: CacheItem::Category { id, version, value },
+        })
+        .collect())
+}
+
+/// The current cache values behind `refs`, read under the context already set in `tx`
+/// (`tenant`: the refs' tenant; `None`: shared refs). Refs without a row yield nothing.
+pub async fn current_items(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: Option<Uuid>,
+    refs: &[CacheRef],
+) -> Result<Vec<CacheItem>, SinkError> {
+    let mut order_ids = Vec::new();
+    let mut profile = false;
+    let mut entries: BTreeMap<TenantMap, Vec<&str>> = BTreeMap::new();
+    let mut categories = Vec::new();
+    for r in refs {
+        match r {
+            CacheRef::Order { order_id, .. } => order_ids.push(order_id.as_str()),
+            CacheRef::Config(ConfigTarget::Profile { .. }) => profile = true,
+            CacheRef::Config(ConfigTarget::Entry { map, key, .. }) => {
+                entries.entry(*map).or_default().push(key)
+            }
+            CacheRef::Config(ConfigTarget::Category { id }) => categories.push(id.as_str()),
+        }
+    }
+    let mut items = Vec::new();
+    if let Some(tenant) = tenant {
+        if !order_ids.is_empty() {
+            let rows: Vec<(String, i64, String)> = sqlx::query_as(
+                "SELECT o.order_id, o.version, order_cache_json(o) FROM orders o
+                  WHERE o.tenant_id = $1 AND o.order_id = ANY($2)",
+            )
+            .bind(tenant)
+            .bind(&order_ids)
+            .fetch_all(&mut **tx)
+            .await?;
+            items.extend(
+                rows.into_iter()
+                    .map(|(order_id, version, json)| CacheItem::Order {
+                        tenant,
+                        order_id,
+                        version,
+                        json,
+                    }),
+            );
+        }
+        if profile {
+            let row: Option<(i64, String, String)> = sqlx::query_as(
+                "SELECT t.profile_version, t.status, tenant_profile_json(t) FROM tenants t
+                  WHERE t.tenant_id = $1 AND t.profile_version > 0",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await?;
+            items.extend(row.map(|(version, status, json)| CacheItem::Profile {
+                tenant,
+                version,
+                json,
+                suspended: status == TenantStatus::Suspended.as_str(),
+            }));
+        }
+        for (map, keys) in entries {
+            let sql = format!(
+                "SELECT key, version, value::text FROM {} WHERE tenant_id = $1 AND key = ANY($2)",
+                map.table()
+            );
+            let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(&sql)
+                .bind(tenant)
+                .bind(&keys)
+                .fetch_all(&mut **tx)
+                .await?;
+            items.extend(
+                rows.into_iter()
+                    .map(|(key, version, value)| CacheItem::Entry {
+                        tenant,
+                        map,
+                        key,
+                        version,
+                        value,
+                    }),
+            );
+        }
+    }
+    if !categories.is_empty() {
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT category_id, version, value::text FROM categories
+              WHERE category_id = ANY($1)",
+        )
+        .bind(&categories)
+        .fetch_all(&mut **tx)
+        .await?;
+        items.extend(
+            rows.into_iter()
+                .map(|(id, version, value)| CacheItem::Category { id, version, value }),
+        );
+    }
+    Ok(items)
+}
+
+/// Claims up to `max` of a tenant's (or, with `None`, the shared) outbox rows of consumer
+/// group `group` older than `min_age`, deleting them in `tx`, and returns what they refer to.
+pub async fn claim_outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    tenant: Option<Uuid>,
+    min_age: Duration,
+    max: i64,
+) -> Result<Vec<CacheRef>, SinkError> {
+    let rows: Vec<(String, String)> = match tenant {
+        Some(tenant) => {
+            sqlx::query_as(
+                "DELETE FROM cache_outbox
+                  WHERE id IN (SELECT id FROM cache_outbox
+                                WHERE consumer_group = $1 AND tenant_id = $2
+                                  AND created_at < now() - make_interval(secs => $3)
+                                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 RETURNING kind, key_id",
+            )
+            .bind(group)
+            .bind(tenant)
+            .bind(min_age.as_secs_f64())
+            .bind(max)
+            .fetch_all(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "DELETE FROM shared_cache_outbox
+                  WHERE id IN (SELECT id FROM shared_cache_outbox
+                                WHERE consumer_group = $1
+                                  AND created_at < now() - make_interval(secs => $2)
+                                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING kind, key_id",
+            )
+            .bind(group)
+            .bind(min_age.as_secs_f64())
+            .bind(max)
+            .fetch_all(&mut **tx)
+            .await?
+        }
+    };
+    let mut refs: Vec<CacheRef> = rows
+        .into_iter()
+        .filter_map(|(kind, key_id)| {
+            let r = CacheRef::from_outbox(tenant, &kind, key_id);
+            if r.is_none() {
+                tracing::warn!(
+                    kind,
+                    "Dropped an outbox row of a kind this version does not know."
+                );
+            }
+            r
+        })
+        .collect();
+    refs.sort();
+    refs.dedup();
+    Ok(refs)
 }
 
 #[cfg(test)]

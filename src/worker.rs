@@ -24,7 +24,7 @@ use crate::cache::{self, CacheDrainer};
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::decode::{DecodeError, Decoder, SchemaStore};
-use crate::events::{OrderEvent, ValidOrder};
+use crate::events::{Event, ValidConfig, ValidOrder};
 use crate::http::Health;
 use crate::metrics::{self, Outcome};
 use crate::sink::{self, BatchOutcome, PartitionKey, SinkError};
@@ -54,9 +54,6 @@ macro_rules! until_ok {
         }
     };
 }
-
-/// The reader schema of the orders topic, in the schemas folder.
-pub const ORDER_SCHEMA_FILE: &str = "order_event.avsc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -167,7 +164,10 @@ pub struct Worker {
     settings: Settings,
     pool: PgPool,
     redis: fred::prelude::Client,
-    decoder: Decoder,
+    /// Reader of the orders topic.
+    orders: Decoder,
+    /// Reader of the configuration topic.
+    config: Decoder,
     dead_letters: DeadLetterSink,
     health: Health,
     cache_wake: Arc<Notify>,
@@ -182,7 +182,8 @@ impl Worker {
             &settings.schemas.dir,
             settings.schemas.registry_url.as_deref(),
         )?);
-        let decoder = Decoder::new(store, ORDER_SCHEMA_FILE)?;
+        let orders = Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE)?;
+        let config = Decoder::new(store, ValidConfig::SCHEMA_FILE)?;
         let pool = sink::connect_worker(&settings.database).await?;
         sink::ensure_rls_applies(&pool).await?;
         let redis = cache::connect(settings.redis.url.expose()).await?;
@@ -196,7 +197,8 @@ impl Worker {
             settings,
             pool,
             redis,
-            decoder,
+            orders,
+            config,
             dead_letters,
             health,
             cache_wake: Arc::new(Notify::new()),
@@ -238,7 +240,10 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let consumer = source::subscribe(
             &self.settings.kafka,
-            &[self.settings.kafka.orders_topic.as_str()],
+            &[
+                self.settings.kafka.orders_topic.as_str(),
+                self.settings.kafka.config_topic.as_str(),
+            ],
             sink::connect_worker_sized(&self.settings.database, 1)?,
             self.health.clone(),
             shutdown.clone(),
@@ -248,7 +253,7 @@ impl Worker {
                 pool: self.pool.clone(),
                 redis: self.redis.clone(),
                 group: self.settings.kafka.group_id.clone(),
-                ttl_seconds: self.settings.redis.order_ttl_seconds,
+                ttl: (&self.settings.redis).into(),
                 ledger: self.cache_ledger.clone(),
                 health: self.health.clone(),
                 wake: self.cache_wake.clone(),
@@ -356,9 +361,7 @@ impl Worker {
         }
     }
 
-    /// `decode → dead_letter → write_batch → apply_cache`. Each step runs until it succeeds; a
-    /// transient failure retries that step only (so dead letters are not sent again while
-    /// Postgres is down). Abandoned when stopped during a retry.
+    /// Routes a batch to the pipeline of its topic's event type.
     async fn process_batch(
         &self,
         topic: &str,
@@ -367,22 +370,48 @@ impl Worker {
         batch: &[OwnedMessage],
         shutdown: &CancellationToken,
     ) -> Processed {
+        if topic == self.settings.kafka.config_topic {
+            self.process::<ValidConfig>(&self.config, topic, partition, committed, batch, shutdown)
+                .await
+        } else {
+            self.process::<ValidOrder>(&self.orders, topic, partition, committed, batch, shutdown)
+                .await
+        }
+    }
+
+    /// `decode → dead_letter → write_batch → apply_cache`. Each step runs until it succeeds; a
+    /// transient failure retries that step only (so dead letters are not sent again while
+    /// Postgres is down). Abandoned when stopped during a retry.
+    async fn process<E>(
+        &self,
+        decoder: &Decoder,
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> Processed
+    where
+        E: Event,
+        for<'a> sink::Rows<'a>: From<&'a [E]>,
+    {
         let Some(last) = batch.last() else {
             return Processed::Abandoned;
         };
         let started = Instant::now();
         let mut backoff = RETRY_START;
-        let (mut orders, mut dead) = until_ok!(self, backoff, shutdown, self.decode_batch(batch));
+        let (mut events, mut dead) =
+            until_ok!(self, backoff, shutdown, decode_batch::<E>(decoder, batch));
         self.health.recovered("schema_registry");
         if self.settings.tenants.strict {
-            let tenants = distinct_tenants(&orders);
+            let tenants = unregistered_tenants(&events);
             let known = until_ok!(
                 self,
                 backoff,
                 shutdown,
                 sink::known_tenants(&self.pool, &tenants)
             );
-            reject_unknown_tenants(&known, &mut orders, &mut dead);
+            reject_unknown_tenants(&known, &mut events, &mut dead);
         }
         until_ok!(self, backoff, shutdown, self.dead_letters.send_all(&dead));
 
@@ -392,18 +421,18 @@ impl Worker {
             partition,
         };
         let next_offset = last.offset() + 1;
-        let valid: Vec<ValidOrder> = orders.into_iter().map(|(_, o)| o).collect();
+        let valid: Vec<E> = events.into_iter().map(|(_, e)| e).collect();
         let register = !self.settings.tenants.strict;
         let outcome = until_ok!(self, backoff, shutdown, async {
             let applied = self
                 .cache_ledger
-                .take_for(valid.iter().map(|o| o.tenant_id));
+                .take_for(valid.iter().filter_map(|e| e.tenant()));
             sink::write_batch(
                 &self.pool,
                 &key,
                 committed,
                 next_offset,
-                &valid,
+                valid.as_slice().into(),
                 register,
                 &applied,
             )
@@ -418,7 +447,7 @@ impl Worker {
             }
             BatchOutcome::Committed(written) => written,
         };
-        let occurred: Vec<i64> = valid.iter().map(|o| o.event.occurred_at).collect();
+        let occurred: Vec<i64> = valid.iter().map(|e| e.occurred_at()).collect();
         metrics::events_processed(topic, Outcome::Written, written.written);
         metrics::events_processed(topic, Outcome::Stale, written.stale);
         metrics::batch_committed(topic, partition, next_offset, started.elapsed(), &occurred);
@@ -444,36 +473,6 @@ impl Worker {
         waited
     }
 
-    /// Decodes and validates each message; permanent failures become dead letters.
-    async fn decode_batch<'m>(
-        &self,
-        batch: &'m [OwnedMessage],
-    ) -> Result<(Vec<(&'m OwnedMessage, ValidOrder)>, Vec<DeadLetter>), BatchError> {
-        let mut orders = Vec::with_capacity(batch.len());
-        let mut dead = Vec::new();
-        for message in batch {
-            match self.decode_order(message).await {
-                Ok(order) => orders.push((message, order)),
-                Err(error) if error.is_transient() => return Err(BatchError::Registry(error)),
-                Err(error) => dead.push(DeadLetter {
-                    message: message.clone(),
-                    code: error.code(),
-                    stage: error.stage(),
-                    reason: error.to_string(),
-                }),
-            }
-        }
-        Ok((orders, dead))
-    }
-
-    async fn decode_order(&self, message: &OwnedMessage) -> Result<ValidOrder, DecodeError> {
-        let payload = message
-            .payload()
-            .ok_or_else(|| DecodeError::Undecodable("message has no value".into()))?;
-        let event: OrderEvent = self.decoder.decode(payload).await?;
-        Ok(event.validate()?)
-    }
-
     /// Refreshes the batch's cache keys now; on failure the drainer applies them later. While
     /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
     /// progress goes on at full speed.
@@ -485,8 +484,8 @@ impl Worker {
             self.cache_wake.notify_one();
             return;
         }
-        let ttl = self.settings.redis.order_ttl_seconds;
-        match cache::apply_queued(&self.redis, &self.cache_ledger, queued, ttl).await {
+        let ttl = (&self.settings.redis).into();
+        match cache::apply_queued(&self.redis, &self.cache_ledger, queued, &ttl).await {
             Ok(()) => self.health.recovered("redis"),
             Err(error) => {
                 self.health.failed("redis", &error);
@@ -497,28 +496,78 @@ impl Worker {
     }
 }
 
-fn distinct_tenants(orders: &[(&OwnedMessage, ValidOrder)]) -> Vec<uuid::Uuid> {
-    let mut tenants: Vec<_> = orders.iter().map(|(_, o)| o.tenant_id).collect();
+/// Decodes and validates each message; permanent failures become dead letters.
+async fn decode_batch<'m, E: Event>(
+    decoder: &Decoder,
+    batch: &'m [OwnedMessage],
+) -> Result<(Vec<(&'m OwnedMessage, E)>, Vec<DeadLetter>), BatchError> {
+    let mut events = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    for message in batch {
+        match decode_event::<E>(decoder, message).await {
+            Ok(event) => events.push((message, event)),
+            Err(error) if error.is_transient() => return Err(BatchError::Registry(error)),
+            Err(error) => dead.push(DeadLetter {
+                message: message.clone(),
+                code: error.code(),
+                stage: error.stage(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+    Ok((events, dead))
+}
+
+/// Decodes and validates one message value.
+pub async fn decode_event<E: Event>(
+    decoder: &Decoder,
+    message: &OwnedMessage,
+) -> Result<E, DecodeError> {
+    let payload = message
+        .payload()
+        .ok_or_else(|| DecodeError::Undecodable("message has no value".into()))?;
+    let wire: E::Wire = decoder.decode(payload).await?;
+    Ok(E::validate(wire)?)
+}
+
+/// The tenants of the batch that must already be registered: those not registered by an event
+/// of the batch itself (a tenant profile).
+fn unregistered_tenants<E: Event>(events: &[(&OwnedMessage, E)]) -> Vec<uuid::Uuid> {
+    let registering: std::collections::HashSet<_> = events
+        .iter()
+        .filter(|(_, e)| e.registers_tenant())
+        .filter_map(|(_, e)| e.tenant())
+        .collect();
+    let mut tenants: Vec<_> = events
+        .iter()
+        .filter_map(|(_, e)| e.tenant())
+        .filter(|t| !registering.contains(t))
+        .collect();
     tenants.sort();
     tenants.dedup();
     tenants
 }
 
-/// Strict tenants: events of tenants not in `known` become `unknown_tenant` dead letters.
-fn reject_unknown_tenants(
+/// Strict tenants: events of tenants neither in `known` nor registered by the batch become
+/// `unknown_tenant` dead letters.
+fn reject_unknown_tenants<E: Event>(
     known: &std::collections::HashSet<uuid::Uuid>,
-    orders: &mut Vec<(&OwnedMessage, ValidOrder)>,
+    events: &mut Vec<(&OwnedMessage, E)>,
     dead: &mut Vec<DeadLetter>,
 ) {
-    orders.retain(|(message, order)| {
-        if known.contains(&order.tenant_id) {
+    let required: std::collections::HashSet<_> = unregistered_tenants(events).into_iter().collect();
+    events.retain(|(message, event)| {
+        let Some(tenant) = event.tenant().filter(|t| required.contains(t)) else {
+            return true;
+        };
+        if known.contains(&tenant) {
             return true;
         }
         dead.push(DeadLetter {
             message: (*message).clone(),
             code: "unknown_tenant",
             stage: "sink",
-            reason: format!("tenant {} is not registered", order.tenant_id),
+            reason: format!("tenant {tenant} is not registered"),
         });
         false
     });

@@ -37,6 +37,7 @@ fn spawn_worker(settings: &Settings, log: &std::path::Path) -> WorkerProcess {
         .env("KAFKA_BROKERS", &settings.kafka.brokers)
         .env("TENANTSTREAM_GROUP_ID", &settings.kafka.group_id)
         .env("TENANTSTREAM_ORDERS_TOPIC", &settings.kafka.orders_topic)
+        .env("TENANTSTREAM_CONFIG_TOPIC", &settings.kafka.config_topic)
         .env(
             "TENANTSTREAM_DEAD_LETTER_TOPIC",
             &settings.kafka.dead_letter_topic,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use tenantstream::cache::{CacheItem, Keyspace};
 use tenantstream::events::{LineItem, OrderEvent, OrderEventType, ValidOrder};
 use tenantstream::sink::{self, BatchOutcome, PartitionKey};
 use uuid::Uuid;
@@ -50,9 +51,17 @@ async fn write(
     next: i64,
     orders: &[ValidOrder],
 ) -> BatchOutcome {
-    sink::write_batch(pool, key, expected, next, orders, true, &Default::default())
-        .await
-        .unwrap()
+    sink::write_batch(
+        pool,
+        key,
+        expected,
+        next,
+        orders.into(),
+        true,
+        &Default::default(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn stored(pool: &sqlx::PgPool, key: &PartitionKey) -> Option<i64> {
@@ -162,21 +171,33 @@ async fn applied_cache_work_is_deleted_with_the_next_write() {
     };
     assert_eq!(first.cache.len(), 2);
     for queued in &first.cache {
-        let json: serde_json::Value = serde_json::from_str(&queued.json).unwrap();
+        let CacheItem::Order {
+            tenant: queued_tenant,
+            json,
+            ..
+        } = &queued.item
+        else {
+            panic!("an order batch queues order keys: {queued:?}")
+        };
+        let json: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(
             json["version"], 1,
             "the batch returns the committed row's JSON"
         );
-        assert_eq!(json["tenant_id"], queued.tenant.to_string());
+        assert_eq!(json["tenant_id"], queued_tenant.to_string());
     }
     // Both rows were applied to Redis; the next batch, of `tenant` only, deletes its row.
     let applied: std::collections::HashMap<Uuid, Vec<i64>> = first
         .cache
         .iter()
-        .map(|q| (q.tenant, vec![q.outbox_id]))
+        .map(|q| (q.item.keyspace(), vec![q.outbox_id]))
+        .filter_map(|(space, ids)| match space {
+            Keyspace::Tenant(t) => Some((t, ids)),
+            Keyspace::Reference => None,
+        })
         .collect();
     let next = [order(tenant, "o-1", 2)];
-    sink::write_batch(&pool, &key, Some(2), 3, &next, true, &applied)
+    sink::write_batch(&pool, &key, Some(2), 3, next[..].into(), true, &applied)
         .await
         .unwrap();
     let left: Vec<(Uuid, i64)> = sqlx::query_as(

@@ -23,6 +23,8 @@ fn mock_settings(
     let settings = common::settings(&mock.bootstrap_servers(), name);
     mock.create_topic(&settings.kafka.orders_topic, 2, 1)
         .unwrap();
+    mock.create_topic(&settings.kafka.config_topic, 1, 1)
+        .expect("config topic");
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
         .unwrap();
     settings
@@ -218,7 +220,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
     let mut present = 0;
     for (tenant, order_id, _) in &changed {
         let json: Option<String> =
-            fred::interfaces::KeysInterface::get(&redis, cache::order_key(tenant, order_id))
+            fred::interfaces::KeysInterface::get(&redis, cache::order_key(tenant, 0, order_id))
                 .await
                 .unwrap();
         present += usize::from(json.is_some());
@@ -226,7 +228,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
     assert_eq!(present, changed.len(), "keys present after the outage");
     for (tenant, order_id, version) in &changed {
         let json: Option<String> =
-            fred::interfaces::KeysInterface::get(&redis, cache::order_key(tenant, order_id))
+            fred::interfaces::KeysInterface::get(&redis, cache::order_key(tenant, 0, order_id))
                 .await
                 .unwrap();
         let value: serde_json::Value =

@@ -40,6 +40,7 @@ pub fn settings(brokers: &str, name: &str) -> Settings {
     s.kafka.brokers = brokers.to_owned();
     s.kafka.group_id = format!("g-{unique}");
     s.kafka.orders_topic = format!("orders-{unique}");
+    s.kafka.config_topic = format!("config-{unique}");
     s.kafka.dead_letter_topic = format!("dlq-{unique}");
     s.kafka.batch_linger_ms = 20;
     s.kafka.batch_max_events = 500;
@@ -135,6 +136,7 @@ pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client
         &brokers,
         &[
             (&settings.kafka.orders_topic, 3),
+            (&settings.kafka.config_topic, 2),
             (&settings.kafka.dead_letter_topic, 1),
         ],
     )
@@ -142,30 +144,36 @@ pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client
     (settings, admin_pool().await, redis().await)
 }
 
-/// Waits until Postgres stores exactly `ends` as the group's next offsets.
+/// Waits until Postgres stores exactly `ends` as the group's next offsets of the orders topic.
 pub async fn wait_for_offsets(
     pool: &PgPool,
     settings: &Settings,
     ends: &EndOffsets,
     limit: Duration,
 ) {
+    wait_for_topic_offsets(pool, settings, &settings.kafka.orders_topic, ends, limit).await
+}
+
+/// Waits until Postgres stores exactly `ends` as the group's next offsets of `topic`.
+pub async fn wait_for_topic_offsets(
+    pool: &PgPool,
+    settings: &Settings,
+    topic: &str,
+    ends: &EndOffsets,
+    limit: Duration,
+) {
     let never = tokio_util::sync::CancellationToken::new();
     tokio::time::timeout(
         limit,
-        tenantstream::demo::wait_until_consumed(pool, settings, ends, &never),
+        tenantstream::demo::wait_until_consumed(pool, settings, topic, ends, &never),
     )
     .await
     .unwrap_or_else(|_| panic!("stored offsets did not reach {ends:?} in {limit:?}"))
     .expect("offsets progress");
     let partitions: Vec<i32> = ends.keys().copied().collect();
-    let stored = sink::load_stored_offsets(
-        pool,
-        &settings.kafka.group_id,
-        &settings.kafka.orders_topic,
-        &partitions,
-    )
-    .await
-    .unwrap();
+    let stored = sink::load_stored_offsets(pool, &settings.kafka.group_id, topic, &partitions)
+        .await
+        .unwrap();
     assert_eq!(
         &stored, ends,
         "stored offsets end exactly at the end offsets"
@@ -251,13 +259,13 @@ pub async fn assert_cache(redis: &fred::prelude::Client, expected: &Expected) {
     use fred::prelude::*;
     let mut total = 0;
     for tenant in &expected.tenants {
-        total += tenantstream::demo::count_keys(redis, &format!("t:{{{tenant}}}:order:*"))
+        total += tenantstream::demo::count_keys(redis, &format!("t:{{{tenant}}}:g0:order:*"))
             .await
             .unwrap();
     }
     assert_eq!(total, expected.orders.len(), "cache key count");
     for ((tenant, order_id), want) in &expected.orders {
-        let key = cache::order_key(tenant, order_id);
+        let key = cache::order_key(tenant, 0, order_id);
         let json: Option<String> = redis.get(&key).await.unwrap();
         let json = json.unwrap_or_else(|| panic!("missing cache key {key}"));
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -318,4 +326,310 @@ pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, u
 
 pub fn schemas_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Redis servers of the test's own (FLUSHALL or a cluster there touches no other test), from
+/// Debian's redis-server; stopped on drop.
+pub struct PrivateRedis {
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+    pub url: String,
+    pub ports: Vec<u16>,
+}
+
+impl PrivateRedis {
+    fn spawn(dir: &Path, port: u16, cluster: bool) -> std::process::Child {
+        let mut command = std::process::Command::new("redis-server");
+        command.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        command.arg("--dir").arg(dir);
+        if cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "5000",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+            ]);
+        }
+        command
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) starts")
+    }
+
+    fn wait_for(port: u16) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One standalone server.
+    pub fn single() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port, false);
+        Self::wait_for(port);
+        Self {
+            children: vec![child],
+            _dir: dir,
+            url: format!("redis://127.0.0.1:{port}"),
+            ports: vec![port],
+        }
+    }
+
+    /// A 3-node cluster (3 primaries, no replicas), every slot covered.
+    pub fn cluster() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let children = ports
+            .iter()
+            .map(|p| Self::spawn(dir.path(), *p, true))
+            .collect();
+        ports.iter().for_each(|p| Self::wait_for(*p));
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "cluster creation failed");
+        let started = Instant::now();
+        loop {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .output()
+                .expect("redis-cli cluster info");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cluster not ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let url = format!(
+            "redis-cluster://{}?node={}&node={}",
+            nodes[0], nodes[1], nodes[2]
+        );
+        Self {
+            children,
+            _dir: dir,
+            url,
+            ports,
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One Redis value, for comparing whole keyspaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dumped {
+    String(String),
+    Hash(std::collections::BTreeMap<String, String>),
+    Set(std::collections::BTreeSet<String>),
+}
+
+/// Every key of a single Redis server with its value and whether it expires.
+pub async fn dump_all(
+    redis: &fred::prelude::Client,
+) -> std::collections::BTreeMap<String, (Dumped, bool)> {
+    use fred::prelude::*;
+    let mut out = std::collections::BTreeMap::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        let (next, keys): (String, Vec<String>) = redis
+            .custom(
+                fred::cmd!("SCAN"),
+                vec![cursor.clone(), "COUNT".into(), "1000".into()],
+            )
+            .await
+            .unwrap();
+        for key in keys {
+            let kind: String = redis
+                .custom(fred::cmd!("TYPE"), vec![key.clone()])
+                .await
+                .unwrap();
+            let value = match kind.as_str() {
+                "string" => Dumped::String(redis.get(&key).await.unwrap()),
+                "hash" => Dumped::Hash(redis.hgetall(&key).await.unwrap()),
+                "set" => Dumped::Set(redis.smembers(&key).await.unwrap()),
+                other => panic!("unexpected type {other} of {key}"),
+            };
+            let ttl: i64 = redis.ttl(&key).await.unwrap();
+            out.insert(key, (value, ttl > 0));
+        }
+        if next == "0" {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+/// Configuration traffic for `tenants` with this test's own category ids.
+pub fn config_traffic(
+    settings: &Settings,
+    tenants: &[Uuid],
+    suspended: f64,
+) -> (
+    Vec<tenantstream::produce::Generated>,
+    tenantstream::produce::ExpectedConfig,
+) {
+    let spec = tenantstream::produce::ConfigSpec {
+        tenants: tenants.to_vec(),
+        changes_per_tenant: 12,
+        categories: 6,
+        category_prefix: format!("{}-cat-", settings.kafka.group_id),
+        suspended,
+        seed: rand::random(),
+        start_ms: None,
+    };
+    tenantstream::produce::generate_config(
+        &spec,
+        &tenantstream::commands::config_encoder(settings).unwrap(),
+    )
+}
+
+/// Asserts Postgres holds exactly the newest profile, entries (tombstones included) and
+/// categories of the traffic.
+pub async fn assert_config_rows(pool: &PgPool, expected: &tenantstream::produce::ExpectedConfig) {
+    use tenantstream::events::TenantMap;
+    for (tenant, (version, profile)) in &expected.profiles {
+        let row: (String, String, String, i64) = sqlx::query_as(
+            "SELECT status, name, tier, profile_version FROM tenants WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (row.0.as_str(), row.1.as_str(), row.2.as_str(), row.3),
+            (
+                profile["status"].as_str().unwrap(),
+                profile["name"].as_str().unwrap(),
+                profile["tier"].as_str().unwrap(),
+                *version
+            ),
+            "profile of {tenant}"
+        );
+    }
+    for ((tenant, map, key), (version, value)) in &expected.entries {
+        let table = match map {
+            TenantMap::Settings => "tenant_settings",
+            TenantMap::SlaPolicies => "sla_policies",
+        };
+        let row: (i64, Option<serde_json::Value>) = sqlx::query_as(&format!(
+            "SELECT version, value FROM {table} WHERE tenant_id = $1 AND key = $2"
+        ))
+        .bind(tenant)
+        .bind(key)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(row, (*version, value.clone()), "{table} {tenant} {key}");
+    }
+    for (id, (version, value)) in &expected.categories {
+        let row: (i64, Option<serde_json::Value>) =
+            sqlx::query_as("SELECT version, value FROM categories WHERE category_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(row, (*version, value.clone()), "category {id}");
+    }
+}
+
+/// Asserts Redis holds, in each keyspace's current generation, exactly the expected profile,
+/// settings and SLA policies of the tenants that were never suspended, and the categories.
+pub async fn assert_config_cache(
+    redis: &fred::prelude::Client,
+    expected: &tenantstream::produce::ExpectedConfig,
+) {
+    use fred::prelude::*;
+    use tenantstream::cache::Keyspace;
+    use tenantstream::events::TenantMap;
+    let spaces = expected
+        .profiles
+        .keys()
+        .map(|t| Keyspace::Tenant(*t))
+        .chain([Keyspace::Reference]);
+    let generations = cache::read_generations(redis, spaces).await.unwrap();
+    for (tenant, (version, profile)) in &expected.profiles {
+        let space = Keyspace::Tenant(*tenant);
+        let generation = generations[&space];
+        let suspended = profile["status"] == "suspended";
+        assert_eq!(generation, i64::from(suspended), "generation of {tenant}");
+        let json: Option<String> = redis.get(space.key(generation, "profile")).await.unwrap();
+        let cached: serde_json::Value =
+            serde_json::from_str(&json.unwrap_or_else(|| panic!("profile of {tenant}"))).unwrap();
+        assert_eq!(cached["version"], *version, "profile version of {tenant}");
+        for field in ["status", "name", "tier"] {
+            assert_eq!(cached[field], profile[field], "profile {field} of {tenant}");
+        }
+        if suspended {
+            continue;
+        }
+        for map in [TenantMap::Settings, TenantMap::SlaPolicies] {
+            let cached: HashMap<String, String> = redis
+                .hgetall(space.key(generation, map.name()))
+                .await
+                .unwrap();
+            let cached: HashMap<String, serde_json::Value> = cached
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+                .collect();
+            let want: HashMap<String, serde_json::Value> = expected
+                .entries
+                .iter()
+                .filter(|((t, m, _), _)| t == tenant && *m == map)
+                .filter_map(|((_, _, k), (_, v))| v.clone().map(|v| (k.clone(), v)))
+                .collect();
+            assert_eq!(cached, want, "{} of {tenant}", map.name());
+        }
+    }
+    let generation = generations[&Keyspace::Reference];
+    let ids_key = Keyspace::Reference.key(generation, "ids");
+    for (id, (_, value)) in &expected.categories {
+        let json: Option<String> = redis
+            .get(Keyspace::Reference.key(generation, id))
+            .await
+            .unwrap();
+        let cached = json.map(|j| serde_json::from_str::<serde_json::Value>(&j).unwrap());
+        assert_eq!(&cached, value, "category {id}");
+        let member: bool = redis.sismember(&ids_key, id).await.unwrap();
+        assert_eq!(member, value.is_some(), "category {id} in the index");
+    }
 }

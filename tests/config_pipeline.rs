@@ -1,0 +1,207 @@
+//! Configuration-change events end to end against tansu: rows under RLS with the version guard
+//! and tombstones, per-tenant and shared Redis keyspaces, dead letters for invalid changes, and
+//! a suspension retiring exactly one tenant's keyspace.
+
+mod common;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use tenantstream::cache::{self, Keyspace};
+use tenantstream::events::{ConfigChangeEvent, ConfigKind, ConfigScope};
+use tenantstream::http::Health;
+use tenantstream::produce::{self, Generated, TrafficSpec};
+use tenantstream::{commands, source, Settings};
+use uuid::Uuid;
+
+async fn send(settings: &Settings, topic: &str, messages: &[Generated]) -> produce::EndOffsets {
+    let producer = source::producer(&settings.kafka).unwrap();
+    produce::send(&producer, topic, messages, 0, None)
+        .await
+        .unwrap()
+        .ends
+}
+
+fn encoded(settings: &Settings, event: &ConfigChangeEvent, key: &str) -> Generated {
+    Generated {
+        key: key.as_bytes().to_vec(),
+        value: commands::config_encoder(settings)
+            .unwrap()
+            .encode(event, false),
+        malformed: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn config_changes_end_in_rows_and_keys_and_invalid_ones_are_dead_lettered() {
+    let (settings, admin, redis) = common::tansu_setup("config").await;
+    let tenants: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let (mut messages, expected) = common::config_traffic(&settings, &tenants, 0.34);
+    // Two changes no worker can apply: a GLOBAL setting and an SLA policy of the wrong shape.
+    let mut global_setting = tenantstream::events::sample_config();
+    global_setting.scope = ConfigScope::Global;
+    global_setting.tenant_id = None;
+    let mut bad_policy = tenantstream::events::sample_config();
+    bad_policy.tenant_id = Some(tenants[0].to_string());
+    bad_policy.kind = ConfigKind::SlaPolicy;
+    bad_policy.value = Some(r#"{"lag_threshold_ms": -5}"#.into());
+    messages.insert(3, encoded(&settings, &global_setting, "SETTING:x"));
+    messages.insert(7, encoded(&settings, &bad_policy, &tenants[0].to_string()));
+    let ends = send(&settings, &settings.kafka.config_topic, &messages).await;
+
+    let worker = common::RunningWorker::start(&settings, Health::default()).await;
+    let topic = settings.kafka.config_topic.clone();
+    common::wait_for_topic_offsets(&admin, &settings, &topic, &ends, Duration::from_secs(120))
+        .await;
+    common::wait_for_cache(&admin, &tenants, Duration::from_secs(30)).await;
+    worker.stop().await;
+
+    assert!(
+        expected.entries.values().any(|(_, v)| v.is_none()),
+        "traffic deletes entries"
+    );
+    common::assert_config_rows(&admin, &expected).await;
+    common::assert_config_cache(&redis, &expected).await;
+    let dead = common::read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.dead_letter_topic,
+        2,
+        Duration::from_secs(30),
+    );
+    let codes = common::tally(
+        dead.iter()
+            .map(|m| common::header(m, tenantstream::deadletter::HEADER_ERROR_CODE)),
+    );
+    assert_eq!(codes.get("invalid_field"), Some(&2), "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suspension_retires_its_tenant_keyspace_and_nothing_else() {
+    let (settings, admin, redis) = common::tansu_setup("suspend").await;
+    let spec = TrafficSpec {
+        count: 400,
+        tenants: 2,
+        malformed: 0.0,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (orders, expected_orders) =
+        produce::generate(&spec, &commands::order_encoder(&settings).unwrap());
+    let tenants = expected_orders.tenants.clone();
+    let (config, expected) = common::config_traffic(&settings, &tenants, 0.0);
+    let order_ends = send(&settings, &settings.kafka.orders_topic, &orders).await;
+    let config_ends = send(&settings, &settings.kafka.config_topic, &config).await;
+    let worker = common::RunningWorker::start(&settings, Health::default()).await;
+    common::wait_for_offsets(&admin, &settings, &order_ends, Duration::from_secs(120)).await;
+    let config_topic = settings.kafka.config_topic.clone();
+    common::wait_for_topic_offsets(
+        &admin,
+        &settings,
+        &config_topic,
+        &config_ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    common::wait_for_cache(&admin, &tenants, Duration::from_secs(30)).await;
+    let (a, b) = (tenants[0], tenants[1]);
+    let before = common::dump_all(&redis).await;
+    let keys_of = |dump: &std::collections::BTreeMap<String, (common::Dumped, bool)>, tag: &str| {
+        dump.iter()
+            .filter(|(k, _)| k.contains(tag))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let a_tag = format!("{{{a}}}");
+    let b_tag = format!("{{{b}}}");
+    let ref_keys: Vec<String> = expected
+        .categories
+        .keys()
+        .map(|id| Keyspace::Reference.key(0, id))
+        .collect();
+    assert!(
+        keys_of(&before, &a_tag).len() > 10,
+        "tenant A has cached keys"
+    );
+
+    // Tenant A is suspended (a newer profile version than any in the traffic).
+    let mut suspend = tenantstream::events::sample_config();
+    suspend.tenant_id = Some(a.to_string());
+    suspend.kind = ConfigKind::TenantProfile;
+    suspend.key = "profile".into();
+    suspend.version = 1_000;
+    suspend.value = Some(r#"{"name":"A","tier":"pro","status":"suspended"}"#.into());
+    suspend.event_id = Uuid::new_v4().to_string();
+    let ends = send(
+        &settings,
+        &config_topic,
+        &[encoded(&settings, &suspend, &a.to_string())],
+    )
+    .await;
+    common::wait_for_topic_offsets(
+        &admin,
+        &settings,
+        &config_topic,
+        &ends,
+        Duration::from_secs(60),
+    )
+    .await;
+    common::wait_for_cache(&admin, &tenants, Duration::from_secs(30)).await;
+    worker.stop().await;
+
+    let generations = cache::read_generations(
+        &redis,
+        [
+            Keyspace::Tenant(a),
+            Keyspace::Tenant(b),
+            Keyspace::Reference,
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        generations[&Keyspace::Tenant(a)],
+        1,
+        "A's generation moved once"
+    );
+    assert_eq!(
+        generations[&Keyspace::Tenant(b)],
+        0,
+        "B's generation did not move"
+    );
+    let after = common::dump_all(&redis).await;
+    // Every key A had before is in generation 0, which readers no longer use, and expires.
+    for (key, (_, expires)) in keys_of(&before, &a_tag) {
+        if key.ends_with(":gen") || key.ends_with(":gen:bumped_for") {
+            continue;
+        }
+        assert!(key.contains(":g0:"), "{key}");
+        assert!(expires, "retired key {key} expires on its own");
+    }
+    let visible: Vec<String> = keys_of(&after, &format!("{a_tag}:g1:"))
+        .into_keys()
+        .collect();
+    let profile_key = Keyspace::Tenant(a).key(1, "profile");
+    let versions_key = Keyspace::Tenant(a).key(1, "versions");
+    assert_eq!(
+        visible,
+        vec![profile_key.clone(), versions_key],
+        "only the new profile is visible"
+    );
+    let profile: String = redis.get(&profile_key).await.unwrap();
+    assert!(profile.contains("\"suspended\""), "{profile}");
+    // B and the shared reference data are untouched.
+    assert_eq!(keys_of(&after, &b_tag), keys_of(&before, &b_tag));
+    for key in &ref_keys {
+        assert_eq!(after.get(key), before.get(key), "{key}");
+    }
+    common::assert_config_rows(&admin, &expected_without_profile_of(expected, a)).await;
+}
+
+/// The expected configuration, minus a profile replaced since.
+fn expected_without_profile_of(
+    mut expected: produce::ExpectedConfig,
+    tenant: Uuid,
+) -> produce::ExpectedConfig {
+    expected.profiles.remove(&tenant);
+    expected
+}
