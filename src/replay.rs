@@ -95,7 +95,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub rewrite_db: bool,
     /// Events per round of Postgres reads and Redis writes.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk: u32,
 }
 
@@ -283,11 +283,19 @@ fn replay_consumer(settings: &Settings) -> anyhow::Result<StreamConsumer> {
         .context("creating the replay consumer")
 }
 
-/// Keyspaces already flushed in this run.
+/// What this run has done so far.
 #[derive(Default)]
 struct RunState {
+    /// Keyspaces already flushed.
     flushed: HashSet<Keyspace>,
+    /// Keys already rebuilt: an order's later events name the same key again, and the row was
+    /// read when it was rebuilt (anything newer since then, the live worker writes).
+    rebuilt: HashSet<CacheRef>,
 }
+
+/// Bound on [`RunState::rebuilt`]; past it the set starts over (keys are then only rebuilt
+/// again, which changes nothing).
+const MAX_REMEMBERED_KEYS: usize = 2_000_000;
 
 struct Replayer<'a> {
     settings: &'a Settings,
@@ -445,7 +453,15 @@ impl<'a> Replayer<'a> {
         if self.options.rewrite_db && !self.options.dry_run {
             summary.rows_rewritten += self.rewrite(&events).await? as u64;
         }
-        let refs: Vec<CacheRef> = events.iter().map(|e| e.cache_ref()).collect();
+        if state.rebuilt.len() > MAX_REMEMBERED_KEYS {
+            state.rebuilt.clear();
+        }
+        let refs: Vec<CacheRef> = events
+            .iter()
+            .map(|e| e.cache_ref())
+            .filter(|r| !state.rebuilt.contains(r))
+            .collect();
+        state.rebuilt.extend(refs.iter().cloned());
         let items = self.current_items(refs).await?;
         if self.options.dry_run {
             summary.keys_written += items.len() as u64;

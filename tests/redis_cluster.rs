@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use tenantstream::cache::{self, Keyspace};
+use tenantstream::commands;
 use tenantstream::config::Secret;
 use tenantstream::http::Health;
 use tenantstream::produce::{self, TrafficSpec};
 use tenantstream::replay::{self, ReplayOptions, StartFrom};
-use tenantstream::commands;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pipeline_and_replay_work_against_a_redis_cluster() {
@@ -52,7 +52,10 @@ async fn pipeline_and_replay_work_against_a_redis_cluster() {
     // before its suspension are retired with its keyspace).
     let spaces = expected.tenants.iter().map(|t| Keyspace::Tenant(*t));
     let generations = cache::read_generations(&redis, spaces).await.unwrap();
-    assert!(generations.values().any(|g| *g == 0), "some tenants stay active");
+    assert!(
+        generations.values().any(|g| *g == 0),
+        "some tenants stay active"
+    );
     for ((tenant, order_id), want) in &expected.orders {
         let generation = generations[&Keyspace::Tenant(*tenant)];
         if generation > 0 {
@@ -67,7 +70,9 @@ async fn pipeline_and_replay_work_against_a_redis_cluster() {
     }
     // The keys are spread over the nodes: each node holds some.
     for port in &cluster.ports {
-        let node = cache::connect(&format!("redis://127.0.0.1:{port}")).await.unwrap();
+        let node = cache::connect(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .unwrap();
         let size: i64 = node.dbsize().await.unwrap();
         assert!(size > 0, "node {port} holds keys");
     }
@@ -99,7 +104,10 @@ async fn pipeline_and_replay_work_against_a_redis_cluster() {
         if *t != tenant {
             continue;
         }
-        let json: Option<String> = redis.get(cache::order_key(t, after, order_id)).await.unwrap();
+        let json: Option<String> = redis
+            .get(cache::order_key(t, after, order_id))
+            .await
+            .unwrap();
         let cached: serde_json::Value = serde_json::from_str(&json.expect("rebuilt")).unwrap();
         assert_eq!(cached["version"], want.version);
     }

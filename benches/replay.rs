@@ -1,0 +1,225 @@
+//! Replay benchmark: events/s of `replay` rebuilding Redis after FLUSHALL (mock Kafka → decode
+//! → Postgres reads under RLS → Redis writes), next to what it is compared with: reading the
+//! same partitions with a bare consumer (the Kafka ceiling), and a dry run (everything but the
+//! Redis writes).
+//!
+//! Run: `cargo bench --bench replay` (needs the local Postgres; starts its own redis-server).
+//! Knobs: BENCH_EVENTS (default 200000), BENCH_TENANTS (50), BENCH_PARTITIONS (12; the mock
+//! cluster keeps about 5 MB per partition, so fewer partitions would drop the oldest events).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fred::prelude::*;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tenantstream::config::Secret;
+use tenantstream::http::Health;
+use tenantstream::produce::{self, ConfigSpec, TrafficSpec};
+use tenantstream::replay::{self, ReplayOptions, StartFrom};
+use tenantstream::{cache, commands, demo, sink, source, Settings, Worker};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantstream_bench";
+const WORKER_URL: &str = "postgres://tenantstream_worker@127.0.0.1:5432/tenantstream_bench";
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A redis-server of the benchmark's own, so FLUSHALL touches nothing else.
+struct OwnRedis(std::process::Child, u16);
+
+impl OwnRedis {
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self(child, port))
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let events = knob("BENCH_EVENTS", 200_000);
+    let tenants = knob("BENCH_TENANTS", 50);
+    let partitions = knob("BENCH_PARTITIONS", 12) as i32;
+    sink::migrate(ADMIN_URL)
+        .await
+        .context("migrate bench database")?;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(ADMIN_URL)
+        .await?;
+    let redis_server = OwnRedis::start()?;
+    let mock = MockCluster::new(1)?;
+    let mut settings = Settings::default();
+    settings.kafka.brokers = mock.bootstrap_servers();
+    settings.kafka.group_id = format!("bench-replay-{}", Uuid::new_v4());
+    settings.database.url = Secret::new(WORKER_URL);
+    settings.database.admin_url = Secret::new(ADMIN_URL);
+    settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
+    mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
+    mock.create_topic(&settings.kafka.config_topic, partitions, 1)?;
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+
+    // The live path writes the rows (and the cache) once.
+    let spec = TrafficSpec {
+        count: events,
+        tenants,
+        malformed: 0.0,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (orders, expected) = produce::generate(&spec, &commands::order_encoder(&settings)?);
+    let config_spec = ConfigSpec {
+        tenants: expected.tenants.clone(),
+        changes_per_tenant: 20,
+        categories: 20,
+        category_prefix: format!("{}-", settings.kafka.group_id),
+        suspended: 0.0,
+        seed: spec.seed,
+        start_ms: None,
+    };
+    let (config, _) = produce::generate_config(&config_spec, &commands::config_encoder(&settings)?);
+    let producer = source::producer(&settings.kafka)?;
+    let order_ends = produce::send(&producer, &settings.kafka.orders_topic, &orders, 0, None)
+        .await?
+        .ends;
+    let config_ends = produce::send(&producer, &settings.kafka.config_topic, &config, 0, None)
+        .await?
+        .ends;
+    let shutdown = CancellationToken::new();
+    let worker = Worker::connect(settings.clone(), Health::default()).await?;
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    for (topic, ends) in [
+        (&settings.kafka.orders_topic, &order_ends),
+        (&settings.kafka.config_topic, &config_ends),
+    ] {
+        demo::wait_until_consumed(&admin, &settings, topic, ends, &shutdown).await?;
+    }
+    shutdown.cancel();
+    running.await??;
+    let total = orders.len() + config.len();
+
+    // 1. Ceiling: a bare consumer reading every partition to its end.
+    let started = Instant::now();
+    let read = read_all(
+        &settings,
+        &[
+            (&settings.kafka.orders_topic, &order_ends),
+            (&settings.kafka.config_topic, &config_ends),
+        ],
+    )
+    .await?;
+    let ceiling = read as f64 / started.elapsed().as_secs_f64();
+
+    let options = ReplayOptions {
+        topics: Vec::new(),
+        from: StartFrom::Earliest,
+        tenant: None,
+        flush: false,
+        dry_run: true,
+        rewrite_db: false,
+        chunk: 20_000,
+    };
+    // 2. Dry run: read, decode, read Postgres.
+    let dry = replay::run(&settings, &options).await?;
+    // 3. Replay after FLUSHALL.
+    let redis = cache::connect(settings.redis.url.expose()).await?;
+    let () = redis.flushall(false).await?;
+    let full = replay::run(
+        &settings,
+        &ReplayOptions {
+            dry_run: false,
+            ..options
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        full.events_read as usize == total,
+        "replay read {} of {total}",
+        full.events_read
+    );
+    let rate = |s: &replay::ReplaySummary| s.events_read as f64 / s.seconds;
+
+    println!("replay benchmark: {total} events ({events} orders, {} config changes), {tenants} tenants, {partitions} partitions", config.len());
+    println!("  bare consumer (ceiling):   {ceiling:>9.0} events/s");
+    println!(
+        "  replay --dry-run:          {:>9.0} events/s  ({:.2} of ceiling)",
+        rate(&dry),
+        rate(&dry) / ceiling
+    );
+    println!(
+        "  replay after FLUSHALL:     {:>9.0} events/s  ({:.2} of ceiling), {} keys written, {} skipped as older, {:.1} s",
+        rate(&full),
+        rate(&full) / ceiling,
+        full.keys_written,
+        full.skipped_older,
+        full.seconds
+    );
+    Ok(())
+}
+
+/// Reads every partition of `topics` from the start to `ends` with a bare consumer.
+async fn read_all(
+    settings: &Settings,
+    topics: &[(&String, &produce::EndOffsets)],
+) -> anyhow::Result<usize> {
+    let consumer: StreamConsumer = source::client_config(&settings.kafka)
+        .set("group.id", "bench-bare-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = std::collections::HashMap::new();
+    for (topic, ends) in topics {
+        for (partition, end) in ends.iter() {
+            tpl.add_partition_offset(topic, *partition, Offset::Beginning)?;
+            remaining.insert((topic.to_string(), *partition), *end);
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut read = 0;
+    while !remaining.is_empty() {
+        let message = consumer.recv().await?;
+        read += 1;
+        let key = (message.topic().to_owned(), message.partition());
+        if remaining
+            .get(&key)
+            .is_some_and(|end| message.offset() + 1 >= *end)
+        {
+            remaining.remove(&key);
+        }
+    }
+    Ok(read)
+}
