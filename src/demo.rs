@@ -12,10 +12,11 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::commands::order_encoder;
+use crate::commands::{config_encoder, order_encoder};
 use crate::config::Settings;
+use crate::events::TenantMap;
 use crate::http::Health;
-use crate::produce::{self, Expected, TrafficSpec, WireFormat};
+use crate::produce::{self, ConfigSpec, Expected, ExpectedConfig, TrafficSpec, WireFormat};
 use crate::worker::Worker;
 use crate::{cache, sink, source};
 
@@ -67,22 +68,54 @@ pub async fn run(mut settings: Settings, args: &DemoArgs) -> anyhow::Result<()> 
         ..Default::default()
     };
     let (messages, expected) = produce::generate(&spec, &order_encoder(&settings)?);
+    let config_spec = ConfigSpec {
+        tenants: expected.tenants.clone(),
+        changes_per_tenant: 10,
+        categories: 10,
+        category_prefix: format!("{}-cat-", &settings.kafka.group_id),
+        suspended: 0.0,
+        seed: spec.seed,
+        start_ms: None,
+    };
+    let (config, expected_config) =
+        produce::generate_config(&config_spec, &config_encoder(&settings)?);
     let producer = source::producer(&settings.kafka)?;
     let started = Instant::now();
     let sent = produce::send(&producer, &orders_topic, &messages, 0, None).await?;
+    let config_topic = settings.kafka.config_topic.clone();
+    let config_sent = produce::send(&producer, &config_topic, &config, 0, None).await?;
     println!(
-        "demo: produced {} messages in {:.2}s; waiting for the worker",
+        "demo: produced {} order and {} configuration messages in {:.2}s; waiting for the worker",
         messages.len(),
+        config.len(),
         started.elapsed().as_secs_f64()
     );
     wait_until_consumed(&admin, &settings, &orders_topic, &sent.ends, &shutdown).await?;
+    wait_until_consumed(
+        &admin,
+        &settings,
+        &config_topic,
+        &config_sent.ends,
+        &shutdown,
+    )
+    .await?;
     let elapsed = started.elapsed();
     wait_until_cache_drained(&admin, &settings.kafka.group_id, &shutdown).await?;
     shutdown.cancel();
     worker_task.await??;
 
-    let (summary, matches) =
-        summarize(&admin, &settings, &expected, messages.len(), elapsed).await?;
+    let (config_summary, config_matches) =
+        summarize_config(&admin, &settings, &expected_config).await?;
+    let (summary, matches) = summarize(
+        &admin,
+        &settings,
+        &expected,
+        messages.len() + config.len(),
+        elapsed,
+        &config_summary,
+    )
+    .await?;
+    let matches = matches && config_matches;
     println!("{summary}");
     anyhow::ensure!(matches, "the end state does not match the traffic");
     Ok(())
@@ -210,6 +243,7 @@ async fn summarize(
     expected: &Expected,
     messages: usize,
     elapsed: Duration,
+    config_summary: &str,
 ) -> anyhow::Result<(String, bool)> {
     // The owner bypasses RLS, so the summary can count across the demo's tenants.
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE tenant_id = ANY($1)")
@@ -256,7 +290,7 @@ async fn summarize(
     let verdict = if matches {
         "OK: rows, versions, cache keys and dead letters match the traffic"
     } else {
-        "MISMATCH: see the counts above"
+        "MISMATCH: see the counts above (order lines)"
     };
     let summary = format!(
         "\n== tenantstream demo ==\n\
@@ -264,6 +298,7 @@ async fn summarize(
          orders in Postgres    {rows} (expected {}, {matching} at the expected version)\n\
          tenants               {}\n\
          cache keys in Redis   {keys}\n\
+         {config_summary}\n\
          dead letters          {dead} (expected {expected_dead}: {codes:?})\n\
          elapsed               {:.2}s\n\
          throughput            {:.0} events/s (produce → committed)\n\
@@ -272,6 +307,124 @@ async fn summarize(
         expected.tenants.len(),
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64(),
+    );
+    Ok((summary, matches))
+}
+
+/// Checks the configuration rows and keys against the traffic: one line per kind.
+async fn summarize_config(
+    admin: &PgPool,
+    settings: &Settings,
+    expected: &ExpectedConfig,
+) -> anyhow::Result<(String, bool)> {
+    let redis = cache::connect(settings.redis.url.expose()).await?;
+    let tenants: Vec<Uuid> = expected.profiles.keys().copied().collect();
+    let profiles: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenants t
+           JOIN UNNEST($1::uuid[], $2::int8[]) AS e(tenant_id, version)
+             ON t.tenant_id = e.tenant_id AND t.profile_version = e.version",
+    )
+    .bind(&tenants)
+    .bind(
+        tenants
+            .iter()
+            .map(|t| expected.profiles[t].0)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(admin)
+    .await?;
+    let mut entries = 0;
+    for map in [TenantMap::Settings, TenantMap::SlaPolicies] {
+        let want: Vec<_> = expected
+            .entries
+            .iter()
+            .filter(|((_, m, _), _)| *m == map)
+            .collect();
+        let table = match map {
+            TenantMap::Settings => "tenant_settings",
+            TenantMap::SlaPolicies => "sla_policies",
+        };
+        let found: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} s
+               JOIN UNNEST($1::uuid[], $2::text[], $3::int8[]) AS e(tenant_id, key, version)
+                 ON s.tenant_id = e.tenant_id AND s.key = e.key AND s.version = e.version"
+        ))
+        .bind(want.iter().map(|((t, _, _), _)| *t).collect::<Vec<_>>())
+        .bind(
+            want.iter()
+                .map(|((_, _, k), _)| k.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(want.iter().map(|(_, (v, _))| *v).collect::<Vec<_>>())
+        .fetch_one(admin)
+        .await?;
+        entries += found as usize;
+    }
+    let ids: Vec<String> = expected.categories.keys().cloned().collect();
+    let categories: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM categories c
+           JOIN UNNEST($1::text[], $2::int8[]) AS e(id, version)
+             ON c.category_id = e.id AND c.version = e.version",
+    )
+    .bind(&ids)
+    .bind(
+        ids.iter()
+            .map(|id| expected.categories[id].0)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(admin)
+    .await?;
+    // Redis: every live entry is a field of its tenant's hash, every profile a key.
+    let spaces = tenants.iter().map(|t| cache::Keyspace::Tenant(*t));
+    let generations =
+        cache::read_generations(&redis, spaces.chain([cache::Keyspace::Reference])).await?;
+    let mut fields = 0usize;
+    let mut profile_keys = 0usize;
+    for tenant in &tenants {
+        let space = cache::Keyspace::Tenant(*tenant);
+        let generation = generations[&space];
+        for map in [TenantMap::Settings, TenantMap::SlaPolicies] {
+            let n: usize =
+                fred::interfaces::HashesInterface::hlen(&redis, space.key(generation, map.name()))
+                    .await?;
+            fields += n;
+        }
+        profile_keys += count_keys(&redis, &space.key(generation, "profile")).await?;
+    }
+    let live_entries = expected
+        .entries
+        .values()
+        .filter(|(_, v)| v.is_some())
+        .count();
+    let reference = cache::Keyspace::Reference;
+    let category_keys = count_keys(
+        &redis,
+        &reference.key(
+            generations[&reference],
+            &format!("{}-cat-*", settings.kafka.group_id),
+        ),
+    )
+    .await?;
+    let live_categories = expected
+        .categories
+        .values()
+        .filter(|(_, v)| v.is_some())
+        .count();
+    let matches = profiles as usize == tenants.len()
+        && entries == expected.entries.len()
+        && categories as usize == ids.len()
+        && profile_keys == tenants.len()
+        && fields == live_entries
+        && category_keys == live_categories;
+    let summary = format!(
+        "tenant profiles       {profiles} in Postgres, {profile_keys} in Redis (expected {})\n\
+         settings + SLA        {entries} rows at the expected version (expected {}), {fields} hash fields in Redis (expected {live_entries}; the rest deleted)\n\
+         categories            {categories} rows (expected {}), {category_keys} keys in Redis (expected {live_categories})\n\
+         {}",
+        tenants.len(),
+        expected.entries.len(),
+        ids.len(),
+        if matches { "OK: configuration rows and keys match the traffic" } else { "MISMATCH: see the configuration lines above" },
     );
     Ok((summary, matches))
 }
