@@ -9,8 +9,10 @@
 //! Redis outage leaves work queued; [`CacheDrainer`] reads the current rows behind it and applies
 //! it ([`drain_tenants`]). Applying a row twice is harmless: the version check skips it.
 //!
-//! Key layout: `t:{<tenant_id>}:order:<order_id>` (the braces are a Redis Cluster hash tag, so a
-//! tenant's keys share a slot); value: the order row as JSON, including `version`.
+//! Key layout (see README "Redis read contract"): `t:{<tenant_id>}:g<generation>:order:<id>`,
+//! `…:profile`, `…:config`, `…:sla`, and `ref:{category}:g<generation>:cat:<id>`, `…:ids`. The
+//! braces are a Redis Cluster hash tag, so a keyspace's keys share a slot; bumping the keyspace's
+//! `…:gen` counter retires all of them at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,10 +24,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::events::TenantMap;
+use crate::events::{ConfigTarget, TenantMap};
 use crate::http::Health;
 use crate::sink::{
-    claim_outbox, current_items, delete_outbox_rows, set_tenant, QueuedCache, SinkError,
+    claim_outbox, current_items, delete_outbox_rows, set_tenant, CacheRef, QueuedCache, SinkError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +82,24 @@ pub const APPLY_ENTRY: &str = r#"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
   return -1
 end
+local present = ARGV[6] == '1'
 local current = tonumber(redis.call('HGET', KEYS[2], ARGV[2]))
 if current and current >= tonumber(ARGV[3]) then
-  return 0
+  -- The same version may be written again when its value expired or was evicted while the
+  -- versions hash lived on; anything older is skipped.
+  local gone = false
+  if present and current == tonumber(ARGV[3]) then
+    if ARGV[5] == 'hash' then
+      gone = redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0
+    else
+      gone = redis.call('EXISTS', KEYS[3]) == 0
+    end
+  end
+  if not gone then
+    return 0
+  end
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local present = ARGV[6] == '1'
 if ARGV[5] == 'hash' then
   if present then
     redis.call('HSET', KEYS[3], ARGV[8], ARGV[7])
@@ -166,6 +180,12 @@ impl Keyspace {
 /// The cache key of one order in generation `generation`.
 pub fn order_key(tenant: &Uuid, generation: i64, order_id: &str) -> String {
     Keyspace::Tenant(*tenant).key(generation, &format!("order:{order_id}"))
+}
+
+/// The cache key of one category in generation `generation` (its own prefix, so no id can
+/// collide with the keyspace's `versions` or `ids`).
+pub fn category_key(generation: i64, id: &str) -> String {
+    Keyspace::Reference.key(generation, &format!("cat:{id}"))
 }
 
 /// Connects to a single Redis (`redis://`) or a cluster (`redis-cluster://`).
@@ -278,11 +298,36 @@ impl CacheItem {
                 vec![
                     gen_key,
                     versions,
-                    space.key(generation, id),
+                    category_key(generation, id),
                     space.key(generation, "ids"),
                 ],
                 entry(id.clone(), "string", value, id),
             ),
+        }
+    }
+
+    /// The row this item was read from.
+    pub fn cache_ref(&self) -> CacheRef {
+        match self {
+            Self::Order {
+                tenant, order_id, ..
+            } => CacheRef::Order {
+                tenant: *tenant,
+                order_id: order_id.clone(),
+            },
+            Self::Profile { tenant, .. } => {
+                CacheRef::Config(ConfigTarget::Profile { tenant: *tenant })
+            }
+            Self::Entry {
+                tenant, map, key, ..
+            } => CacheRef::Config(ConfigTarget::Entry {
+                tenant: *tenant,
+                map: *map,
+                key: key.clone(),
+            }),
+            Self::Category { id, .. } => {
+                CacheRef::Config(ConfigTarget::Category { id: id.clone() })
+            }
         }
     }
 
@@ -658,10 +703,7 @@ mod tests {
         let space = Keyspace::Tenant(tenant);
         assert_eq!(space.generation_key(), format!("t:{{{TENANT}}}:gen"));
         assert_eq!(space.key(0, "config"), format!("t:{{{TENANT}}}:g0:config"));
-        assert_eq!(
-            Keyspace::Reference.key(2, "books"),
-            "ref:{category}:g2:books"
-        );
+        assert_eq!(category_key(2, "ids"), "ref:{category}:g2:cat:ids");
         assert_eq!(Keyspace::Reference.generation_key(), "ref:{category}:gen");
     }
 

@@ -98,9 +98,9 @@ pub struct RedisSettings {
     pub url: Secret,
     /// Time to live of cached order keys; 0 keeps them without expiry.
     pub order_ttl_seconds: u64,
-    /// Time to live of cached profiles, settings, SLA policies and categories (refreshed on each
-    /// change of the keyspace). Keys of a retired generation disappear after this long; 0 keeps
-    /// them until Redis evicts them.
+    /// Time to live of cached profiles, settings, SLA policies and categories (set again on each
+    /// write of the key). Keys of a retired generation disappear after this long; 0 keeps them
+    /// until Redis evicts them.
     pub config_ttl_seconds: u64,
 }
 

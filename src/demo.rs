@@ -399,7 +399,7 @@ async fn summarize_config(
     let reference = cache::Keyspace::Reference;
     let category_keys = count_keys(
         &redis,
-        &reference.key(
+        &cache::category_key(
             generations[&reference],
             &format!("{}-cat-*", settings.kafka.group_id),
         ),

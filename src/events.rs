@@ -319,6 +319,10 @@ impl ConfigChangeEvent {
             return Err(invalid("key", "must be 1 to 200 characters without NUL"));
         }
         check_version_and_time(self.version, self.occurred_at)?;
+        if self.version < 1 {
+            // 0 is the version of "no profile yet" (tenants.profile_version).
+            return Err(invalid("version", "must be at least 1"));
+        }
         let target = match (self.kind, tenant) {
             (ConfigKind::Category, None) => ConfigTarget::Category { id: self.key },
             (ConfigKind::Category, Some(_)) => {
@@ -617,6 +621,7 @@ mod tests {
             (|e| e.value = Some("{not json".into()), "value"),
             (|e| e.value = Some("\"a\\u0000b\"".into()), "value"),
             (|e| e.version = -1, "version"),
+            (|e| e.version = 0, "version"),
             (
                 |e| {
                     e.kind = ConfigKind::TenantProfile;

@@ -278,6 +278,8 @@ fn replay_consumer(settings: &Settings) -> anyhow::Result<StreamConsumer> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // A start offset already deleted by retention starts at the earliest kept one.
+        .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
         .create()
         .context("creating the replay consumer")
@@ -360,7 +362,17 @@ impl<'a> Replayer<'a> {
         }
         consumer.assign(&tpl)?;
         let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
+        let mut last_check = Instant::now();
         while !remaining.is_empty() {
+            // A partition whose end is a transaction marker or a compacted gap never delivers
+            // its last offset; the consumer's position tells, checked every second.
+            if last_check.elapsed() >= Duration::from_secs(1) {
+                last_check = Instant::now();
+                finish(&consumer, topic, &mut remaining, |_, _| false);
+                if remaining.is_empty() {
+                    break;
+                }
+            }
             let message = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
             {
                 Ok(Ok(message)) => message.detach(),
@@ -369,22 +381,18 @@ impl<'a> Replayer<'a> {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                Err(_) => {
-                    // Idle: partitions whose end is a transaction marker or a compacted gap
-                    // never deliver their last offset; the consumer's position tells.
-                    self.drop_finished(&consumer, topic, &mut remaining);
-                    continue;
-                }
+                Err(_) => continue,
             };
-            let Some(end) = remaining.get(&message.partition()).copied() else {
+            let partition = message.partition();
+            let Some(end) = remaining.get(&partition).copied() else {
                 continue;
             };
             if message.offset() >= end {
-                remaining.remove(&message.partition());
+                finish(&consumer, topic, &mut remaining, |p, _| p == partition);
                 continue;
             }
             if message.offset() + 1 >= end {
-                remaining.remove(&message.partition());
+                finish(&consumer, topic, &mut remaining, |p, _| p == partition);
             }
             summary.events_read += 1;
             progress.inc();
@@ -398,23 +406,6 @@ impl<'a> Replayer<'a> {
         self.rebuild(chunk, state, summary).await
     }
 
-    fn drop_finished(
-        &self,
-        consumer: &StreamConsumer,
-        topic: &str,
-        remaining: &mut HashMap<i32, i64>,
-    ) {
-        let Ok(positions) = consumer.position() else {
-            return;
-        };
-        remaining.retain(|partition, end| {
-            !matches!(
-                positions.find_partition(topic, *partition).map(|e| e.offset()),
-                Some(Offset::Offset(p)) if p >= *end
-            )
-        });
-    }
-
     async fn accept<E: Event>(
         &self,
         decoder: &Decoder,
@@ -422,7 +413,19 @@ impl<'a> Replayer<'a> {
         chunk: &mut Vec<E>,
         summary: &mut ReplaySummary,
     ) {
-        match decode_event::<E>(decoder, message).await {
+        let mut backoff = Duration::from_millis(200);
+        let decoded = loop {
+            match decode_event::<E>(decoder, message).await {
+                // The schema registry is down: wait for it, as the worker does.
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, "Cannot decode yet; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                other => break other,
+            }
+        };
+        match decoded {
             Ok(event)
                 if self
                     .options
@@ -450,28 +453,48 @@ impl<'a> Replayer<'a> {
         if events.is_empty() {
             return Ok(());
         }
+        let mut events = events;
         if self.options.rewrite_db && !self.options.dry_run {
-            summary.rows_rewritten += self.rewrite(&events).await? as u64;
+            let rewritten = self.rewrite(&mut events, summary).await?;
+            summary.rows_rewritten += rewritten.len() as u64;
+            // Rows this chunk changed must be read again, even if rebuilt before.
+            for r in &rewritten {
+                state.rebuilt.remove(r);
+            }
         }
         if state.rebuilt.len() > MAX_REMEMBERED_KEYS {
             state.rebuilt.clear();
         }
-        let refs: Vec<CacheRef> = events
+        let mut refs: Vec<CacheRef> = events
             .iter()
             .map(|e| e.cache_ref())
             .filter(|r| !state.rebuilt.contains(r))
             .collect();
+        refs.sort();
+        refs.dedup();
         state.rebuilt.extend(refs.iter().cloned());
-        let items = self.current_items(refs).await?;
+        if self.options.flush && !self.options.dry_run {
+            // Retire before reading: a value the live worker writes into the old generation
+            // meanwhile is then re-read here, never left newer than the rebuilt one.
+            let mut spaces: Vec<Keyspace> = refs.iter().map(keyspace_of).collect();
+            spaces.dedup();
+            for space in spaces {
+                if !state.flushed.contains(&space) {
+                    self.flush(state, space, summary).await?;
+                }
+            }
+        }
+        let mut items = self.current_items(refs.clone()).await?;
+        summary.missing_rows += (refs.len() - items.len()) as u64;
         if self.options.dry_run {
             summary.keys_written += items.len() as u64;
             return Ok(());
         }
-        if self.options.flush {
-            for space in items.iter().map(CacheItem::keyspace) {
-                if !state.flushed.contains(&space) {
-                    self.flush(state, space, summary).await?;
-                }
+        // A suspension was applied (and its keyspace retired) by the live path when it
+        // happened; a rebuild writes the current rows and retires nothing by itself.
+        for item in &mut items {
+            if let CacheItem::Profile { suspended, .. } = item {
+                *suspended = false;
             }
         }
         let applied = cache::apply(&self.redis, &items, &self.ttl)
@@ -496,17 +519,44 @@ impl<'a> Replayer<'a> {
         Ok(())
     }
 
-    /// Writes the events' rows (newer ones win), queueing no cache work for the live worker:
-    /// replay refreshes the keys itself right after. Returns the rows written.
-    async fn rewrite<E>(&self, events: &[E]) -> anyhow::Result<usize>
+    /// Writes the events' rows (newer ones win), queueing their cache work for the live
+    /// worker's drainer too. With strict tenants, events of unregistered tenants are dropped
+    /// (counted dead: the worker dead-letters them). Returns the refs of the rows written.
+    async fn rewrite<E>(
+        &self,
+        events: &mut Vec<E>,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<Vec<CacheRef>>
     where
         E: Event,
         for<'r> sink::Rows<'r>: From<&'r [E]>,
     {
-        let register = !self.settings.tenants.strict;
-        sink::rewrite_rows(&self.pool, events.into(), register)
-            .await
-            .context("rewriting rows in Postgres")
+        let strict = self.settings.tenants.strict;
+        if strict {
+            let registering: HashSet<Uuid> = events
+                .iter()
+                .filter(|e| e.registers_tenant())
+                .filter_map(|e| e.tenant())
+                .collect();
+            let mut tenants: Vec<Uuid> = events.iter().filter_map(|e| e.tenant()).collect();
+            tenants.sort();
+            tenants.dedup();
+            let known = sink::known_tenants(&self.pool, &tenants).await?;
+            let before = events.len();
+            events.retain(|e| {
+                e.tenant()
+                    .is_none_or(|t| known.contains(&t) || registering.contains(&t))
+            });
+            summary.dead += (before - events.len()) as u64;
+        }
+        sink::rewrite_rows(
+            &self.pool,
+            &self.settings.kafka.group_id,
+            events.as_slice().into(),
+            !strict,
+        )
+        .await
+        .context("rewriting rows in Postgres")
     }
 
     /// The current rows behind `refs`, each tenant's read under its own context.
@@ -527,6 +577,43 @@ impl<'a> Replayer<'a> {
         }
         tx.rollback().await?;
         Ok(items)
+    }
+}
+
+/// The keyspace of the key a ref names.
+fn keyspace_of(r: &CacheRef) -> Keyspace {
+    r.tenant().map_or(Keyspace::Reference, Keyspace::Tenant)
+}
+
+/// Marks partitions finished: those `done(partition, position)` selects (the position is the
+/// consumer's next offset, if known) or whose position reached their end; pauses them so a
+/// finished partition stops fetching while others go on.
+fn finish(
+    consumer: &StreamConsumer,
+    topic: &str,
+    remaining: &mut HashMap<i32, i64>,
+    done: impl Fn(i32, Option<i64>) -> bool,
+) {
+    let positions = consumer.position().ok();
+    let mut finished = TopicPartitionList::new();
+    remaining.retain(|partition, end| {
+        let position = positions
+            .as_ref()
+            .and_then(|tpl| tpl.find_partition(topic, *partition))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(p) => Some(p),
+                _ => None,
+            });
+        let over = done(*partition, position) || position.is_some_and(|p| p >= *end);
+        if over {
+            finished.add_partition(topic, *partition);
+        }
+        !over
+    });
+    if finished.count() > 0 {
+        if let Err(error) = consumer.pause(&finished) {
+            tracing::debug!(%error, "Pausing finished partitions failed.");
+        }
     }
 }
 

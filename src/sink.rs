@@ -368,39 +368,28 @@ fn latest_per_target(changes: &[ValidConfig]) -> Vec<&ValidConfig> {
     newest.into_values().collect()
 }
 
-/// The consumer group under which `replay --rewrite-db` writes; its outbox rows are deleted in
-/// the same transaction, since replay refreshes the keys itself.
-const REPLAY_GROUP: &str = "tenantstream-replay";
-
 /// Writes rows outside any partition's progress (no offset is read or moved), for
-/// `replay --rewrite-db`. Returns how many rows were newer than the stored ones.
+/// `replay --rewrite-db`. The cache work is queued under `group` (the live worker's), so its
+/// drainer applies it even if the replay stops before writing Redis. Returns the refs of the
+/// rows that were newer than the stored ones.
 pub async fn rewrite_rows(
     pool: &PgPool,
+    group: &str,
     rows: Rows<'_>,
     register_tenants: bool,
-) -> Result<usize, SinkError> {
+) -> Result<Vec<CacheRef>, SinkError> {
     let mut tx = pool.begin().await?;
     let none = HashMap::new();
     let queued = match rows {
         Rows::Orders(orders) => {
-            write_orders(&mut tx, REPLAY_GROUP, orders, register_tenants, &none).await?
+            write_orders(&mut tx, group, orders, register_tenants, &none).await?
         }
         Rows::Config(changes) => {
-            write_config(&mut tx, REPLAY_GROUP, changes, register_tenants, &none).await?
+            write_config(&mut tx, group, changes, register_tenants, &none).await?
         }
     };
-    let mut by_space: HashMap<Keyspace, Vec<i64>> = HashMap::new();
-    for q in &queued {
-        by_space
-            .entry(q.item.keyspace())
-            .or_default()
-            .push(q.outbox_id);
-    }
-    for (space, ids) in &by_space {
-        delete_outbox_rows(&mut tx, *space, ids).await?;
-    }
     tx.commit().await?;
-    Ok(queued.len())
+    Ok(queued.iter().map(|q| q.item.cache_ref()).collect())
 }
 
 /// Deletes outbox rows of one keyspace (a tenant's under its context).

@@ -68,14 +68,6 @@ async fn pipeline_and_replay_work_against_a_redis_cluster() {
         let cached: serde_json::Value = serde_json::from_str(&json.expect("cached")).unwrap();
         assert_eq!(cached["version"], want.version, "{tenant} {order_id}");
     }
-    // The keys are spread over the nodes: each node holds some.
-    for port in &cluster.ports {
-        let node = cache::connect(&format!("redis://127.0.0.1:{port}"))
-            .await
-            .unwrap();
-        let size: i64 = node.dbsize().await.unwrap();
-        assert!(size > 0, "node {port} holds keys");
-    }
 
     // Replay one tenant with --flush: its keyspace moves to the next generation, with every
     // order rebuilt.

@@ -467,6 +467,14 @@ pub enum Dumped {
 pub async fn dump_all(
     redis: &fred::prelude::Client,
 ) -> std::collections::BTreeMap<String, (Dumped, bool)> {
+    dump_matching(redis, "*").await
+}
+
+/// The keys matching `pattern` with their values and whether they expire.
+pub async fn dump_matching(
+    redis: &fred::prelude::Client,
+    pattern: &str,
+) -> std::collections::BTreeMap<String, (Dumped, bool)> {
     use fred::prelude::*;
     let mut out = std::collections::BTreeMap::new();
     let mut cursor = "0".to_owned();
@@ -474,7 +482,13 @@ pub async fn dump_all(
         let (next, keys): (String, Vec<String>) = redis
             .custom(
                 fred::cmd!("SCAN"),
-                vec![cursor.clone(), "COUNT".into(), "1000".into()],
+                vec![
+                    cursor.clone(),
+                    "MATCH".into(),
+                    pattern.into(),
+                    "COUNT".into(),
+                    "1000".into(),
+                ],
             )
             .await
             .unwrap();
@@ -624,7 +638,7 @@ pub async fn assert_config_cache(
     let ids_key = Keyspace::Reference.key(generation, "ids");
     for (id, (_, value)) in &expected.categories {
         let json: Option<String> = redis
-            .get(Keyspace::Reference.key(generation, id))
+            .get(cache::category_key(generation, id))
             .await
             .unwrap();
         let cached = json.map(|j| serde_json::from_str::<serde_json::Value>(&j).unwrap());
