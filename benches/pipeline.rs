@@ -9,54 +9,30 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use rdkafka::mocking::MockCluster;
-use tenantstream::config::Secret;
 use tenantstream::decode::{Decoder, SchemaStore};
 use tenantstream::events::Event;
 use tenantstream::events::{OrderEvent, ValidOrder};
 use tenantstream::http::Health;
 use tenantstream::produce::{self, TrafficSpec, WireFormat};
 use tenantstream::sink::{self, PartitionKey};
-use tenantstream::{commands, demo, source, Settings, Worker};
+use tenantstream::{commands, demo, source, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantstream_bench";
-const WORKER_URL: &str = "postgres://tenantstream_worker@127.0.0.1:5432/tenantstream_bench";
+mod support;
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::knob;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--list") {
-        return Ok(()); // `cargo bench -- --list` / `cargo test --benches` probe
+    if support::probing() {
+        return Ok(());
     }
     let events = knob("BENCH_EVENTS", 100_000);
     let tenants = knob("BENCH_TENANTS", 50);
     let partitions = knob("BENCH_PARTITIONS", 4) as i32;
 
-    sink::migrate(ADMIN_URL)
-        .await
-        .context("migrate bench database")?;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(ADMIN_URL)
-        .await?;
-    let mock = MockCluster::new(1)?;
-    let mut settings = Settings::default();
-    settings.kafka.brokers = mock.bootstrap_servers();
-    settings.kafka.group_id = format!("bench-{}", Uuid::new_v4());
-    settings.database.url = Secret::new(WORKER_URL);
-    settings.database.admin_url = Secret::new(ADMIN_URL);
-    mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
-    mock.create_topic(&settings.kafka.config_topic, 1, 1)?;
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+    let (admin, _mock, settings) = support::setup("bench", partitions).await?;
     let encoder = commands::order_encoder(&settings)?;
     let spec = TrafficSpec {
         count: events,

@@ -12,25 +12,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fred::prelude::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::mocking::MockCluster;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tenantstream::config::Secret;
 use tenantstream::http::Health;
 use tenantstream::produce::{self, ConfigSpec, TrafficSpec};
 use tenantstream::replay::{self, ReplayOptions, StartFrom};
-use tenantstream::{cache, commands, demo, sink, source, Settings, Worker};
+use tenantstream::{cache, commands, demo, source, Settings, Worker};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantstream_bench";
-const WORKER_URL: &str = "postgres://tenantstream_worker@127.0.0.1:5432/tenantstream_bench";
+mod support;
 
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::knob;
 
 /// A redis-server of the benchmark's own, so FLUSHALL touches nothing else.
 struct OwnRedis(std::process::Child, u16);
@@ -67,30 +59,15 @@ impl Drop for OwnRedis {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--list") {
+    if support::probing() {
         return Ok(());
     }
     let events = knob("BENCH_EVENTS", 200_000);
     let tenants = knob("BENCH_TENANTS", 50);
     let partitions = knob("BENCH_PARTITIONS", 12) as i32;
-    sink::migrate(ADMIN_URL)
-        .await
-        .context("migrate bench database")?;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(ADMIN_URL)
-        .await?;
     let redis_server = OwnRedis::start()?;
-    let mock = MockCluster::new(1)?;
-    let mut settings = Settings::default();
-    settings.kafka.brokers = mock.bootstrap_servers();
-    settings.kafka.group_id = format!("bench-replay-{}", Uuid::new_v4());
-    settings.database.url = Secret::new(WORKER_URL);
-    settings.database.admin_url = Secret::new(ADMIN_URL);
+    let (admin, _mock, mut settings) = support::setup("bench-replay", partitions).await?;
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
-    mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
-    mock.create_topic(&settings.kafka.config_topic, partitions, 1)?;
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
 
     // The live path writes the rows (and the cache) once.
     let spec = TrafficSpec {

@@ -431,9 +431,17 @@ async fn summarize_config(
 
 /// Counts keys matching `pattern` with SCAN (never KEYS).
 pub async fn count_keys(redis: &fred::prelude::Client, pattern: &str) -> anyhow::Result<usize> {
+    Ok(scan_keys(redis, pattern).await?.len())
+}
+
+/// The keys matching `pattern` on a single Redis server, by SCAN (never KEYS).
+pub async fn scan_keys(
+    redis: &fred::prelude::Client,
+    pattern: &str,
+) -> Result<Vec<String>, fred::error::Error> {
     use fred::prelude::*;
     let mut cursor = "0".to_owned();
-    let mut count = 0;
+    let mut all = Vec::new();
     loop {
         let (next, keys): (String, Vec<String>) = redis
             .custom(
@@ -447,9 +455,9 @@ pub async fn count_keys(redis: &fred::prelude::Client, pattern: &str) -> anyhow:
                 ],
             )
             .await?;
-        count += keys.len();
+        all.extend(keys);
         if next == "0" {
-            return Ok(count);
+            return Ok(all);
         }
         cursor = next;
     }

@@ -89,12 +89,25 @@ fn without(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replay_after_flushall_restores_exactly_the_keys_the_live_path_wrote() {
-    let (mut settings, admin, _) = common::tansu_setup("replay-flushall").await;
+/// A test on tansu with a Redis of its own, after the live worker has written `count` order
+/// events and the configuration traffic of `tenants` tenants: the settings, the Redis (kept
+/// running) and a client, the oracles, and every key the live path wrote.
+struct LiveSetup {
+    settings: Settings,
+    _redis_server: common::PrivateRedis,
+    redis: fred::prelude::Client,
+    expected: Expected,
+    config: ExpectedConfig,
+    order_ends: produce::EndOffsets,
+    config_ends: produce::EndOffsets,
+    live: BTreeMap<String, (common::Dumped, bool)>,
+}
+
+async fn live_on_own_redis(name: &str, count: usize, tenants: usize) -> LiveSetup {
+    let (mut settings, admin, _) = common::tansu_setup(name).await;
     let redis_server = common::PrivateRedis::single();
     settings.redis.url = tenantstream::config::Secret::new(&redis_server.url);
-    let (expected, config, order_ends, config_ends) = traffic(&settings, 1_500, 4).await;
+    let (expected, config, order_ends, config_ends) = traffic(&settings, count, tenants).await;
     run_live(
         &settings,
         &admin,
@@ -105,6 +118,30 @@ async fn replay_after_flushall_restores_exactly_the_keys_the_live_path_wrote() {
     .await;
     let redis = cache::connect(&redis_server.url).await.unwrap();
     let live = common::dump_all(&redis).await;
+    LiveSetup {
+        settings,
+        _redis_server: redis_server,
+        redis,
+        expected,
+        config,
+        order_ends,
+        config_ends,
+        live,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_after_flushall_restores_exactly_the_keys_the_live_path_wrote() {
+    let LiveSetup {
+        settings,
+        redis,
+        expected,
+        config,
+        order_ends,
+        config_ends,
+        live,
+        ..
+    } = live_on_own_redis("replay-flushall", 1_500, 4).await;
     assert!(
         live.len() > expected.orders.len(),
         "live path wrote orders and config"
@@ -226,20 +263,13 @@ async fn replay_beside_the_live_worker_leaves_no_key_older_than_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_of_one_tenant_touches_only_that_tenant() {
-    let (mut settings, admin, _) = common::tansu_setup("replay-tenant").await;
-    let redis_server = common::PrivateRedis::single();
-    settings.redis.url = tenantstream::config::Secret::new(&redis_server.url);
-    let (expected, _, order_ends, config_ends) = traffic(&settings, 900, 3).await;
-    run_live(
-        &settings,
-        &admin,
-        &expected.tenants,
-        &order_ends,
-        &config_ends,
-    )
-    .await;
-    let redis = cache::connect(&redis_server.url).await.unwrap();
-    let live = common::dump_all(&redis).await;
+    let LiveSetup {
+        settings,
+        redis,
+        expected,
+        live,
+        ..
+    } = live_on_own_redis("replay-tenant", 900, 3).await;
     let (a, b) = (expected.tenants[0], expected.tenants[1]);
 
     // Lose every key of tenants A and B.

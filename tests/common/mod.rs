@@ -477,40 +477,21 @@ pub async fn dump_matching(
 ) -> std::collections::BTreeMap<String, (Dumped, bool)> {
     use fred::prelude::*;
     let mut out = std::collections::BTreeMap::new();
-    let mut cursor = "0".to_owned();
-    loop {
-        let (next, keys): (String, Vec<String>) = redis
-            .custom(
-                fred::cmd!("SCAN"),
-                vec![
-                    cursor.clone(),
-                    "MATCH".into(),
-                    pattern.into(),
-                    "COUNT".into(),
-                    "1000".into(),
-                ],
-            )
+    for key in tenantstream::demo::scan_keys(redis, pattern).await.unwrap() {
+        let kind: String = redis
+            .custom(fred::cmd!("TYPE"), vec![key.clone()])
             .await
             .unwrap();
-        for key in keys {
-            let kind: String = redis
-                .custom(fred::cmd!("TYPE"), vec![key.clone()])
-                .await
-                .unwrap();
-            let value = match kind.as_str() {
-                "string" => Dumped::String(redis.get(&key).await.unwrap()),
-                "hash" => Dumped::Hash(redis.hgetall(&key).await.unwrap()),
-                "set" => Dumped::Set(redis.smembers(&key).await.unwrap()),
-                other => panic!("unexpected type {other} of {key}"),
-            };
-            let ttl: i64 = redis.ttl(&key).await.unwrap();
-            out.insert(key, (value, ttl > 0));
-        }
-        if next == "0" {
-            return out;
-        }
-        cursor = next;
+        let value = match kind.as_str() {
+            "string" => Dumped::String(redis.get(&key).await.unwrap()),
+            "hash" => Dumped::Hash(redis.hgetall(&key).await.unwrap()),
+            "set" => Dumped::Set(redis.smembers(&key).await.unwrap()),
+            other => panic!("unexpected type {other} of {key}"),
+        };
+        let ttl: i64 = redis.ttl(&key).await.unwrap();
+        out.insert(key, (value, ttl > 0));
     }
+    out
 }
 
 /// Configuration traffic for `tenants` with this test's own category ids.
