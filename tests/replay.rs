@@ -140,6 +140,8 @@ async fn replay_after_flushall_restores_exactly_the_keys_the_live_path_wrote() {
         order_ends,
         config_ends,
         live,
+        // Bound, so the Redis server lives until the end of the test.
+        _redis_server: _server,
         ..
     } = live_on_own_redis("replay-flushall", 1_500, 4).await;
     assert!(
@@ -268,6 +270,8 @@ async fn replay_of_one_tenant_touches_only_that_tenant() {
         redis,
         expected,
         live,
+        // Bound, so the Redis server lives until the end of the test.
+        _redis_server: _server,
         ..
     } = live_on_own_redis("replay-tenant", 900, 3).await;
     let (a, b) = (expected.tenants[0], expected.tenants[1]);
