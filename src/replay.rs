@@ -361,49 +361,68 @@ impl<'a> Replayer<'a> {
             }
         }
         consumer.assign(&tpl)?;
-        let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
-        let mut last_check = Instant::now();
-        while !remaining.is_empty() {
-            // A partition whose end is a transaction marker or a compacted gap never delivers
-            // its last offset; the consumer's position tells, checked every second.
-            if last_check.elapsed() >= Duration::from_secs(1) {
-                last_check = Instant::now();
-                finish(&consumer, topic, &mut remaining, |_, _| false);
-                if remaining.is_empty() {
-                    break;
+        // Reading and decoding the next chunk overlaps rebuilding the previous one (Postgres
+        // and Redis round trips); chunks are rebuilt one at a time, in order.
+        let (chunks, mut to_rebuild) = tokio::sync::mpsc::channel::<Vec<E>>(1);
+        let mut read = ReplaySummary::default();
+        let reading = async {
+            let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
+            let mut last_check = Instant::now();
+            while !remaining.is_empty() {
+                // A partition whose end is a transaction marker or a compacted gap never
+                // delivers its last offset; the consumer's position tells, checked every second.
+                if last_check.elapsed() >= Duration::from_secs(1) {
+                    last_check = Instant::now();
+                    finish(&consumer, topic, &mut remaining, |_, _| false);
+                    if remaining.is_empty() {
+                        break;
+                    }
                 }
-            }
-            let message = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
-            {
-                Ok(Ok(message)) => message.detach(),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "Kafka error during replay; retrying.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                let message =
+                    match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                        Ok(Ok(message)) => message.detach(),
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "Kafka error during replay; retrying.");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                        Err(_) => continue,
+                    };
+                let partition = message.partition();
+                let Some(end) = remaining.get(&partition).copied() else {
+                    continue;
+                };
+                if message.offset() >= end {
+                    finish(&consumer, topic, &mut remaining, |p, _| p == partition);
                     continue;
                 }
-                Err(_) => continue,
-            };
-            let partition = message.partition();
-            let Some(end) = remaining.get(&partition).copied() else {
-                continue;
-            };
-            if message.offset() >= end {
-                finish(&consumer, topic, &mut remaining, |p, _| p == partition);
-                continue;
+                if message.offset() + 1 >= end {
+                    finish(&consumer, topic, &mut remaining, |p, _| p == partition);
+                }
+                read.events_read += 1;
+                progress.inc();
+                self.accept::<E>(&decoder, &message, &mut chunk, &mut read)
+                    .await;
+                if chunk.len() >= self.options.chunk
+                    && chunks.send(std::mem::take(&mut chunk)).await.is_err()
+                {
+                    return; // the rebuild failed; its error is reported
+                }
             }
-            if message.offset() + 1 >= end {
-                finish(&consumer, topic, &mut remaining, |p, _| p == partition);
+            let _ = chunks.send(chunk).await;
+            drop(chunks);
+        };
+        let rebuilding = async {
+            while let Some(chunk) = to_rebuild.recv().await {
+                self.rebuild(chunk, state, summary).await?;
             }
-            summary.events_read += 1;
-            progress.inc();
-            self.accept::<E>(&decoder, &message, &mut chunk, summary)
-                .await;
-            if chunk.len() >= self.options.chunk {
-                self.rebuild(std::mem::take(&mut chunk), state, summary)
-                    .await?;
-            }
-        }
-        self.rebuild(chunk, state, summary).await
+            anyhow::Ok(())
+        };
+        let ((), rebuilt) = tokio::join!(reading, rebuilding);
+        summary.events_read += read.events_read;
+        summary.filtered += read.filtered;
+        summary.dead += read.dead;
+        rebuilt
     }
 
     async fn accept<E: Event>(
