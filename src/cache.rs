@@ -370,10 +370,45 @@ const PIPELINE_CHUNK: usize = 1000;
 /// How often items are tried again when their keyspace's generation moved under them.
 const GENERATION_RETRIES: usize = 10;
 
-/// Applies items with their version checks: first the generation bumps of suspended profiles,
-/// then every write in the keyspace's current generation. On an error some items may have been
-/// applied; applying them again changes nothing.
+/// Applies items of committed batches with their version checks: first the generation bumps
+/// of suspended profiles, then every write in the keyspace's current generation. A batch's item
+/// is the newest version of its key until the batch is done (one batch per partition at a
+/// time), so an item that met a moved generation is simply written again in the new one. On
+/// an error some items may have been applied; applying them again changes nothing.
 pub async fn apply(redis: &Client, items: &[CacheItem], ttl: &Ttl) -> Result<Applied, CacheError> {
+    let mut applied = Applied::default();
+    let mut pending: Vec<CacheItem> = items.to_vec();
+    for _ in 0..GENERATION_RETRIES {
+        if pending.is_empty() {
+            return Ok(applied);
+        }
+        let generations = read_generations(redis, pending.iter().map(|i| i.keyspace())).await?;
+        let (done, moved) = apply_read_after(redis, &pending, &generations, ttl).await?;
+        applied.written += done.written;
+        applied.skipped_older += done.skipped_older;
+        pending = moved;
+    }
+    Err(moving_generation(pending.len()))
+}
+
+fn moving_generation(count: usize) -> CacheError {
+    CacheError::Redis(fred::error::Error::new(
+        fred::error::ErrorKind::Unknown,
+        format!("{count} writes kept meeting a moving generation"),
+    ))
+}
+
+/// Applies items whose rows were read after `generations` was read: first the generation bumps
+/// of suspended profiles, then each write in the generation it was read for. An item whose
+/// generation moved since is not written, because its row may have changed after it was read
+/// (a newer value written into the old generation, then retired); it is returned, for the
+/// caller to read again.
+pub async fn apply_read_after(
+    redis: &Client,
+    items: &[CacheItem],
+    generations: &HashMap<Keyspace, i64>,
+    ttl: &Ttl,
+) -> Result<(Applied, Vec<CacheItem>), CacheError> {
     let suspensions: Vec<(Keyspace, i64)> = items
         .iter()
         .filter_map(|item| match item {
@@ -388,43 +423,68 @@ pub async fn apply(redis: &Client, items: &[CacheItem], ttl: &Ttl) -> Result<App
         .collect();
     bump_generations(redis, &suspensions).await?;
     let mut applied = Applied::default();
-    let mut pending: Vec<&CacheItem> = items.iter().collect();
-    for _ in 0..GENERATION_RETRIES {
-        if pending.is_empty() {
-            return Ok(applied);
+    let mut moved = Vec::new();
+    for chunk in items.chunks(PIPELINE_CHUNK) {
+        let pipeline = redis.pipeline();
+        for item in chunk {
+            let generation = generations.get(&item.keyspace()).copied().unwrap_or(0);
+            let (script, keys, args) = item.command(generation, ttl);
+            let () = pipeline
+                .custom(eval(), eval_args(script, keys, args))
+                .await?;
         }
-        let generations = read_generations(redis, pending.iter().map(|i| i.keyspace())).await?;
-        let mut moved = Vec::new();
-        for chunk in pending.chunks(PIPELINE_CHUNK) {
-            let pipeline = redis.pipeline();
-            for item in chunk {
-                let (script, keys, args) = item.command(generations[&item.keyspace()], ttl);
-                let () = pipeline
-                    .custom(eval(), eval_args(script, keys, args))
-                    .await?;
-            }
-            let results: Vec<i64> = pipeline.all().await?;
-            if results.len() != chunk.len() {
-                // Never treat a partial answer as success: the outbox rows would be deleted.
-                return Err(CacheError::Redis(fred::error::Error::new(
-                    fred::error::ErrorKind::Unknown,
-                    format!("{} answers to {} writes", results.len(), chunk.len()),
-                )));
-            }
-            for (item, result) in chunk.iter().zip(results) {
-                match result {
-                    1 => applied.written += 1,
-                    0 => applied.skipped_older += 1,
-                    _ => moved.push(*item),
-                }
+        let results: Vec<i64> = pipeline.all().await?;
+        if results.len() != chunk.len() {
+            // Never treat a partial answer as success: the outbox rows would be deleted.
+            return Err(CacheError::Redis(fred::error::Error::new(
+                fred::error::ErrorKind::Unknown,
+                format!("{} answers to {} writes", results.len(), chunk.len()),
+            )));
+        }
+        for (item, result) in chunk.iter().zip(results) {
+            match result {
+                1 => applied.written += 1,
+                0 => applied.skipped_older += 1,
+                _ => moved.push(item.clone()),
             }
         }
-        pending = moved;
     }
-    Err(CacheError::Redis(fred::error::Error::new(
-        fred::error::ErrorKind::Unknown,
-        format!("{} writes kept meeting a moving generation", pending.len()),
-    )))
+    Ok((applied, moved))
+}
+
+/// Reads the current rows behind `refs` and applies them, reading again those whose
+/// generation moved meanwhile. `read` reads rows (under the right tenant contexts).
+pub async fn refresh<F, Fut>(
+    redis: &Client,
+    refs: Vec<CacheRef>,
+    ttl: &Ttl,
+    mut read: F,
+) -> Result<(Applied, usize), CacheError>
+where
+    F: FnMut(Vec<CacheRef>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<CacheItem>, CacheError>>,
+{
+    let mut applied = Applied::default();
+    let mut found = 0;
+    let mut pending = refs;
+    for attempt in 0..GENERATION_RETRIES {
+        if pending.is_empty() {
+            return Ok((applied, found));
+        }
+        let spaces = pending
+            .iter()
+            .map(|r| r.tenant().map_or(Keyspace::Reference, Keyspace::Tenant));
+        let generations = read_generations(redis, spaces).await?;
+        let items = read(pending).await?;
+        if attempt == 0 {
+            found = items.len();
+        }
+        let (done, moved) = apply_read_after(redis, &items, &generations, ttl).await?;
+        applied.written += done.written;
+        applied.skipped_older += done.skipped_older;
+        pending = moved.iter().map(CacheItem::cache_ref).collect();
+    }
+    Err(moving_generation(pending.len()))
 }
 
 /// EVAL as a custom command, because fred pipelines have no Lua interface; the first key
@@ -503,7 +563,7 @@ pub async fn drain(
 ) -> Result<(), CacheError> {
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await?;
-    let mut items = Vec::new();
+    let mut claimed = Vec::new();
     let scopes = tenants
         .iter()
         .map(|t| Some(*t))
@@ -512,14 +572,39 @@ pub async fn drain(
         if let Some(tenant) = tenant {
             set_tenant(&mut tx, tenant).await?;
         }
-        let refs = claim_outbox(&mut tx, group, tenant, MIN_AGE, per_scope).await?;
-        items.extend(current_items(&mut tx, tenant, &refs).await?);
+        claimed.extend(claim_outbox(&mut tx, group, tenant, MIN_AGE, per_scope).await?);
     }
     // Redis first: if it fails, the rollback puts the work back in the outbox.
-    let applied = apply(redis, &items, ttl).await?;
+    let tx_owner = tokio::sync::Mutex::new(tx);
+    let tx = &tx_owner;
+    let (applied, _) = refresh(redis, claimed, ttl, |refs| async move {
+        let mut tx = tx.lock().await;
+        Ok(read_current(&mut tx, &refs).await?)
+    })
+    .await?;
+    let tx = tx_owner.into_inner();
     tx.commit().await?;
     crate::metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
     Ok(())
+}
+
+/// The current cache values behind `refs`, each tenant's read under its own context in `tx`.
+pub async fn read_current(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    refs: &[CacheRef],
+) -> Result<Vec<CacheItem>, SinkError> {
+    let mut by_tenant: std::collections::BTreeMap<Option<Uuid>, Vec<CacheRef>> = Default::default();
+    for r in refs {
+        by_tenant.entry(r.tenant()).or_default().push(r.clone());
+    }
+    let mut items = Vec::new();
+    for (tenant, refs) in by_tenant {
+        if let Some(tenant) = tenant {
+            set_tenant(tx, tenant).await?;
+        }
+        items.extend(current_items(tx, tenant, &refs).await?);
+    }
+    Ok(items)
 }
 
 /// Outbox rows whose Redis write succeeded and that still have to be deleted.

@@ -7,10 +7,11 @@
 //! checks, so replaying beside the live worker never puts an older value over a newer one.
 //! Postgres is written only with `--rewrite-db` (idempotent through the version guard).
 //!
-//! The configuration topic is replayed before the others, so a tenant's suspension retires its
-//! keyspace before its other keys are rebuilt.
+//! Replay retires nothing by itself (a suspension retired its keyspace when the live worker
+//! applied it); `--flush` retires each keyspace before rebuilding it, which is why it needs every
+//! topic from the earliest offset. The configuration topic is replayed first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -166,6 +167,12 @@ pub async fn run(settings: &Settings, options: &ReplayOptions) -> anyhow::Result
     let replay = Replayer::connect(settings, options).await?;
     let mut summary = ReplaySummary::default();
     let topics = ordered_topics(settings, options)?;
+    if options.flush && (options.from != StartFrom::Earliest || topics.len() < 2) {
+        anyhow::bail!(
+            "--flush retires whole keyspaces, so it must rebuild them from every topic from the \
+             earliest offset: drop --topic and --from, or drop --flush"
+        );
+    }
     let plans = plan_ranges(settings, &topics, options.from).await?;
     let total: i64 = plans.iter().map(|r| r.3 - r.2).sum();
     summary.ranges = plans.clone();
@@ -414,7 +421,11 @@ impl<'a> Replayer<'a> {
         };
         let rebuilding = async {
             while let Some(chunk) = to_rebuild.recv().await {
-                self.rebuild(chunk, state, summary).await?;
+                if let Err(error) = self.rebuild(chunk, state, summary).await {
+                    // Unblocks the reading side, whose next send now fails.
+                    to_rebuild.close();
+                    return Err(error);
+                }
             }
             anyhow::Ok(())
         };
@@ -503,22 +514,29 @@ impl<'a> Replayer<'a> {
                 }
             }
         }
-        let mut items = self.current_items(refs.clone()).await?;
-        summary.missing_rows += (refs.len() - items.len()) as u64;
         if self.options.dry_run {
+            let items = self.current_items(refs.clone()).await?;
+            summary.missing_rows += (refs.len() - items.len()) as u64;
             summary.keys_written += items.len() as u64;
             return Ok(());
         }
-        // A suspension was applied (and its keyspace retired) by the live path when it
-        // happened; a rebuild writes the current rows and retires nothing by itself.
-        for item in &mut items {
-            if let CacheItem::Profile { suspended, .. } = item {
-                *suspended = false;
+        let total = refs.len();
+        let (applied, found) = cache::refresh(&self.redis, refs, &self.ttl, |refs| async move {
+            let mut items = self.current_items(refs).await.map_err(|e| {
+                cache::CacheError::Postgres(sink::SinkError::Setup(format!("{e:#}")))
+            })?;
+            // A suspension was applied (and its keyspace retired) by the live path when it
+            // happened; a rebuild writes the current rows and retires nothing by itself.
+            for item in &mut items {
+                if let CacheItem::Profile { suspended, .. } = item {
+                    *suspended = false;
+                }
             }
-        }
-        let applied = cache::apply(&self.redis, &items, &self.ttl)
-            .await
-            .context("writing Redis")?;
+            Ok(items)
+        })
+        .await
+        .context("writing Redis")?;
+        summary.missing_rows += (total - found) as u64;
         summary.keys_written += applied.written as u64;
         summary.skipped_older += applied.skipped_older as u64;
         Ok(())
@@ -582,18 +600,8 @@ impl<'a> Replayer<'a> {
     async fn current_items(&self, mut refs: Vec<CacheRef>) -> anyhow::Result<Vec<CacheItem>> {
         refs.sort();
         refs.dedup();
-        let mut by_tenant: BTreeMap<Option<Uuid>, Vec<CacheRef>> = BTreeMap::new();
-        for r in refs {
-            by_tenant.entry(r.tenant()).or_default().push(r);
-        }
         let mut tx = self.pool.begin().await?;
-        let mut items = Vec::new();
-        for (tenant, refs) in by_tenant {
-            if let Some(tenant) = tenant {
-                sink::set_tenant(&mut tx, tenant).await?;
-            }
-            items.extend(sink::current_items(&mut tx, tenant, &refs).await?);
-        }
+        let items = cache::read_current(&mut tx, &refs).await?;
         tx.rollback().await?;
         Ok(items)
     }

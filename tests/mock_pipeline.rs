@@ -203,6 +203,11 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
         pending > 0,
         "cache work must wait in the outbox while Redis is down"
     );
+    // The first failed Redis call can take up to its timeout to be noticed.
+    let noticed = std::time::Instant::now();
+    while health.is_ready() && noticed.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         !health.is_ready(),
         "readiness must fail while Redis is down"

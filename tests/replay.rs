@@ -413,6 +413,19 @@ async fn replay_stops_by_itself_at_the_end_offsets_it_saw_at_start() {
     .unwrap();
     stop.cancel();
     let sent_later = growing.await.unwrap();
+    // --flush of one topic would retire keys it never rebuilds.
+    let refused = replay::run(
+        &settings,
+        &ReplayOptions {
+            topics: vec![topic.clone()],
+            flush: true,
+            ..options()
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("--flush"), "{refused}");
     let planned: i64 = summary.ranges.iter().map(|r| r.3 - r.2).sum();
     assert!(planned >= 1_000, "{:?}", summary.ranges);
     assert_eq!(
