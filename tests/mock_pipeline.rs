@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
@@ -110,66 +109,12 @@ async fn strict_mode_dead_letters_unknown_tenants() {
         .all(|m| common::header(m, HEADER_ERROR_CODE) == "unknown_tenant"));
 }
 
-/// A private redis-server on its own port, so the test can stop and start it.
-struct PrivateRedis {
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child: Some(child) }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_postgres_progress_and_drains_later() {
     let mock = MockCluster::new(1).unwrap();
     let mut settings = mock_settings(&mock, "redis-down");
-    let port = free_port();
-    let mut redis_server = PrivateRedis::start(port);
+    let mut redis_server = common::PrivateRedis::single();
+    let port = redis_server.ports[0];
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
     let admin = common::admin_pool().await;
     let (messages, expected) = traffic(&settings, 2_000, 3, rand::random());
@@ -204,7 +149,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
         "cache work must wait in the outbox while Redis is down"
     );
     // The first failed Redis call can take up to its timeout to be noticed.
-    let noticed = std::time::Instant::now();
+    let noticed = Instant::now();
     while health.is_ready() && noticed.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -213,7 +158,7 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
         "readiness must fail while Redis is down"
     );
 
-    let _redis_server = PrivateRedis::start(port);
+    let _redis_server = common::PrivateRedis::single_on(port);
     common::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(60)).await;
     worker.stop().await;
 

@@ -388,8 +388,12 @@ impl PrivateRedis {
 
     /// One standalone server.
     pub fn single() -> Self {
+        Self::single_on(free_port())
+    }
+
+    /// One standalone server on `port` (to start it again where clients expect it).
+    pub fn single_on(port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let child = Self::spawn(dir.path(), port, false);
         Self::wait_for(port);
         Self {
@@ -446,12 +450,19 @@ impl PrivateRedis {
     }
 }
 
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        for child in &mut self.children {
+impl PrivateRedis {
+    /// Stops the servers now (as an outage would).
+    pub fn stop(&mut self) {
+        for mut child in self.children.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
