@@ -471,9 +471,7 @@ where
         if pending.is_empty() {
             return Ok((applied, found));
         }
-        let spaces = pending
-            .iter()
-            .map(|r| r.tenant().map_or(Keyspace::Reference, Keyspace::Tenant));
+        let spaces = pending.iter().map(CacheRef::keyspace);
         let generations = read_generations(redis, spaces).await?;
         let items = read(pending).await?;
         if attempt == 0 {

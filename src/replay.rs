@@ -506,7 +506,7 @@ impl<'a> Replayer<'a> {
         if self.options.flush && !self.options.dry_run {
             // Retire before reading: a value the live worker writes into the old generation
             // meanwhile is then re-read here, never left newer than the rebuilt one.
-            let mut spaces: Vec<Keyspace> = refs.iter().map(keyspace_of).collect();
+            let mut spaces: Vec<Keyspace> = refs.iter().map(CacheRef::keyspace).collect();
             spaces.dedup();
             for space in spaces {
                 if !state.flushed.contains(&space) {
@@ -522,9 +522,7 @@ impl<'a> Replayer<'a> {
         }
         let total = refs.len();
         let (applied, found) = cache::refresh(&self.redis, refs, &self.ttl, |refs| async move {
-            let mut items = self.current_items(refs).await.map_err(|e| {
-                cache::CacheError::Postgres(sink::SinkError::Setup(format!("{e:#}")))
-            })?;
+            let mut items = self.current_items(refs).await?;
             // A suspension was applied (and its keyspace retired) by the live path when it
             // happened; a rebuild writes the current rows and retires nothing by itself.
             for item in &mut items {
@@ -597,19 +595,12 @@ impl<'a> Replayer<'a> {
     }
 
     /// The current rows behind `refs`, each tenant's read under its own context.
-    async fn current_items(&self, mut refs: Vec<CacheRef>) -> anyhow::Result<Vec<CacheItem>> {
-        refs.sort();
-        refs.dedup();
+    async fn current_items(&self, refs: Vec<CacheRef>) -> Result<Vec<CacheItem>, sink::SinkError> {
         let mut tx = self.pool.begin().await?;
         let items = cache::read_current(&mut tx, &refs).await?;
         tx.rollback().await?;
         Ok(items)
     }
-}
-
-/// The keyspace of the key a ref names.
-fn keyspace_of(r: &CacheRef) -> Keyspace {
-    r.tenant().map_or(Keyspace::Reference, Keyspace::Tenant)
 }
 
 /// Marks partitions finished: those `done(partition, position)` selects (the position is the

@@ -92,6 +92,11 @@ impl CacheRef {
         }
     }
 
+    /// The keyspace of the key the ref names.
+    pub fn keyspace(&self) -> Keyspace {
+        self.tenant().map_or(Keyspace::Reference, Keyspace::Tenant)
+    }
+
     /// From an outbox row's `kind` and `key_id`; `None` for a kind this version does not know.
     fn from_outbox(tenant: Option<Uuid>, kind: &str, key_id: String) -> Option<Self> {
         Some(match (tenant, kind) {
@@ -273,20 +278,27 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Ok(BatchOutcome::Fenced);
     }
-    let cache = match rows {
-        Rows::Orders(orders) => {
-            write_orders(&mut tx, &key.group, orders, register_tenants, applied).await?
-        }
-        Rows::Config(changes) => {
-            write_config(&mut tx, &key.group, changes, register_tenants, applied).await?
-        }
-    };
+    let cache = write_rows(&mut tx, &key.group, rows, register_tenants, applied).await?;
     tx.commit().await?;
     Ok(BatchOutcome::Committed(BatchWrite {
         written: cache.len(),
         stale: rows.len() - cache.len(),
         cache,
     }))
+}
+
+/// Upserts the rows of either event type and queues their cache work under `group`.
+async fn write_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    rows: Rows<'_>,
+    register_tenants: bool,
+    applied: &HashMap<Uuid, Vec<i64>>,
+) -> Result<Vec<QueuedCache>, SinkError> {
+    match rows {
+        Rows::Orders(orders) => write_orders(tx, group, orders, register_tenants, applied).await,
+        Rows::Config(changes) => write_config(tx, group, changes, register_tenants, applied).await,
+    }
 }
 
 async fn write_orders(
@@ -379,15 +391,7 @@ pub async fn rewrite_rows(
     register_tenants: bool,
 ) -> Result<Vec<CacheRef>, SinkError> {
     let mut tx = pool.begin().await?;
-    let none = HashMap::new();
-    let queued = match rows {
-        Rows::Orders(orders) => {
-            write_orders(&mut tx, group, orders, register_tenants, &none).await?
-        }
-        Rows::Config(changes) => {
-            write_config(&mut tx, group, changes, register_tenants, &none).await?
-        }
-    };
+    let queued = write_rows(&mut tx, group, rows, register_tenants, &HashMap::new()).await?;
     tx.commit().await?;
     Ok(queued.iter().map(|q| q.item.cache_ref()).collect())
 }
