@@ -460,6 +460,27 @@ pub trait Event: Sized + Send + Sync {
     fn cache_ref(&self) -> crate::sink::CacheRef;
 }
 
+/// The tenants of `events` that must already be registered (strict tenants): those that no
+/// event among them registers itself. Sorted, each once.
+pub fn unregistered_tenants<'a, E: Event + 'a>(
+    events: impl IntoIterator<Item = &'a E>,
+) -> Vec<Uuid> {
+    let events: Vec<&E> = events.into_iter().collect();
+    let registering: std::collections::HashSet<Uuid> = events
+        .iter()
+        .filter(|e| e.registers_tenant())
+        .filter_map(|e| e.tenant())
+        .collect();
+    let mut tenants: Vec<Uuid> = events
+        .iter()
+        .filter_map(|e| e.tenant())
+        .filter(|t| !registering.contains(t))
+        .collect();
+    tenants.sort();
+    tenants.dedup();
+    tenants
+}
+
 impl Event for ValidOrder {
     type Wire = OrderEvent;
     const SCHEMA_FILE: &'static str = "order_event.avsc";

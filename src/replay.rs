@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::cache::{self, CacheItem, Keyspace, Ttl};
 use crate::config::Settings;
 use crate::decode::{Decoder, SchemaStore};
-use crate::events::{Event, ValidConfig, ValidOrder};
+use crate::events::{unregistered_tenants, Event, ValidConfig, ValidOrder};
 use crate::sink::{self, CacheRef};
 use crate::worker::decode_event;
 
@@ -568,19 +568,12 @@ impl<'a> Replayer<'a> {
     {
         let strict = self.settings.tenants.strict;
         if strict {
-            let registering: HashSet<Uuid> = events
-                .iter()
-                .filter(|e| e.registers_tenant())
-                .filter_map(|e| e.tenant())
-                .collect();
-            let mut tenants: Vec<Uuid> = events.iter().filter_map(|e| e.tenant()).collect();
-            tenants.sort();
-            tenants.dedup();
-            let known = sink::known_tenants(&self.pool, &tenants).await?;
+            let required = unregistered_tenants(events.iter());
+            let known = sink::known_tenants(&self.pool, &required).await?;
             let before = events.len();
             events.retain(|e| {
                 e.tenant()
-                    .is_none_or(|t| known.contains(&t) || registering.contains(&t))
+                    .is_none_or(|t| known.contains(&t) || required.binary_search(&t).is_err())
             });
             summary.dead += (before - events.len()) as u64;
         }

@@ -24,7 +24,7 @@ use crate::cache::{self, CacheDrainer};
 use crate::config::Settings;
 use crate::deadletter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use crate::decode::{DecodeError, Decoder, SchemaStore};
-use crate::events::{Event, ValidConfig, ValidOrder};
+use crate::events::{unregistered_tenants, Event, ValidConfig, ValidOrder};
 use crate::http::Health;
 use crate::metrics::{self, Outcome};
 use crate::sink::{self, BatchOutcome, PartitionKey, SinkError};
@@ -404,7 +404,7 @@ impl Worker {
             until_ok!(self, backoff, shutdown, decode_batch::<E>(decoder, batch));
         self.health.recovered("schema_registry");
         if self.settings.tenants.strict {
-            let tenants = unregistered_tenants(&events);
+            let tenants = unregistered_tenants(events.iter().map(|(_, e)| e));
             let known = until_ok!(
                 self,
                 backoff,
@@ -530,24 +530,6 @@ pub async fn decode_event<E: Event>(
     Ok(E::validate(wire)?)
 }
 
-/// The tenants of the batch that must already be registered: those not registered by an event
-/// of the batch itself (a tenant profile).
-fn unregistered_tenants<E: Event>(events: &[(&OwnedMessage, E)]) -> Vec<uuid::Uuid> {
-    let registering: std::collections::HashSet<_> = events
-        .iter()
-        .filter(|(_, e)| e.registers_tenant())
-        .filter_map(|(_, e)| e.tenant())
-        .collect();
-    let mut tenants: Vec<_> = events
-        .iter()
-        .filter_map(|(_, e)| e.tenant())
-        .filter(|t| !registering.contains(t))
-        .collect();
-    tenants.sort();
-    tenants.dedup();
-    tenants
-}
-
 /// Strict tenants: events of tenants neither in `known` nor registered by the batch become
 /// `unknown_tenant` dead letters.
 fn reject_unknown_tenants<E: Event>(
@@ -555,7 +537,10 @@ fn reject_unknown_tenants<E: Event>(
     events: &mut Vec<(&OwnedMessage, E)>,
     dead: &mut Vec<DeadLetter>,
 ) {
-    let required: std::collections::HashSet<_> = unregistered_tenants(events).into_iter().collect();
+    let required: std::collections::HashSet<_> =
+        unregistered_tenants(events.iter().map(|(_, e)| e))
+            .into_iter()
+            .collect();
     events.retain(|(message, event)| {
         let Some(tenant) = event.tenant().filter(|t| required.contains(t)) else {
             return true;
