@@ -313,7 +313,7 @@ pub struct ConfigSpec {
     pub categories: usize,
     /// Category ids are `<prefix><n>`.
     pub category_prefix: String,
-    /// Share of tenants whose newest profile is suspended.
+    /// Share of tenants whose newest profile is suspended (rounded to a whole count).
     pub suspended: f64,
     pub seed: u64,
     /// occurred_at of the first events (ms since epoch); `None`: now.
@@ -394,7 +394,9 @@ pub fn generate_config(spec: &ConfigSpec, encoder: &Encoder) -> (Vec<Generated>,
             occurred_at: start_ms + version,
         }
     };
-    for tenant in &spec.tenants {
+    // Exactly this many tenants end suspended (the first ones; their ids are random).
+    let suspended = (spec.tenants.len() as f64 * spec.suspended).round() as usize;
+    for (index, tenant) in spec.tenants.iter().enumerate() {
         let mut events = Vec::new();
         let mut versions: HashMap<(ConfigKind, String), i64> = HashMap::new();
         let mut next_version = |kind, key: &str| {
@@ -442,7 +444,7 @@ pub fn generate_config(spec: &ConfigSpec, encoder: &Encoder) -> (Vec<Generated>,
             let v = next_version(kind, key);
             events.push(change(&mut rng, Some(*tenant), kind, key, v, value));
         }
-        if rng.gen_bool(spec.suspended) {
+        if index < suspended {
             let v = next_version(ConfigKind::TenantProfile, "profile");
             events.push(change(
                 &mut rng,
