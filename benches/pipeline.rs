@@ -9,13 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tenantstream::decode::{Decoder, SchemaStore};
-use tenantstream::events::Event;
-use tenantstream::events::{OrderEvent, ValidOrder};
-use tenantstream::http::Health;
-use tenantstream::produce::{self, TrafficSpec, WireFormat};
-use tenantstream::sink::{self, PartitionKey};
-use tenantstream::{commands, demo, source, Worker};
+use tenantstream::testing::decode::{Decoder, Encoder, SchemaStore};
+use tenantstream::testing::domain::{Event, OrderEvent, TenantPolicy, ValidOrder};
+use tenantstream::testing::sink::{self, Batch, PartitionKey};
+use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
+use tenantstream::testing::{kafka, probe};
+use tenantstream::{Clock, Health, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -33,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let partitions = knob("BENCH_PARTITIONS", 4) as i32;
 
     let (admin, _mock, settings) = support::setup("bench", partitions).await?;
-    let encoder = commands::order_encoder(&settings)?;
+    let encoder = Encoder::for_event::<ValidOrder>(&settings.schemas)?;
     let spec = TrafficSpec {
         count: events,
         tenants,
@@ -44,9 +43,9 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // 1. Throughput: the backlog is in Kafka before the worker starts.
-    let (messages, _) = produce::generate(&spec, &encoder);
-    let producer = source::producer(&settings.kafka)?;
-    let sent = produce::send(&producer, &settings.kafka.orders_topic, &messages, 0, None).await?;
+    let (messages, _) = traffic::generate(&spec, &encoder);
+    let producer = kafka::producer(&settings.kafka)?;
+    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None).await?;
     let shutdown = CancellationToken::new();
     let health = Health::default();
     let worker = Worker::connect(settings.clone(), health.clone()).await?;
@@ -56,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    demo::wait_until_consumed(
+    probe::wait_until_consumed(
         &admin,
         &settings,
         &settings.kafka.orders_topic,
@@ -79,13 +78,13 @@ async fn main() -> anyhow::Result<()> {
             tenants: 2,
             duplicates: 0.0,
             reorder: 0.0,
-            start_ms: Some(tenantstream::metrics::now_millis()),
+            start_ms: Some(Clock::system().now_ms()),
             seed: spec.seed ^ (round + 1),
             ..spec.clone()
         };
-        let (burst_messages, expected) = produce::generate(&burst_spec, &encoder);
+        let (burst_messages, expected) = traffic::generate(&burst_spec, &encoder);
         latency_tenants.extend(expected.tenants);
-        let burst_sent = produce::send(
+        let burst_sent = traffic::send(
             &producer,
             &settings.kafka.orders_topic,
             &burst_messages,
@@ -100,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         let next = latency_started + Duration::from_millis(100 * (round + 1));
         tokio::time::sleep_until(next.into()).await;
     }
-    demo::wait_until_consumed(
+    probe::wait_until_consumed(
         &admin,
         &settings,
         &settings.kafka.orders_topic,
@@ -127,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
         seed: spec.seed.wrapping_add(7),
         ..spec.clone()
     };
-    let (ceiling_messages, _) = produce::generate(&ceiling_spec, &encoder);
+    let (ceiling_messages, _) = traffic::generate(&ceiling_spec, &encoder);
     let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None)?);
     let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE)?;
     let mut lanes: Vec<Vec<ValidOrder>> = vec![Vec::new(); partitions as usize];
@@ -152,16 +151,15 @@ async fn main() -> anyhow::Result<()> {
             let mut stored = None;
             for (i, chunk) in lane.chunks(batch).enumerate() {
                 let next = ((i + 1) * batch) as i64;
-                sink::write_batch(
-                    &pool,
-                    &key,
-                    stored,
-                    next,
-                    chunk.into(),
-                    true,
-                    &Default::default(),
-                )
-                .await?;
+                let batch = Batch {
+                    key: &key,
+                    expected: stored,
+                    next_offset: next,
+                    rows: chunk.into(),
+                    tenants: TenantPolicy::RegisterUnknown,
+                    applied: &Default::default(),
+                };
+                sink::write_batch(&pool, &batch).await?;
                 stored = Some(next);
             }
             anyhow::Ok(())

@@ -13,11 +13,12 @@ use anyhow::Context;
 use fred::prelude::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tenantstream::config::Secret;
-use tenantstream::http::Health;
-use tenantstream::produce::{self, ConfigSpec, TrafficSpec};
 use tenantstream::replay::{self, ReplayOptions, StartFrom};
-use tenantstream::{cache, commands, demo, source, Settings, Worker};
+use tenantstream::testing::decode::Encoder;
+use tenantstream::testing::domain::{ValidConfig, ValidOrder};
+use tenantstream::testing::traffic::{self, ConfigSpec, TrafficSpec};
+use tenantstream::testing::{cache, kafka, probe};
+use tenantstream::{Health, Secret, Settings, Worker};
 use tokio_util::sync::CancellationToken;
 
 mod support;
@@ -77,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
         seed: rand::random(),
         ..Default::default()
     };
-    let (orders, expected) = produce::generate(&spec, &commands::order_encoder(&settings)?);
+    let (orders, expected) =
+        traffic::generate(&spec, &Encoder::for_event::<ValidOrder>(&settings.schemas)?);
     let config_spec = ConfigSpec {
         tenants: expected.tenants.clone(),
         changes_per_tenant: 20,
@@ -87,12 +89,15 @@ async fn main() -> anyhow::Result<()> {
         seed: spec.seed,
         start_ms: None,
     };
-    let (config, _) = produce::generate_config(&config_spec, &commands::config_encoder(&settings)?);
-    let producer = source::producer(&settings.kafka)?;
-    let order_ends = produce::send(&producer, &settings.kafka.orders_topic, &orders, 0, None)
+    let (config, _) = traffic::generate_config(
+        &config_spec,
+        &Encoder::for_event::<ValidConfig>(&settings.schemas)?,
+    );
+    let producer = kafka::producer(&settings.kafka)?;
+    let order_ends = traffic::send(&producer, &settings.kafka.orders_topic, &orders, 0, None)
         .await?
         .ends;
-    let config_ends = produce::send(&producer, &settings.kafka.config_topic, &config, 0, None)
+    let config_ends = traffic::send(&producer, &settings.kafka.config_topic, &config, 0, None)
         .await?
         .ends;
     let shutdown = CancellationToken::new();
@@ -102,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         (&settings.kafka.orders_topic, &order_ends),
         (&settings.kafka.config_topic, &config_ends),
     ] {
-        demo::wait_until_consumed(&admin, &settings, topic, ends, &shutdown).await?;
+        probe::wait_until_consumed(&admin, &settings, topic, ends, &shutdown).await?;
     }
     shutdown.cancel();
     running.await??;
@@ -170,9 +175,9 @@ async fn main() -> anyhow::Result<()> {
 /// Reads every partition of `topics` from the start to `ends` with a bare consumer.
 async fn read_all(
     settings: &Settings,
-    topics: &[(&String, &produce::EndOffsets)],
+    topics: &[(&String, &traffic::EndOffsets)],
 ) -> anyhow::Result<usize> {
-    let consumer: StreamConsumer = source::client_config(&settings.kafka)
+    let consumer: StreamConsumer = kafka::client_config(&settings.kafka)
         .set("group.id", "bench-bare-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")

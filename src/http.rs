@@ -1,9 +1,7 @@
 //! The one HTTP port: `/metrics` (Prometheus), `/healthz` (process alive), `/readyz` (every
-//! dependency reachable; 503 with the failing ones named otherwise).
+//! dependency reachable; 503 with the failing ones named otherwise). Routes only.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,43 +10,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Readiness: which dependencies currently fail, and why.
-#[derive(Clone, Default)]
-pub struct Health {
-    failing: Arc<Mutex<BTreeMap<&'static str, String>>>,
-}
-
-impl Health {
-    pub fn failed(&self, component: &'static str, reason: impl ToString) {
-        self.failing
-            .lock()
-            .expect("health lock")
-            .insert(component, reason.to_string());
-    }
-
-    pub fn recovered(&self, component: &'static str) {
-        self.failing.lock().expect("health lock").remove(component);
-    }
-
-    pub fn is_failing(&self, component: &str) -> bool {
-        self.failing
-            .lock()
-            .expect("health lock")
-            .contains_key(component)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.failing.lock().expect("health lock").is_empty()
-    }
-
-    fn report(&self) -> String {
-        let failing = self.failing.lock().expect("health lock");
-        if failing.is_empty() {
-            return "ready\n".into();
-        }
-        failing.iter().map(|(c, r)| format!("{c}: {r}\n")).collect()
-    }
-}
+use crate::health::Health;
 
 #[derive(Clone)]
 struct AppState {

@@ -1,24 +1,39 @@
 //! tenantstream: a Kafka-native worker for multi-tenant SaaS platforms.
 //!
-//! Order and configuration events (Avro) flow `source → decode → sink (Postgres, under tenant RLS) → cache
-//! (Redis)`, with permanent failures sent to the dead-letter topic. See README.md and
-//! DESIGN.md for the contract.
+//! Order and configuration events (Avro) flow `source → decode → validate → sink (Postgres,
+//! under tenant RLS) → cache (Redis)`, with permanent failures sent to the dead-letter topic.
+//! See README.md and DESIGN.md for the contract.
+//!
+//! Layers import downward only: `domain` at the bottom; `validate`, `decode`, `sink`,
+//! `cache` and `source` above it; `pipeline` above those; `tools` and `cli` on top. `config`,
+//! `clock`, `retry`, `health` and `metrics` are leaves anything may use.
 
-pub mod cache;
-pub mod commands;
-pub mod config;
-pub mod deadletter;
-pub mod decode;
-pub mod demo;
-pub mod events;
-pub mod http;
-pub mod metrics;
-pub mod produce;
-pub mod replay;
-pub mod sink;
-pub mod source;
+mod cache;
+mod cli;
+mod clock;
+mod config;
+mod decode;
+mod domain;
+mod health;
+mod http;
+mod metrics;
+mod pipeline;
+mod retry;
+mod sink;
+mod source;
 pub mod telemetry;
-pub mod worker;
+#[cfg(feature = "test-support")]
+pub mod testing;
+mod tools;
+mod validate;
 
-pub use config::Settings;
-pub use worker::Worker;
+pub use cli::Cli;
+pub use clock::Clock;
+pub use config::{
+    ConfigError, DatabaseSettings, HttpSettings, KafkaSettings, LogFormat, RedisSettings,
+    SchemaSettings, Secret, Settings, TenantSettings,
+};
+pub use domain::PartitionRange;
+pub use health::{Component, Health};
+pub use pipeline::{Worker, WorkerError};
+pub use tools::replay::{self as replay, ReplayOptions, ReplaySummary, StartFrom};

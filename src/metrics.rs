@@ -1,13 +1,17 @@
-//! Metric names (one place) and the telemetry events that record them together with a log line.
+//! Metric names (one place), their label values, and the telemetry events that record them
+//! together with a log line.
 //!
 //! Naming: `tenantstream_<noun>_<unit>[_total]`; durations are `_seconds` histograms with explicit
-//! buckets; labels are bounded (topic, partition, outcome, error_code, stage).
+//! buckets; labels are bounded (topic, partition, outcome, error_code, component, stage).
 
+use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::health::Component;
 
 pub const EVENTS_CONSUMED: &str = "tenantstream_events_consumed_total";
 pub const EVENTS_PROCESSED: &str = "tenantstream_events_processed_total";
@@ -57,6 +61,52 @@ impl Outcome {
     }
 }
 
+/// Where in the pipeline something happened: the `stage` of a transient error and of a dead
+/// letter (`tenantstream.error.stage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Connecting to the dependencies at start.
+    Startup,
+    /// Reading the stored offsets of newly assigned partitions.
+    Assign,
+    /// Receiving messages from Kafka.
+    Consume,
+    /// Framing, schema lookup and Avro decoding.
+    Decode,
+    /// The field rules of the event type.
+    Validate,
+    /// Sending dead letters.
+    DeadLetter,
+    /// The Postgres transaction of a batch.
+    Sink,
+    /// Writing a committed batch's cache keys.
+    Cache,
+    /// The background drainer of queued cache work.
+    Drain,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Assign => "assign",
+            Self::Consume => "consume",
+            Self::Decode => "decode",
+            Self::Validate => "validate",
+            Self::DeadLetter => "dead_letter",
+            Self::Sink => "sink",
+            Self::Cache => "cache",
+            Self::Drain => "drain",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 pub fn events_consumed(topic: &str, count: usize) {
     counter!(EVENTS_CONSUMED, "topic" => topic.to_owned()).increment(count as u64);
 }
@@ -68,16 +118,17 @@ pub fn events_processed(topic: &str, outcome: Outcome, count: usize) {
     }
 }
 
-/// A batch committed: its rows and the partition's next offset are durable.
+/// A batch committed: its rows and the partition's next offset are durable. Each event's
+/// end-to-end latency is `now_ms` minus its `occurred_at`.
 pub fn batch_committed(
     topic: &str,
     partition: i32,
     next_offset: i64,
     elapsed: Duration,
     occurred_at_ms: &[i64],
+    now_ms: i64,
 ) {
     histogram!(BATCH_COMMIT_SECONDS, "topic" => topic.to_owned()).record(elapsed.as_secs_f64());
-    let now_ms = now_millis();
     let e2e = histogram!(END_TO_END_SECONDS, "topic" => topic.to_owned());
     for occurred in occurred_at_ms {
         e2e.record(now_ms.saturating_sub(*occurred).max(0) as f64 / 1000.0);
@@ -106,10 +157,18 @@ pub fn message_dead_lettered(topic: &str, partition: i32, offset: i64, code: &st
     );
 }
 
-pub fn transient_error(stage: &'static str, error: &dyn std::fmt::Display, retry_in: Duration) {
-    counter!(TRANSIENT_ERRORS, "stage" => stage).increment(1);
+/// A dependency failed at `stage`; the work is retried after `retry_in`.
+pub fn transient_error(
+    component: Component,
+    stage: Stage,
+    error: &dyn fmt::Display,
+    retry_in: Duration,
+) {
+    counter!(TRANSIENT_ERRORS, "component" => component.as_str(), "stage" => stage.as_str())
+        .increment(1);
     tracing::warn!(
-        stage,
+        component = component.as_str(),
+        stage = stage.as_str(),
         %error,
         retry_in_ms = retry_in.as_millis() as u64,
         "Transient failure; retrying."
@@ -145,11 +204,4 @@ pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duratio
 
 pub fn cache_backlog(pending_tenants: usize) {
     gauge!(CACHE_OUTBOX_BACKLOG).set(pending_tenants as f64);
-}
-
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

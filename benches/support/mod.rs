@@ -4,8 +4,8 @@
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use tenantstream::config::Secret;
-use tenantstream::{sink, Settings};
+use tenantstream::testing::sink;
+use tenantstream::{Secret, Settings};
 use uuid::Uuid;
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantstream_bench";

@@ -1,0 +1,238 @@
+//! The Lua scripts that write the cache atomically per key, with their version checks, and the
+//! script call that applies each [`CacheItem`]. Every script touches keys of one keyspace only,
+//! so Redis Cluster routes it by the keyspace's hash tag.
+
+use fred::prelude::Value;
+use fred::types::{ClusterHash, CustomCommand};
+
+use super::keys::{category_key, order_key};
+use super::writer::Ttl;
+use crate::domain::CacheItem;
+
+/// Writes an order's JSON unless the cached value's `version` is already >= the new one.
+/// KEYS: generation, order key. ARGV: the generation the key belongs to, JSON, version, TTL
+/// (seconds, 0: none). Returns 1 written, 0 skipped as older, -1 when the generation moved
+/// (the caller reads it again and rebuilds the key).
+pub(super) const SET_IF_NEWER: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return -1
+end
+local current = redis.call('GET', KEYS[2])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and type(decoded) == 'table' then
+    local cached = tonumber(decoded['version'])
+    if cached and cached >= tonumber(ARGV[3]) then
+      return 0
+    end
+  end
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"#;
+
+/// Sets or deletes one versioned entry: a hash field (settings, SLA policies) or a whole key
+/// (profile, category, with an optional index set). Its version lives in the keyspace's
+/// `versions` hash, which also keeps the version of a deletion, so an older write cannot bring a
+/// deleted entry back.
+/// KEYS: generation, versions hash, target, [index set]. ARGV: generation, versions field,
+/// version, TTL, 'hash' or 'string', '1' when there is a value, value, hash field or index member.
+/// Returns 1 written, 0 skipped as older, -1 when the generation moved.
+pub(super) const APPLY_ENTRY: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return -1
+end
+local present = ARGV[6] == '1'
+local current = tonumber(redis.call('HGET', KEYS[2], ARGV[2]))
+if current and current >= tonumber(ARGV[3]) then
+  -- The same version may be written again when its value expired or was evicted while the
+  -- versions hash lived on; anything older is skipped.
+  local gone = false
+  if present and current == tonumber(ARGV[3]) then
+    if ARGV[5] == 'hash' then
+      gone = redis.call('HEXISTS', KEYS[3], ARGV[8]) == 0
+    else
+      gone = redis.call('EXISTS', KEYS[3]) == 0
+    end
+  end
+  if not gone then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[5] == 'hash' then
+  if present then
+    redis.call('HSET', KEYS[3], ARGV[8], ARGV[7])
+  else
+    redis.call('HDEL', KEYS[3], ARGV[8])
+  end
+elseif present then
+  redis.call('SET', KEYS[3], ARGV[7])
+else
+  redis.call('DEL', KEYS[3])
+end
+if KEYS[4] then
+  if present then
+    redis.call('SADD', KEYS[4], ARGV[8])
+  else
+    redis.call('SREM', KEYS[4], ARGV[8])
+  end
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  for i = 2, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ttl)
+  end
+end
+return 1
+"#;
+
+/// Retires a keyspace's keys in O(1): increments its generation. With a version (> 0), only once
+/// per version (a suspension applied again, by the drainer or a replay, does not bump again).
+/// KEYS: generation, last bumped version. ARGV: version or 0. Returns the generation.
+pub(super) const BUMP_GENERATION: &str = r#"
+local version = tonumber(ARGV[1])
+if version > 0 then
+  local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+  if last >= version then
+    return tonumber(redis.call('GET', KEYS[1]) or '0')
+  end
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return redis.call('INCR', KEYS[1])
+"#;
+
+/// A script call: the script, its keys and its arguments.
+pub(super) struct ScriptCall {
+    pub script: &'static str,
+    pub keys: Vec<String>,
+    pub args: Vec<Value>,
+}
+
+impl ScriptCall {
+    /// The call as EVAL arguments (script, numkeys, keys, args).
+    pub(super) fn into_eval_args(self) -> Vec<Value> {
+        eval_args(self.script, self.keys, self.args)
+    }
+}
+
+/// The script call that applies `item` in generation `generation`.
+pub(super) fn apply_item(item: &CacheItem, generation: i64, ttl: &Ttl) -> ScriptCall {
+    let space = item.keyspace();
+    let gen_key = space.generation_key();
+    let versions = space.key(generation, "versions");
+    let entry = |field: String, mode: &str, value: &Option<String>, member: &str| -> Vec<Value> {
+        vec![
+            generation.into(),
+            field.into(),
+            item.version().into(),
+            (ttl.config as i64).into(),
+            mode.into(),
+            if value.is_some() { "1" } else { "0" }.into(),
+            value.clone().unwrap_or_default().into(),
+            member.into(),
+        ]
+    };
+    match item {
+        CacheItem::Order {
+            tenant,
+            order_id,
+            version,
+            json,
+        } => ScriptCall {
+            script: SET_IF_NEWER,
+            keys: vec![gen_key, order_key(tenant, generation, order_id)],
+            args: vec![
+                generation.into(),
+                json.as_str().into(),
+                (*version).into(),
+                (ttl.orders as i64).into(),
+            ],
+        },
+        CacheItem::Profile { json, .. } => ScriptCall {
+            script: APPLY_ENTRY,
+            keys: vec![gen_key, versions, space.key(generation, "profile")],
+            args: entry("profile".into(), "string", &Some(json.clone()), ""),
+        },
+        CacheItem::Entry {
+            map, key, value, ..
+        } => ScriptCall {
+            script: APPLY_ENTRY,
+            keys: vec![gen_key, versions, space.key(generation, map.name())],
+            args: entry(format!("{}:{key}", map.name()), "hash", value, key),
+        },
+        CacheItem::Category { id, value, .. } => ScriptCall {
+            script: APPLY_ENTRY,
+            keys: vec![
+                gen_key,
+                versions,
+                category_key(generation, id),
+                space.key(generation, "ids"),
+            ],
+            args: entry(id.clone(), "string", value, id),
+        },
+    }
+}
+
+/// EVAL as a custom command, because fred pipelines have no Lua interface; the first key
+/// (argument 2: script, numkeys, key) picks the cluster node.
+pub(super) fn eval() -> CustomCommand {
+    CustomCommand::new("EVAL", ClusterHash::Offset(2), false)
+}
+
+pub(super) fn eval_args(script: &str, keys: Vec<String>, args: Vec<Value>) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(script.into());
+    all.push((keys.len() as i64).into());
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{Keyspace, TenantMap};
+
+    const TENANT: &str = "6f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b";
+
+    #[test]
+    fn every_script_key_of_an_item_is_in_its_keyspace() {
+        let tenant = Uuid::parse_str(TENANT).unwrap();
+        let ttl = Ttl {
+            orders: 10,
+            config: 20,
+        };
+        let items = [
+            CacheItem::Entry {
+                tenant,
+                map: TenantMap::SlaPolicies,
+                key: "default".into(),
+                version: 4,
+                value: None,
+            },
+            CacheItem::Category {
+                id: "books".into(),
+                version: 1,
+                value: Some("{}".into()),
+            },
+        ];
+        for item in items {
+            let ScriptCall { keys, args, .. } = apply_item(&item, 7, &ttl);
+            let tag = match item.keyspace() {
+                Keyspace::Tenant(_) => format!("{{{TENANT}}}"),
+                Keyspace::Reference => "{category}".to_owned(),
+            };
+            assert!(keys.iter().all(|k| k.contains(&tag)), "{keys:?}");
+            assert_eq!(args[0], Value::from(7_i64));
+            assert_eq!(args[3], Value::from(20_i64));
+        }
+    }
+}

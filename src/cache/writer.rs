@@ -1,0 +1,214 @@
+//! Writes committed rows to Redis with their version checks, in each keyspace's current
+//! generation: a key never goes back to an older version, so a replay or a slow drainer cannot
+//! regress it, and a value read before its keyspace's generation moved is read again.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+
+use super::ledger::CacheLedger;
+use super::scripts::{apply_item, eval, eval_args, BUMP_GENERATION};
+use super::CacheError;
+use crate::config::RedisSettings;
+use crate::domain::{CacheItem, CacheRef, Keyspace, QueuedCache};
+use crate::metrics;
+
+/// Key lifetimes in seconds (0: no expiry). Retired generations' keys expire by these.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl {
+    pub orders: u64,
+    pub config: u64,
+}
+
+impl From<&RedisSettings> for Ttl {
+    fn from(settings: &RedisSettings) -> Self {
+        Self {
+            orders: settings.order_ttl_seconds,
+            config: settings.config_ttl_seconds,
+        }
+    }
+}
+
+/// What applying cache items did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub written: usize,
+    pub skipped_older: usize,
+}
+
+/// Script calls per Redis pipeline: small enough to answer well within [`COMMAND_TIMEOUT`](super::COMMAND_TIMEOUT).
+const PIPELINE_CHUNK: usize = 1000;
+
+/// How often items are tried again when their keyspace's generation moved under them.
+const GENERATION_RETRIES: usize = 10;
+
+/// Applies items of committed batches with their version checks: first the generation bumps
+/// of suspended profiles, then every write in the keyspace's current generation. A batch's item
+/// is the newest version of its key until the batch is done (one batch per partition at a
+/// time), so an item that met a moved generation is simply written again in the new one. On
+/// an error some items may have been applied; applying them again changes nothing.
+pub async fn apply(redis: &Client, items: &[CacheItem], ttl: &Ttl) -> Result<Applied, CacheError> {
+    let mut applied = Applied::default();
+    let mut pending: Vec<CacheItem> = items.to_vec();
+    for _ in 0..GENERATION_RETRIES {
+        if pending.is_empty() {
+            return Ok(applied);
+        }
+        let generations = read_generations(redis, pending.iter().map(|i| i.keyspace())).await?;
+        let (done, moved) = apply_read_after(redis, &pending, &generations, ttl).await?;
+        applied.written += done.written;
+        applied.skipped_older += done.skipped_older;
+        pending = moved;
+    }
+    Err(moving_generation(pending.len()))
+}
+
+fn moving_generation(count: usize) -> CacheError {
+    CacheError::other(format!("{count} writes kept meeting a moving generation"))
+}
+
+/// Applies items whose rows were read after `generations` was read: first the generation bumps
+/// of suspended profiles, then each write in the generation it was read for. An item whose
+/// generation moved since is not written, because its row may have changed after it was read
+/// (a newer value written into the old generation, then retired); it is returned, for the
+/// caller to read again.
+pub async fn apply_read_after(
+    redis: &Client,
+    items: &[CacheItem],
+    generations: &HashMap<Keyspace, i64>,
+    ttl: &Ttl,
+) -> Result<(Applied, Vec<CacheItem>), CacheError> {
+    let suspensions: Vec<(Keyspace, i64)> = items
+        .iter()
+        .filter_map(|item| match item {
+            CacheItem::Profile {
+                tenant,
+                version,
+                suspended: true,
+                ..
+            } => Some((Keyspace::Tenant(*tenant), *version)),
+            _ => None,
+        })
+        .collect();
+    bump_generations(redis, &suspensions).await?;
+    let mut applied = Applied::default();
+    let mut moved = Vec::new();
+    for chunk in items.chunks(PIPELINE_CHUNK) {
+        let pipeline = redis.pipeline();
+        for item in chunk {
+            let generation = generations.get(&item.keyspace()).copied().unwrap_or(0);
+            let call = apply_item(item, generation, ttl);
+            let () = pipeline.custom(eval(), call.into_eval_args()).await?;
+        }
+        let results: Vec<i64> = pipeline.all().await?;
+        if results.len() != chunk.len() {
+            // Never treat a partial answer as success: the outbox rows would be deleted.
+            return Err(CacheError::other(format!(
+                "{} answers to {} writes",
+                results.len(),
+                chunk.len()
+            )));
+        }
+        for (item, result) in chunk.iter().zip(results) {
+            match result {
+                1 => applied.written += 1,
+                0 => applied.skipped_older += 1,
+                _ => moved.push(item.clone()),
+            }
+        }
+    }
+    Ok((applied, moved))
+}
+
+/// Reads the current rows behind `refs` and applies them, reading again those whose
+/// generation moved meanwhile. `read` reads rows (under the right tenant contexts); its error
+/// type is the caller's. Returns what was applied and how many refs had a row.
+pub async fn refresh<F, Fut, E>(
+    redis: &Client,
+    refs: Vec<CacheRef>,
+    ttl: &Ttl,
+    mut read: F,
+) -> Result<(Applied, usize), E>
+where
+    F: FnMut(Vec<CacheRef>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<CacheItem>, E>>,
+    E: From<CacheError>,
+{
+    let mut applied = Applied::default();
+    let mut found = 0;
+    let mut pending = refs;
+    for attempt in 0..GENERATION_RETRIES {
+        if pending.is_empty() {
+            return Ok((applied, found));
+        }
+        let spaces = pending.iter().map(CacheRef::keyspace);
+        let generations = read_generations(redis, spaces).await?;
+        let items = read(pending).await?;
+        if attempt == 0 {
+            found = items.len();
+        }
+        let (done, moved) = apply_read_after(redis, &items, &generations, ttl).await?;
+        applied.written += done.written;
+        applied.skipped_older += done.skipped_older;
+        pending = moved.iter().map(CacheItem::cache_ref).collect();
+    }
+    Err(moving_generation(pending.len()).into())
+}
+
+/// Bumps each keyspace's generation; with a version, at most once per version.
+pub async fn bump_generations(redis: &Client, bumps: &[(Keyspace, i64)]) -> Result<(), CacheError> {
+    if bumps.is_empty() {
+        return Ok(());
+    }
+    let pipeline = redis.pipeline();
+    for (space, version) in bumps {
+        let keys = vec![space.generation_key(), space.bumped_for_key()];
+        let () = pipeline
+            .custom(
+                eval(),
+                eval_args(BUMP_GENERATION, keys, vec![(*version).into()]),
+            )
+            .await?;
+    }
+    let _: Vec<i64> = pipeline.all().await?;
+    Ok(())
+}
+
+/// The current generation of each keyspace (absent: 0).
+pub async fn read_generations(
+    redis: &Client,
+    spaces: impl IntoIterator<Item = Keyspace>,
+) -> Result<HashMap<Keyspace, i64>, CacheError> {
+    let mut spaces: Vec<Keyspace> = spaces.into_iter().collect();
+    spaces.sort();
+    spaces.dedup();
+    let pipeline = redis.pipeline();
+    for space in &spaces {
+        let () = pipeline.get(space.generation_key()).await?;
+    }
+    let values: Vec<Option<i64>> = if spaces.is_empty() {
+        Vec::new()
+    } else {
+        pipeline.all().await?
+    };
+    Ok(spaces
+        .into_iter()
+        .zip(values)
+        .map(|(space, generation)| (space, generation.unwrap_or(0)))
+        .collect())
+}
+
+/// Writes a committed batch's rows to Redis and notes the applied outbox rows in `ledger`.
+pub async fn apply_queued(
+    redis: &Client,
+    ledger: &CacheLedger,
+    queued: &[QueuedCache],
+    ttl: &Ttl,
+) -> Result<(), CacheError> {
+    let started = std::time::Instant::now();
+    let items: Vec<CacheItem> = queued.iter().map(|q| q.item.clone()).collect();
+    let applied = apply(redis, &items, ttl).await?;
+    ledger.record(queued);
+    metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
+    Ok(())
+}

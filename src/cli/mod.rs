@@ -1,0 +1,70 @@
+//! The command line: clap and anyhow live here (and in the tools), nowhere below. Each command
+//! is a file; [`Cli::run`] dispatches.
+
+mod args;
+mod check;
+mod demo;
+mod produce;
+mod replay;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings};
+
+pub use args::Overrides;
+
+/// Kafka-native worker for multi-tenant SaaS: Avro order and configuration events into
+/// Postgres under tenant row-level security, Redis cache refresh, dead letters, Prometheus
+/// metrics, and topic replay to rebuild caches.
+///
+/// Every flag can also be set by its environment variable (shown in each command's --help) or in
+/// a TOML file given with --config; flags win over the environment, which wins over the file.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM/SIGINT.
+    Run,
+    /// Create the database if missing and apply migrations (as the owner: --admin-database-url).
+    Migrate,
+    /// Rebuild Redis from the topics (beside the live worker, safely): reads each partition up
+    /// to the end it sees at start, refreshes the keys its events name from Postgres.
+    Replay(replay::ReplayArgs),
+    /// Send realistic order traffic to the orders topic.
+    Produce(produce::ProduceArgs),
+    /// Run the whole pipeline on an in-process Kafka mock cluster against local Postgres and
+    /// Redis, then print a summary.
+    Demo(demo::DemoArgs),
+    /// Validate configuration and schemas, and report which dependencies answer.
+    Check,
+}
+
+impl Cli {
+    /// The settings the flags, the environment and the config file give.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.overrides.load()
+    }
+
+    /// Runs the command.
+    pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run => run::run(settings).await,
+            Command::Migrate => run::migrate(&settings).await,
+            Command::Replay(args) => replay::command(&settings, &args).await,
+            Command::Produce(args) => produce::produce(&settings, &args).await,
+            Command::Demo(args) => {
+                let shutdown = run::cancelled_on_signals();
+                crate::tools::demo::run(settings, &(&args).into(), shutdown).await
+            }
+            Command::Check => check::check(&settings).await,
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `tenantstream replay`: the flags, and the summary printed at the end.
+
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::tools::replay::{self, ReplayOptions, StartFrom};
+
+/// Flags of `tenantstream replay`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Replay")]
+pub struct ReplayArgs {
+    /// Topic to replay; repeat for several. Default: the configuration topic, then the orders
+    /// topic.
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
+    /// Where to start in each partition: `earliest`, or an RFC 3339 time (the first message at
+    /// or after it), e.g. 2026-11-27T10:00:00Z.
+    #[arg(long, default_value = "earliest", value_name = "earliest|TIME")]
+    pub from: StartFrom,
+    /// Rebuild only this tenant's keys (shared keys are left alone).
+    #[arg(long, value_name = "UUID")]
+    pub tenant: Option<Uuid>,
+    /// Retire each affected keyspace first (bump its generation; old keys expire by TTL).
+    #[arg(long)]
+    pub flush: bool,
+    /// Read and count what would be rebuilt; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also write the events to Postgres (idempotent: newer rows are kept).
+    #[arg(long)]
+    pub rewrite_db: bool,
+    /// Events per round of Postgres reads and Redis writes.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk: u32,
+}
+
+impl From<&ReplayArgs> for ReplayOptions {
+    fn from(args: &ReplayArgs) -> Self {
+        Self {
+            topics: args.topics.clone(),
+            from: args.from,
+            tenant: args.tenant,
+            flush: args.flush,
+            dry_run: args.dry_run,
+            rewrite_db: args.rewrite_db,
+            chunk: args.chunk as usize,
+        }
+    }
+}
+
+/// `tenantstream replay`: runs the replay and prints its summary.
+pub async fn command(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()> {
+    let summary = replay::run(settings, &args.into()).await?;
+    println!("{summary}");
+    Ok(())
+}

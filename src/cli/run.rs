@@ -1,0 +1,60 @@
+//! `tenantstream run` and `tenantstream migrate`.
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::health::{Component, Health};
+use crate::http;
+use crate::metrics;
+use crate::pipeline::Worker;
+use crate::sink;
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn cancelled_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received."),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+/// `tenantstream run`: the HTTP port, then the worker, until a signal.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = cancelled_on_signals();
+    let health = Health::default();
+    health.failed(Component::Startup, "connecting to dependencies");
+    let listen = settings.http.listen.parse().context("http.listen")?;
+    let (addr, http_task) = http::serve(
+        listen,
+        health.clone(),
+        metrics::install_recorder(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%addr, "Serving /metrics, /healthz and /readyz.");
+    if let Some(worker) = Worker::connect_retrying(settings, health, &shutdown).await? {
+        worker.run(shutdown.clone()).await?;
+    }
+    shutdown.cancel();
+    let _ = http_task.await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// `tenantstream migrate`.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    sink::migrate(settings.database.admin_url.expose())
+        .await
+        .with_context(|| format!("migrating {}", settings.database.admin_url))?;
+    println!("migrations applied to {}", settings.database.admin_url);
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! Typed settings: defaults, then an optional TOML file, then environment variables, then flags
+//! (those two are read by the CLI, which overlays them here).
+//!
+//! [`Settings::validate`] names the bad field. Connection strings are [`Secret`]s so that
+//! passwords never reach logs or `Debug`.
+
+mod secret;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::retry::{Classify, ErrorClass};
+
+pub use secret::Secret;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub schemas: SchemaSettings,
+    pub http: HttpSettings,
+    pub tenants: TenantSettings,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Consumer group; also the key of this worker's progress in the `consumer_offsets` table.
+    pub group_id: String,
+    pub orders_topic: String,
+    /// Topic of configuration-change events.
+    pub config_topic: String,
+    pub dead_letter_topic: String,
+    /// A partition's batch is written when it holds this many events...
+    pub batch_max_events: usize,
+    /// ...or when its oldest event has waited this long.
+    pub batch_linger_ms: u64,
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// The worker's connection: must be a role without BYPASSRLS (see migrations).
+    pub url: Secret,
+    /// The owner's connection, used by `migrate` and `demo`.
+    pub admin_url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port` for one server, `redis-cluster://host:port` for a cluster.
+    pub url: Secret,
+    /// Time to live of cached order keys; 0 keeps them without expiry.
+    pub order_ttl_seconds: u64,
+    /// Time to live of cached profiles, settings, SLA policies and categories (set again on each
+    /// write of the key). Keys of a retired generation disappear after this long; 0 keeps them
+    /// until Redis evicts them.
+    pub config_ttl_seconds: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaSettings {
+    /// Folder with the reader schemas (`*.avsc`) and `registry.json` (local id -> file map).
+    pub dir: PathBuf,
+    /// Confluent Schema Registry; when unset, ids resolve through `registry.json`.
+    pub registry_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address serving /metrics, /healthz and /readyz.
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Dead-letter events of unknown tenants (`unknown_tenant`) instead of registering them
+    /// as provisional.
+    pub strict: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// The names accepted by [`LogFormat::from_str`](std::str::FromStr::from_str).
+    pub const NAMES: [&'static str; 2] = ["text", "json"];
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is neither \"text\" nor \"json\"")),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaSettings::default(),
+            database: DatabaseSettings::default(),
+            redis: RedisSettings::default(),
+            schemas: SchemaSettings::default(),
+            http: HttpSettings::default(),
+            tenants: TenantSettings::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "tenantstream".into(),
+            orders_topic: "orders".into(),
+            config_topic: "config-changes".into(),
+            dead_letter_topic: "dead-letters".into(),
+            batch_max_events: 1000,
+            batch_linger_ms: 50,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://tenantstream_worker@127.0.0.1:5432/tenantstream"),
+            admin_url: Secret::new("postgres://postgres@127.0.0.1:5432/tenantstream"),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            order_ttl_seconds: 86_400,
+            config_ttl_seconds: 604_800,
+        }
+    }
+}
+
+impl Default for SchemaSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("schemas"),
+            registry_url: None,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9898".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the field or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Classify for ConfigError {
+    /// Only a change of the configuration can fix it.
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+impl Settings {
+    /// The settings of a TOML file with the same tree (unset fields keep their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every field that could fail later in a less obvious way.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return invalid("kafka.brokers", "must name at least one host:port");
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return invalid("kafka.group_id", "must not be empty");
+        }
+        let topics = [
+            ("kafka.orders_topic", &self.kafka.orders_topic),
+            ("kafka.config_topic", &self.kafka.config_topic),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+        ];
+        for (i, (field, topic)) in topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                return invalid(field, "topic names must not be empty");
+            }
+            if let Some((other, _)) = topics[..i].iter().find(|(_, t)| t == topic) {
+                return invalid(field, &format!("must differ from {other} ({topic:?})"));
+            }
+        }
+        if !(1..=100_000).contains(&self.kafka.batch_max_events) {
+            return invalid("kafka.batch_max_events", "must be between 1 and 100000");
+        }
+        if !self.database.url.expose().starts_with("postgres") {
+            return invalid("database.url", "must be a postgres:// URL");
+        }
+        if !self.database.admin_url.expose().starts_with("postgres") {
+            return invalid("database.admin_url", "must be a postgres:// URL");
+        }
+        if self.database.max_connections < 2 {
+            return invalid("database.max_connections", "must be at least 2");
+        }
+        if !self.redis.url.expose().starts_with("redis") {
+            return invalid("redis.url", "must be a redis:// or redis-cluster:// URL");
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("http.listen", "must be an address such as 127.0.0.1:9898");
+        }
+        if let Some(url) = &self.schemas.registry_url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return invalid("schemas.registry_url", "must be an http:// or https:// URL");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_field_is_named() {
+        let mut s = Settings::default();
+        s.kafka.batch_max_events = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.batch_max_events"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let err = toml::from_str::<Settings>("[kafka]\nbrokerz = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("brokerz"));
+    }
+}

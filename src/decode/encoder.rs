@@ -1,0 +1,48 @@
+//! The producing side of the wire format, for the traffic generator and tests: an event's Avro
+//! body, framed either way.
+
+use super::framing::{frame_confluent, frame_single_object};
+use super::schema_store::{SchemaLoadError, SchemaStore, WriterSchema};
+use crate::config::SchemaSettings;
+use crate::domain::Event;
+
+/// Encodes the events of one schema in one wire format.
+pub struct Encoder {
+    schema: WriterSchema,
+    schema_id: u32,
+}
+
+impl Encoder {
+    /// `schema_id` is the Confluent id of `schema` (see schemas/registry.json).
+    pub fn new(schema: WriterSchema, schema_id: u32) -> Self {
+        Self { schema, schema_id }
+    }
+
+    /// The encoder for `E`'s reader schema, framed with its id from `registry.json`.
+    pub fn for_event<E: Event>(schemas: &SchemaSettings) -> Result<Self, SchemaLoadError> {
+        let store = SchemaStore::load(&schemas.dir, None)?;
+        let file = E::SCHEMA_FILE;
+        let id = store
+            .local_id_of(file)
+            .ok_or_else(|| SchemaLoadError::NoLocalId {
+                file: file.to_owned(),
+                dir: store.dir().to_owned(),
+            })?;
+        Ok(Self::new(store.local_schema(file)?, id))
+    }
+
+    /// The Avro body of `event`, whose serde shape must follow the schema.
+    pub fn body<T: serde::Serialize>(&self, event: &T) -> Vec<u8> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.schema.fast);
+        serde_avro_fast::to_datum_vec(event, &mut config).expect("events fit their schema")
+    }
+
+    pub fn encode<T: serde::Serialize>(&self, event: &T, single_object: bool) -> Vec<u8> {
+        let body = self.body(event);
+        if single_object {
+            frame_single_object(&self.schema.fingerprint(), &body)
+        } else {
+            frame_confluent(self.schema_id, &body)
+        }
+    }
+}

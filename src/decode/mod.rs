@@ -1,0 +1,85 @@
+//! Avro decoding of Kafka message values, then validation: the first step of every event.
+//!
+//! Two wire formats are accepted ([`framing`]): Confluent (`0x00` + schema id, the writer schema
+//! from the Schema Registry or `registry.json`) and Avro single-object encoding (`0xC3 0x01` +
+//! fingerprint, looked up among the schemas folder's files). Each writer schema is fetched,
+//! parsed and checked against the reader schema once ([`SchemaStore`], [`Decoder`]). Every
+//! failure but an unreachable registry is permanent: the message is dead-lettered.
+
+mod decoder;
+mod encoder;
+mod framing;
+mod registry;
+mod schema_store;
+
+use crate::metrics::Stage;
+use crate::retry::{Classify, ErrorClass};
+use crate::validate::{InvalidField, Validate};
+
+pub use decoder::Decoder;
+pub use encoder::Encoder;
+pub use framing::frame_confluent;
+#[cfg(feature = "test-support")]
+pub use framing::frame_single_object;
+#[cfg(feature = "test-support")]
+pub use schema_store::WriterSchema;
+pub use schema_store::{SchemaLoadError, SchemaStore};
+
+/// Why a message could not be decoded. Everything but `RegistryUnavailable` is permanent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable: {0}")]
+    Undecodable(String),
+    #[error("unknown schema: {0}")]
+    UnknownSchema(String),
+    #[error("writer schema {writer} cannot be read as {reader}: {reason}")]
+    IncompatibleSchema {
+        writer: String,
+        reader: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
+}
+
+impl DecodeError {
+    /// The dead-letter error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Undecodable(_) => "undecodable",
+            Self::UnknownSchema(_) => "unknown_schema",
+            Self::IncompatibleSchema { .. } => "incompatible_schema",
+            Self::Invalid(_) => "invalid_field",
+            Self::RegistryUnavailable(_) => "registry_unavailable",
+        }
+    }
+
+    /// The pipeline stage that failed (dead-letter header).
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::Invalid(_) => Stage::Validate,
+            _ => Stage::Decode,
+        }
+    }
+}
+
+impl Classify for DecodeError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::RegistryUnavailable(_) => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// Decodes and validates one message value (`None`: a message without a value).
+pub async fn decode_event<E: Validate>(
+    decoder: &Decoder,
+    payload: Option<&[u8]>,
+) -> Result<E, DecodeError> {
+    let payload = payload.ok_or_else(|| DecodeError::Undecodable("message has no value".into()))?;
+    let wire: E::Wire = decoder.decode(payload).await?;
+    Ok(E::validate(wire)?)
+}

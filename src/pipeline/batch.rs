@@ -1,0 +1,331 @@
+//! One partition batch: `decode → dead letters → write → cache`, then the caller acknowledges.
+//!
+//! Each step runs until it succeeds; a transient failure retries that step only (so dead
+//! letters are not sent again while Postgres is down), marks readiness false and waits with the
+//! batch's backoff. Nothing after a failing step happens, so no offset passes unwritten data.
+//! A row Postgres rejects for its data is found, dead-lettered as `rejected_by_postgres` with
+//! its SQLSTATE, and the rest of the batch commits: poison never blocks a partition.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::Client;
+use rdkafka::Message;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
+use super::decoded::Decoded;
+use super::partitions::ReadyBatch;
+use crate::cache::{self, CacheLedger, Ttl};
+use crate::clock::Clock;
+use crate::decode::{DecodeError, Decoder};
+use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder};
+use crate::health::{Component, Health};
+use crate::metrics::{self, Outcome, Stage};
+use crate::retry::{self, Backoff, Classify, ErrorClass, RetryPolicy};
+use crate::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows, SinkError};
+use crate::validate::Validate;
+
+/// A transient failure of one batch step: retried, never dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BatchError {
+    #[error(transparent)]
+    Registry(#[from] DecodeError),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Postgres(#[from] SinkError),
+}
+
+impl BatchError {
+    fn component(&self) -> Component {
+        match self {
+            Self::Registry(_) => Component::SchemaRegistry,
+            Self::DeadLetter(_) => Component::Kafka,
+            Self::Postgres(_) => Component::Postgres,
+        }
+    }
+}
+
+impl Classify for BatchError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Registry(e) => e.class(),
+            Self::DeadLetter(e) => e.class(),
+            Self::Postgres(e) => e.class(),
+        }
+    }
+}
+
+/// What became of a batch.
+pub(super) enum Processed {
+    Committed {
+        next_offset: i64,
+    },
+    Fenced,
+    /// Stopped while retrying; nothing was committed.
+    Abandoned,
+}
+
+/// Everything a batch needs, shared by the batches of every partition.
+pub(super) struct BatchPath {
+    pub pool: PgPool,
+    pub redis: Client,
+    pub group: String,
+    pub config_topic: String,
+    /// Reader of the orders topic.
+    pub orders: Decoder,
+    /// Reader of the configuration topic.
+    pub config: Decoder,
+    pub dead_letters: DeadLetterSink,
+    pub tenants: TenantPolicy,
+    pub ttl: Ttl,
+    pub health: Health,
+    pub clock: Clock,
+    pub cache_ledger: Arc<CacheLedger>,
+    /// Wakes the drainer when the batch could not write its cache keys.
+    pub cache_wake: Arc<Notify>,
+}
+
+impl BatchPath {
+    /// Routes a batch to the path of its topic's event type.
+    pub async fn process(&self, batch: &ReadyBatch, shutdown: &CancellationToken) -> Processed {
+        if batch.partition.topic == self.config_topic {
+            self.process_as::<ValidConfig>(&self.config, batch, shutdown)
+                .await
+        } else {
+            self.process_as::<ValidOrder>(&self.orders, batch, shutdown)
+                .await
+        }
+    }
+
+    async fn process_as<E>(
+        &self,
+        decoder: &Decoder,
+        batch: &ReadyBatch,
+        shutdown: &CancellationToken,
+    ) -> Processed
+    where
+        E: Validate,
+        for<'a> Rows<'a>: From<&'a [E]>,
+    {
+        let Some(last) = batch.messages.last() else {
+            return Processed::Abandoned;
+        };
+        let started = Instant::now();
+        let mut backoff = RetryPolicy::BATCH.backoff();
+        let decode = || Decoded::<E>::decode(decoder, &batch.messages);
+        let Some(mut decoded) = self
+            .retrying(Stage::Decode, &mut backoff, shutdown, decode)
+            .await
+        else {
+            return Processed::Abandoned;
+        };
+        self.health.recovered(Component::SchemaRegistry);
+        if self.tenants == TenantPolicy::RequireKnown {
+            let required = decoded.unregistered_tenants();
+            let check = || sink::known_tenants(&self.pool, &required);
+            let Some(known) = self
+                .retrying(Stage::Sink, &mut backoff, shutdown, check)
+                .await
+            else {
+                return Processed::Abandoned;
+            };
+            decoded.reject_unknown_tenants(&known);
+        }
+        let dead = std::mem::take(&mut decoded.dead);
+        if !self.send_dead_letters(&dead, &mut backoff, shutdown).await {
+            return Processed::Abandoned;
+        }
+        let key = PartitionKey {
+            group: self.group.clone(),
+            topic: batch.partition.topic.clone(),
+            partition: batch.partition.partition,
+        };
+        let position = Position {
+            key: &key,
+            expected: batch.committed,
+            next_offset: last.offset() + 1,
+        };
+        let Some(outcome) = self
+            .write(&position, &mut decoded, &mut backoff, shutdown)
+            .await
+        else {
+            return Processed::Abandoned;
+        };
+        self.health.recovered(Component::Postgres);
+        self.health.recovered(Component::Kafka);
+        let (topic, partition) = (key.topic.as_str(), key.partition);
+        let written = match outcome {
+            BatchOutcome::Fenced => {
+                metrics::batch_fenced(topic, partition, batch.committed);
+                return Processed::Fenced;
+            }
+            BatchOutcome::Committed(written) => written,
+        };
+        let occurred: Vec<i64> = decoded.events.iter().map(|e| e.occurred_at()).collect();
+        metrics::events_processed(topic, Outcome::Written, written.written);
+        metrics::events_processed(topic, Outcome::Stale, written.stale);
+        let elapsed = started.elapsed();
+        let now = self.clock.now_ms();
+        let next_offset = position.next_offset;
+        metrics::batch_committed(topic, partition, next_offset, elapsed, &occurred, now);
+        self.apply_cache(&written.cache).await;
+        Processed::Committed { next_offset }
+    }
+
+    /// Writes the batch. When Postgres rejects it for the data of some rows, the rows that fail
+    /// on their own are dead-lettered (`rejected_by_postgres`) and removed, and the rest is
+    /// written. `None` when stopped while retrying.
+    async fn write<E>(
+        &self,
+        position: &Position<'_>,
+        decoded: &mut Decoded<'_, E>,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Option<BatchOutcome>
+    where
+        E: Event,
+        for<'a> Rows<'a>: From<&'a [E]>,
+    {
+        loop {
+            let events: &[E] = &decoded.events;
+            let attempt = || async move {
+                let applied = self
+                    .cache_ledger
+                    .take_for(events.iter().filter_map(|e| e.tenant()));
+                let batch = position.batch(events.into(), self.tenants, &applied);
+                match sink::write_batch(&self.pool, &batch).await {
+                    // Not retried: the rows are isolated below.
+                    Err(error) if error.is_permanent() => Ok(Err(error)),
+                    result => result.map(Ok),
+                }
+            };
+            let error = match self
+                .retrying(Stage::Sink, backoff, shutdown, attempt)
+                .await?
+            {
+                Ok(outcome) => return Some(outcome),
+                Err(error) => error,
+            };
+            tracing::warn!(
+                %error,
+                topic = position.key.topic,
+                partition = position.key.partition,
+                "Postgres rejected the batch for its data; writing its rows one by one."
+            );
+            let attempt = || async move {
+                let no_applied = HashMap::new();
+                let batch = position.batch(events.into(), self.tenants, &no_applied);
+                sink::write_each(&self.pool, &batch).await
+            };
+            match self
+                .retrying(Stage::Sink, backoff, shutdown, attempt)
+                .await?
+            {
+                Isolated::Written(outcome) => return Some(outcome),
+                Isolated::Rejected(rejected) => {
+                    let letters = decoded.take_rejected(rejected);
+                    if !self.send_dead_letters(&letters, backoff, shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends dead letters until the broker has them all: a dead letter is the last place a
+    /// message can go, so even a permanent refusal is retried, never dropped. False when
+    /// stopped first.
+    async fn send_dead_letters(
+        &self,
+        letters: &[DeadLetter],
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        letters.is_empty()
+            || self
+                .retrying(Stage::DeadLetter, backoff, shutdown, || {
+                    self.dead_letters.send_all(letters)
+                })
+                .await
+                .is_some()
+    }
+
+    /// Runs one step until it succeeds, reporting each failure (readiness, metric, log) before
+    /// the backoff waits. `None` when stopped while waiting.
+    async fn retrying<T, E, Fut>(
+        &self,
+        stage: Stage,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Option<T>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        E: Into<BatchError>,
+    {
+        let report = |error: &BatchError, retry_in| {
+            self.health.failed(error.component(), error);
+            metrics::transient_error(error.component(), stage, error, retry_in);
+        };
+        let attempt = || {
+            let step = attempt();
+            async move { step.await.map_err(Into::into) }
+        };
+        retry::until_ok(backoff, shutdown, report, attempt).await
+    }
+
+    /// Refreshes the batch's cache keys now; on failure the drainer applies them later. While
+    /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
+    /// progress goes on at full speed.
+    async fn apply_cache(&self, queued: &[QueuedCache]) {
+        if queued.is_empty() {
+            return;
+        }
+        if self.health.is_failing(Component::Redis) {
+            self.cache_wake.notify_one();
+            return;
+        }
+        match cache::apply_queued(&self.redis, &self.cache_ledger, queued, &self.ttl).await {
+            Ok(()) => self.health.recovered(Component::Redis),
+            Err(error) => {
+                self.health.failed(Component::Redis, &error);
+                let retry_in = Duration::ZERO;
+                metrics::transient_error(Component::Redis, Stage::Cache, &error, retry_in);
+                self.cache_wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Where a batch sits in its partition: its progress key, the stored offset it expects and
+/// the offset after its last message.
+struct Position<'a> {
+    key: &'a PartitionKey,
+    expected: Option<i64>,
+    next_offset: i64,
+}
+
+impl<'a> Position<'a> {
+    fn batch<'b>(
+        &'b self,
+        rows: Rows<'b>,
+        tenants: TenantPolicy,
+        applied: &'b HashMap<Uuid, Vec<i64>>,
+    ) -> Batch<'b> {
+        Batch {
+            key: self.key,
+            expected: self.expected,
+            next_offset: self.next_offset,
+            rows,
+            tenants,
+            applied,
+        }
+    }
+}

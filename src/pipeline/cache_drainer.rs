@@ -1,0 +1,173 @@
+//! The background drainer: deletes the outbox rows batches applied (the sweep), and applies the
+//! cache work a crash or a Redis outage left behind, from the current rows.
+//!
+//! Guarantee: claimed outbox rows are deleted in the same transaction that reads their rows,
+//! committed only after Redis answered; a failure rolls the claim back and the work stays
+//! queued.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cache::{self, CacheError, CacheLedger, Ttl};
+use crate::health::{Component, Health};
+use crate::metrics::{self, Stage};
+use crate::retry::{Classify, ErrorClass, RetryPolicy};
+use crate::sink::{self, cache_outbox, SinkError};
+
+/// How old queued work must be before the drainer takes it: younger work is normally being
+/// applied by its own batch right now.
+const MIN_AGE: Duration = Duration::from_secs(2);
+
+/// How long the drainer sleeps between passes when all is well.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// Outbox rows claimed per tenant (or for the shared data) in one transaction.
+const PER_SCOPE: i64 = 500;
+
+/// Tenants with leftover work drained per transaction.
+const TENANTS_PER_PAGE: i32 = 20;
+
+/// A failed drain pass.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error(transparent)]
+    Postgres(#[from] SinkError),
+    #[error(transparent)]
+    Redis(#[from] CacheError),
+}
+
+impl From<sqlx::Error> for DrainError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Postgres(error.into())
+    }
+}
+
+impl DrainError {
+    fn component(&self) -> Component {
+        match self {
+            Self::Postgres(_) => Component::Postgres,
+            Self::Redis(_) => Component::Redis,
+        }
+    }
+}
+
+impl Classify for DrainError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Postgres(e) => e.class(),
+            Self::Redis(e) => e.class(),
+        }
+    }
+}
+
+/// Applies cache work left behind by a crash or a Redis outage, until shutdown.
+pub struct CacheDrainer {
+    pub pool: PgPool,
+    pub redis: Client,
+    pub group: String,
+    pub ttl: Ttl,
+    pub ledger: Arc<CacheLedger>,
+    pub health: Health,
+    /// Woken by the batch path when its own cache write failed.
+    pub wake: Arc<Notify>,
+}
+
+impl CacheDrainer {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = RetryPolicy::DRAIN.backoff();
+        let mut pause = IDLE;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.wake.notified() => {}
+            }
+            match self.drain_once().await {
+                Ok(()) => {
+                    self.health.recovered(Component::Redis);
+                    backoff.reset();
+                    pause = IDLE;
+                }
+                Err(error) => {
+                    // A failed pass is reported against Redis: its readiness is what the
+                    // batch path reads to leave the cache work to the drainer.
+                    self.health.failed(Component::Redis, &error);
+                    pause = backoff.advance();
+                    metrics::transient_error(error.component(), Stage::Drain, &error, pause);
+                }
+            }
+        }
+    }
+
+    /// Deletes what batches applied, then applies what is left (older than [`MIN_AGE`]).
+    pub async fn drain_once(&self) -> Result<(), DrainError> {
+        let applied = self.ledger.take_all();
+        if let Err(error) = cache_outbox::delete_applied(&self.pool, &applied).await {
+            // The rows stay queued and are applied again later, which changes nothing.
+            tracing::warn!(%error, "Could not delete applied cache work.");
+        }
+        // Shared work (few keys), then one pass over every tenant with leftover work, a page
+        // of tenants at a time.
+        self.drain(&[], true).await?;
+        let mut after = None;
+        let mut tenants_seen = 0;
+        loop {
+            let tenants = cache_outbox::pending_tenants(
+                &self.pool,
+                &self.group,
+                MIN_AGE,
+                after,
+                TENANTS_PER_PAGE,
+            )
+            .await?;
+            let Some(last) = tenants.last().copied() else {
+                break;
+            };
+            tenants_seen += tenants.len();
+            self.drain(&tenants, false).await?;
+            after = Some(last);
+        }
+        metrics::cache_backlog(tenants_seen);
+        // Prove Redis answers even when nothing was queued, so readiness tells the truth.
+        let _: Value = self.redis.ping(None).await.map_err(CacheError::from)?;
+        Ok(())
+    }
+
+    /// Applies the queued work of `tenants` (and, with `shared`, the shared work), up to
+    /// [`PER_SCOPE`] rows each, older than [`MIN_AGE`], in one transaction, from the current
+    /// rows. Redis first: if it fails, the rollback puts the work back in the outbox.
+    async fn drain(&self, tenants: &[Uuid], shared: bool) -> Result<(), DrainError> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let mut claimed = Vec::new();
+        let scopes = tenants
+            .iter()
+            .map(|t| Some(*t))
+            .chain(shared.then_some(None));
+        for tenant in scopes {
+            if let Some(tenant) = tenant {
+                sink::set_tenant(&mut tx, tenant).await?;
+            }
+            let group = &self.group;
+            claimed.extend(cache_outbox::claim(&mut tx, group, tenant, MIN_AGE, PER_SCOPE).await?);
+        }
+        let tx = Mutex::new(tx);
+        let (applied, _) = cache::refresh(&self.redis, claimed, &self.ttl, |refs| {
+            let tx = &tx;
+            async move {
+                let mut tx = tx.lock().await;
+                Ok::<_, DrainError>(sink::read_current(&mut tx, &refs).await?)
+            }
+        })
+        .await?;
+        tx.into_inner().commit().await?;
+        metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
+        Ok(())
+    }
+}

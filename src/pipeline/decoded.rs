@@ -1,0 +1,125 @@
+//! A batch's messages after decoding: the events that validated, each beside its message, and
+//! the dead letters of the rest. Events leave it (as dead letters) when their tenant is unknown
+//! under strict tenants, or when Postgres rejects their row.
+
+use std::collections::HashSet;
+
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use uuid::Uuid;
+
+use super::dead_letter::DeadLetter;
+use crate::decode::{decode_event, DecodeError, Decoder};
+use crate::domain::{unregistered_tenants, Event};
+use crate::metrics::Stage;
+use crate::retry::Classify;
+use crate::sink::RejectedRow;
+use crate::validate::Validate;
+
+/// The dead-letter code of a row Postgres rejected for its data.
+pub const REJECTED_BY_POSTGRES: &str = "rejected_by_postgres";
+
+pub(super) struct Decoded<'m, E> {
+    /// The message of each event, index by index.
+    messages: Vec<&'m OwnedMessage>,
+    pub events: Vec<E>,
+    pub dead: Vec<DeadLetter>,
+}
+
+impl<'m, E: Validate> Decoded<'m, E> {
+    /// Decodes and validates each message; permanent failures become dead letters. Fails only
+    /// when a failure is transient (the schema registry is unreachable).
+    pub async fn decode(decoder: &Decoder, batch: &'m [OwnedMessage]) -> Result<Self, DecodeError> {
+        let mut decoded = Self {
+            messages: Vec::with_capacity(batch.len()),
+            events: Vec::with_capacity(batch.len()),
+            dead: Vec::new(),
+        };
+        for message in batch {
+            match decode_event::<E>(decoder, message.payload()).await {
+                Ok(event) => {
+                    decoded.messages.push(message);
+                    decoded.events.push(event);
+                }
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => decoded.dead.push(dead_letter(
+                    message,
+                    error.code(),
+                    error.stage(),
+                    error.to_string(),
+                )),
+            }
+        }
+        Ok(decoded)
+    }
+}
+
+impl<'m, E: Event> Decoded<'m, E> {
+    /// Tenants that must already be registered under strict tenants.
+    pub fn unregistered_tenants(&self) -> Vec<Uuid> {
+        unregistered_tenants(&self.events)
+    }
+
+    /// Strict tenants: events of tenants neither in `known` nor registered by the batch become
+    /// `unknown_tenant` dead letters.
+    pub fn reject_unknown_tenants(&mut self, known: &HashSet<Uuid>) {
+        let required: HashSet<Uuid> = self.unregistered_tenants().into_iter().collect();
+        let unknown: Vec<usize> = (0..self.events.len())
+            .filter(|i| {
+                self.events[*i]
+                    .tenant()
+                    .is_some_and(|t| required.contains(&t) && !known.contains(&t))
+            })
+            .collect();
+        for (message, event) in self.remove(&unknown) {
+            let tenant = event.tenant().expect("filtered on its tenant");
+            let reason = format!("tenant {tenant} is not registered");
+            self.dead
+                .push(dead_letter(message, "unknown_tenant", Stage::Sink, reason));
+        }
+    }
+
+    /// Removes the events whose rows Postgres rejected and returns their dead letters.
+    pub fn take_rejected(&mut self, rejected: Vec<RejectedRow>) -> Vec<DeadLetter> {
+        let indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
+        self.remove(&indices)
+            .into_iter()
+            .zip(rejected)
+            .map(|((message, _), row)| DeadLetter {
+                sqlstate: row.error.sqlstate(),
+                ..dead_letter(
+                    message,
+                    REJECTED_BY_POSTGRES,
+                    Stage::Sink,
+                    format!("Postgres rejected the row: {}", row.error),
+                )
+            })
+            .collect()
+    }
+
+    /// Removes the events at `indices` (ascending), returning them with their messages.
+    fn remove(&mut self, indices: &[usize]) -> Vec<(&'m OwnedMessage, E)> {
+        let mut removed = Vec::with_capacity(indices.len());
+        for index in indices.iter().rev() {
+            removed.push((self.messages.remove(*index), self.events.remove(*index)));
+        }
+        removed.reverse();
+        removed
+    }
+}
+
+/// A message of the batch that is not an event this worker can use.
+fn dead_letter(
+    message: &OwnedMessage,
+    code: &'static str,
+    stage: Stage,
+    reason: String,
+) -> DeadLetter {
+    DeadLetter {
+        message: message.clone(),
+        code,
+        stage,
+        reason,
+        sqlstate: None,
+    }
+}

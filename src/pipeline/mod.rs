@@ -1,0 +1,13 @@
+//! The live worker: Kafka partitions in, batches through `decode → dead letters → write →
+//! cache`, acknowledged in Postgres; and the drainer that finishes cache work left behind.
+
+mod batch;
+mod cache_drainer;
+pub mod dead_letter;
+mod decoded;
+mod partitions;
+mod worker;
+
+#[cfg(feature = "test-support")]
+pub use decoded::REJECTED_BY_POSTGRES;
+pub use worker::{Worker, WorkerError};

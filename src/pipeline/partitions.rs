@@ -1,0 +1,235 @@
+//! The partitions this worker owns: each one's buffered messages, in order, its stored offset,
+//! and whether a batch of it is being written. A partition whose buffer fills while a batch is
+//! written stops fetching (pause) until the batch is done.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+
+use crate::domain::TopicPartition;
+use crate::source::{Assignment, Source};
+
+/// One partition's state.
+pub(super) struct PartitionState {
+    /// Which assignment this state belongs to; a batch of an older one is ignored.
+    epoch: u64,
+    /// A batch of this partition is being written.
+    pub in_flight: bool,
+    /// Fetching is paused because the buffer is full while a batch is being written.
+    paused: bool,
+    /// The next offset stored in Postgres, as this worker last saw it.
+    pub committed: Option<i64>,
+    /// The next offset to accept into the buffer (drops anything already buffered or written).
+    position: Option<i64>,
+    buffer: Vec<OwnedMessage>,
+    oldest: Option<Instant>,
+}
+
+impl PartitionState {
+    fn starting_at(stored: Option<i64>, epoch: u64) -> Self {
+        Self {
+            epoch,
+            in_flight: false,
+            paused: false,
+            committed: stored,
+            position: stored,
+            buffer: Vec::new(),
+            oldest: None,
+        }
+    }
+
+    fn accept(&mut self, message: OwnedMessage) -> bool {
+        if self.position.is_some_and(|p| message.offset() < p) {
+            return false;
+        }
+        self.position = Some(message.offset() + 1);
+        self.oldest.get_or_insert_with(Instant::now);
+        self.buffer.push(message);
+        true
+    }
+
+    fn due_at(&self, linger: Duration) -> Option<Instant> {
+        self.oldest.map(|t| t + linger)
+    }
+
+    /// Starts over from `stored` (after a fence), keeping the pause.
+    pub fn restart_at(&mut self, stored: Option<i64>) {
+        let paused = self.paused;
+        *self = Self::starting_at(stored, self.epoch);
+        self.paused = paused;
+    }
+
+    /// Drops the buffered messages (they will be fetched again after a reassignment).
+    pub fn clear(&mut self) {
+        self.buffer.clear();
+    }
+
+    fn is_ready(&self, max_events: usize, linger: Duration, now: Instant) -> bool {
+        !self.in_flight
+            && (self.buffer.len() >= max_events || self.due_at(linger).is_some_and(|t| t <= now))
+    }
+
+    fn take_batch(&mut self) -> Vec<OwnedMessage> {
+        self.oldest = None;
+        std::mem::take(&mut self.buffer)
+    }
+}
+
+/// A batch taken from a partition's buffer, to be written.
+pub(super) struct ReadyBatch {
+    pub partition: TopicPartition,
+    /// The assignment the batch belongs to.
+    pub epoch: u64,
+    /// The partition's stored next offset when the batch was taken.
+    pub committed: Option<i64>,
+    pub messages: Vec<OwnedMessage>,
+}
+
+/// The partitions this worker owns.
+#[derive(Default)]
+pub(super) struct Partitions {
+    states: HashMap<TopicPartition, PartitionState>,
+    next_epoch: u64,
+}
+
+impl Partitions {
+    pub fn apply(&mut self, changes: Vec<Assignment>) {
+        for change in changes {
+            match change {
+                Assignment::Assigned(assigned) => {
+                    for assigned in assigned {
+                        self.next_epoch += 1;
+                        let state = PartitionState::starting_at(assigned.stored, self.next_epoch);
+                        self.states.insert(assigned.partition, state);
+                    }
+                }
+                Assignment::Revoked(revoked) => {
+                    for partition in revoked {
+                        self.states.remove(&partition);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Buffers a message of an owned partition; pauses the partition when its buffer is full.
+    pub fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: usize) {
+        let partition = TopicPartition::new(message.topic(), message.partition());
+        let Some(state) = self.states.get_mut(&partition) else {
+            return;
+        };
+        state.accept(message);
+        if state.buffer.len() >= pause_at && !state.paused {
+            state.paused = set_paused(consumer, &partition, true);
+        }
+    }
+
+    pub fn resume_if_drained(&mut self, consumer: &Source, partition: &TopicPartition) {
+        if let Some(state) = self.states.get_mut(partition) {
+            if state.paused && !state.in_flight {
+                state.paused = !set_paused(consumer, partition, false);
+            }
+        }
+    }
+
+    /// The partition's state, unless it was reassigned since `epoch`.
+    pub fn current(
+        &mut self,
+        partition: &TopicPartition,
+        epoch: u64,
+    ) -> Option<&mut PartitionState> {
+        self.states.get_mut(partition).filter(|s| s.epoch == epoch)
+    }
+
+    /// When the next lingering batch is due.
+    pub fn next_due(&self, linger: Duration) -> Option<Instant> {
+        self.states
+            .values()
+            .filter(|p| !p.in_flight)
+            .filter_map(|p| p.due_at(linger))
+            .min()
+    }
+
+    /// Takes the batches that are full or have lingered long enough, marking them in flight.
+    pub fn take_ready(&mut self, max_events: usize, linger: Duration) -> Vec<ReadyBatch> {
+        let now = Instant::now();
+        self.states
+            .iter_mut()
+            .filter(|(_, state)| state.is_ready(max_events, linger, now))
+            .map(|(partition, state)| {
+                state.in_flight = true;
+                let mut messages = state.take_batch();
+                if messages.len() > max_events {
+                    // Keep the rest (arrived while the previous batch was written) for the next.
+                    state.buffer = messages.split_off(max_events);
+                    state.oldest = Some(now);
+                }
+                ReadyBatch {
+                    partition: partition.clone(),
+                    epoch: state.epoch,
+                    committed: state.committed,
+                    messages,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Pauses or resumes fetching one partition; true when librdkafka accepted it.
+fn set_paused(consumer: &Source, partition: &TopicPartition, pause: bool) -> bool {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(&partition.topic, partition.partition);
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(error) = &result {
+        tracing::warn!(%error, %partition, pause, "Pause/resume failed.");
+    }
+    result.is_ok()
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Timestamp;
+
+    fn message(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn partition_accepts_each_offset_once_from_the_stored_one() {
+        let mut state = PartitionState::starting_at(Some(10), 1);
+        assert!(!state.accept(message(9)));
+        assert!(state.accept(message(10)));
+        assert!(!state.accept(message(10)));
+        assert!(state.accept(message(12)));
+        let batch = state.take_batch();
+        assert_eq!(
+            batch.iter().map(|m| m.offset()).collect::<Vec<_>>(),
+            vec![10, 12]
+        );
+        assert!(state.due_at(Duration::from_millis(5)).is_none());
+    }
+}

@@ -1,0 +1,278 @@
+//! The worker: consume, buffer per partition, write batches, acknowledge.
+//!
+//! Per partition, messages are buffered in order and written as one batch when the batch is
+//! full or has lingered long enough; partitions are written concurrently, at most one batch per
+//! partition at a time ([`BatchPath`]). Kafka's committed offset mirrors the one stored in
+//! Postgres, for lag monitoring only.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::Offset;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{BatchPath, Processed};
+use super::cache_drainer::CacheDrainer;
+use super::dead_letter::DeadLetterSink;
+use super::partitions::{sleep_until, PartitionState, Partitions, ReadyBatch};
+use crate::cache::{self, CacheError};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::decode::{Decoder, SchemaLoadError, SchemaStore};
+use crate::domain::{Event, TenantPolicy, TopicPartition, ValidConfig, ValidOrder};
+use crate::health::{Component, Health};
+use crate::metrics::{self, Stage};
+use crate::retry::{self, Classify, ErrorClass, RetryPolicy};
+use crate::sink::{self, SinkError};
+use crate::source::{self, Source};
+
+/// A partition stops fetching when this many batches wait behind the one being written: enough
+/// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
+const PAUSE_AT_BATCHES: usize = 4;
+
+/// How long to wait after a failed receive from Kafka.
+const CONSUME_RETRY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("schemas: {0}")]
+    Schemas(#[from] SchemaLoadError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Postgres(#[from] SinkError),
+    #[error(transparent)]
+    Redis(#[from] CacheError),
+}
+
+impl Classify for WorkerError {
+    /// Permanent: the schemas folder or the Postgres setup (a role that bypasses RLS) must be
+    /// fixed; unreachable dependencies are transient.
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Schemas(e) => e.class(),
+            Self::Kafka(_) => ErrorClass::Transient,
+            Self::Postgres(e) => e.class(),
+            Self::Redis(e) => e.class(),
+        }
+    }
+}
+
+/// Everything a running worker holds.
+pub struct Worker {
+    settings: Settings,
+    health: Health,
+    path: BatchPath,
+}
+
+impl Worker {
+    /// Connects to Postgres, Redis and Kafka, and loads the schemas. Fails with the name of
+    /// what is missing; callers that should wait for dependencies use [`Worker::connect_retrying`].
+    pub async fn connect(settings: Settings, health: Health) -> Result<Self, WorkerError> {
+        let store = Arc::new(SchemaStore::load(
+            &settings.schemas.dir,
+            settings.schemas.registry_url.as_deref(),
+        )?);
+        let orders = Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE)?;
+        let config = Decoder::new(store, ValidConfig::SCHEMA_FILE)?;
+        let pool = sink::connect_worker(&settings.database).await?;
+        sink::ensure_rls_applies(&pool).await?;
+        let redis = cache::connect(settings.redis.url.expose()).await?;
+        let dead_letters = DeadLetterSink::new(
+            source::producer(&settings.kafka)?,
+            settings.kafka.dead_letter_topic.clone(),
+        );
+        // Not ready until `run` has joined the group and been assigned its partitions.
+        health.failed(Component::Kafka, "not yet assigned partitions");
+        let path = BatchPath {
+            pool,
+            redis,
+            group: settings.kafka.group_id.clone(),
+            config_topic: settings.kafka.config_topic.clone(),
+            orders,
+            config,
+            dead_letters,
+            tenants: TenantPolicy::strict(settings.tenants.strict),
+            ttl: (&settings.redis).into(),
+            health: health.clone(),
+            clock: Clock::system(),
+            cache_ledger: Arc::default(),
+            cache_wake: Arc::new(Notify::new()),
+        };
+        Ok(Self {
+            settings,
+            health,
+            path,
+        })
+    }
+
+    /// [`Worker::connect`], retried with backoff while a dependency is unreachable. Returns
+    /// `None` when stopped first. Permanent errors (configuration) are not retried.
+    pub async fn connect_retrying(
+        settings: Settings,
+        health: Health,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, WorkerError> {
+        let mut backoff = RetryPolicy::STARTUP.backoff();
+        let connect = || async {
+            match Self::connect(settings.clone(), health.clone()).await {
+                Err(error) if error.is_permanent() => Ok(Err(error)),
+                result => result.map(Ok),
+            }
+        };
+        let report = |error: &WorkerError, retry_in| {
+            health.failed(Component::Startup, error);
+            metrics::transient_error(Component::Startup, Stage::Startup, error, retry_in);
+        };
+        match retry::until_ok(&mut backoff, shutdown, report, connect).await {
+            None => Ok(None),
+            Some(Err(error)) => Err(error),
+            Some(Ok(worker)) => {
+                health.recovered(Component::Startup);
+                Ok(Some(worker))
+            }
+        }
+    }
+
+    /// The clock the pipeline reads "now" from (the system clock unless replaced).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.path.clock = clock;
+        self
+    }
+
+    /// Consumes until `shutdown`, then abandons unwritten buffers and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let kafka = &self.settings.kafka;
+        let consumer = source::subscribe(
+            kafka,
+            &[kafka.orders_topic.as_str(), kafka.config_topic.as_str()],
+            sink::connect_worker_sized(&self.settings.database, 1)?,
+            self.health.clone(),
+            shutdown.clone(),
+        )?;
+        let drainer = tokio::spawn(
+            CacheDrainer {
+                pool: self.path.pool.clone(),
+                redis: self.path.redis.clone(),
+                group: kafka.group_id.clone(),
+                ttl: self.path.ttl,
+                ledger: self.path.cache_ledger.clone(),
+                health: self.health.clone(),
+                wake: self.path.cache_wake.clone(),
+            }
+            .run(shutdown.child_token()),
+        );
+        self.run_until_stopped(&consumer, &shutdown).await;
+        tracing::info!("Stopping: leaving the consumer group.");
+        consumer.unsubscribe();
+        drop(consumer);
+        let _ = drainer.await;
+        Ok(())
+    }
+
+    async fn run_until_stopped(&self, consumer: &Source, shutdown: &CancellationToken) {
+        let linger = Duration::from_millis(self.settings.kafka.batch_linger_ms);
+        let max_events = self.settings.kafka.batch_max_events;
+        let mut partitions = Partitions::default();
+        // At most one batch per partition is being written; partitions write concurrently.
+        let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
+        loop {
+            let next_due = partitions.next_due(linger);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.finish_batch(consumer, &mut partitions, done).await;
+                }
+                _ = sleep_until(next_due) => {}
+                received = consumer.recv() => {
+                    partitions.apply(consumer.context().take_changes());
+                    match received {
+                        Ok(message) => {
+                            self.health.recovered(Component::Kafka);
+                            partitions.accept(consumer, message.detach(), PAUSE_AT_BATCHES * max_events);
+                        }
+                        Err(error) => {
+                            self.health.failed(Component::Kafka, &error);
+                            metrics::transient_error(Component::Kafka, Stage::Consume, &error, CONSUME_RETRY);
+                            tokio::time::sleep(CONSUME_RETRY).await;
+                        }
+                    }
+                }
+            }
+            for batch in partitions.take_ready(max_events, linger) {
+                metrics::events_consumed(&batch.partition.topic, batch.messages.len());
+                let path = &self.path;
+                in_flight.push(Box::pin(async move {
+                    let processed = path.process(&batch, shutdown).await;
+                    BatchDone { batch, processed }
+                }));
+            }
+        }
+        // Stopping: batches being written finish, or are abandoned if they are retrying.
+        while let Some(done) = in_flight.next().await {
+            self.finish_batch(consumer, &mut partitions, done).await;
+        }
+    }
+
+    /// Records what became of a batch, unless its partition was reassigned meanwhile.
+    async fn finish_batch(&self, consumer: &Source, partitions: &mut Partitions, done: BatchDone) {
+        let BatchDone { batch, processed } = done;
+        let Some(state) = partitions.current(&batch.partition, batch.epoch) else {
+            return;
+        };
+        state.in_flight = false;
+        match processed {
+            Processed::Committed { next_offset } => {
+                state.committed = Some(next_offset);
+                // Kafka's committed offset mirrors Postgres for lag monitoring only;
+                // librdkafka stores offset + 1.
+                let p = &batch.partition;
+                let _ = consumer.store_offset(&p.topic, p.partition, next_offset - 1);
+            }
+            Processed::Fenced => self.reseek(consumer, &batch.partition, state).await,
+            Processed::Abandoned => {}
+        }
+        partitions.resume_if_drained(consumer, &batch.partition);
+    }
+
+    /// After a fence: start again from whatever offset the new writer stored.
+    async fn reseek(
+        &self,
+        consumer: &Source,
+        partition: &TopicPartition,
+        state: &mut PartitionState,
+    ) {
+        let group = &self.settings.kafka.group_id;
+        let topic = &partition.topic;
+        let number = partition.partition;
+        match sink::load_stored_offsets(&self.path.pool, group, topic, &[number]).await {
+            Ok(stored) => {
+                let stored = stored.get(&number).copied();
+                state.restart_at(stored);
+                let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+                if let Err(error) = consumer.seek(topic, number, offset, Duration::from_secs(5)) {
+                    tracing::warn!(%error, %partition, "Seek after fence failed.");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read stored offset after fence; partition paused until reassigned.");
+                state.clear();
+            }
+        }
+    }
+}
+
+/// A batch handed to the writer, and what became of it.
+struct BatchDone {
+    batch: ReadyBatch,
+    processed: Processed,
+}
+
+type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchDone> + Send + 'a>>;

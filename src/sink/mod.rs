@@ -1,0 +1,123 @@
+//! Postgres: the source of truth for rows and for consumer progress, and the only SQL.
+//!
+//! Guarantee: one transaction per partition batch writes the rows (set-based, per tenant under
+//! `set_config('app.tenant_id', …, true)`), the cache outbox rows and the partition's next offset.
+//! The offset write is a compare-and-set on the offset this worker last saw, taken first in the
+//! transaction: a worker that lost its partition to another cannot commit over the new owner.
+//! A row Postgres rejects for its data is found by writing the batch's events one by one
+//! ([`write_each`]), so the pipeline can dead-letter it and commit the rest.
+
+pub mod audit;
+mod batch;
+pub mod cache_outbox;
+mod current_rows;
+mod offsets;
+mod orders;
+mod pool;
+mod tenant;
+mod tenant_config;
+
+use crate::retry::{Classify, ErrorClass};
+
+pub use batch::{
+    rewrite_rows, write_batch, write_each, Batch, BatchOutcome, Isolated, RejectedRow, Rows,
+};
+pub use current_rows::read_current;
+pub use offsets::{count_stored_offsets, load_stored_offsets, PartitionKey};
+pub use pool::{connect_owner, connect_worker, connect_worker_sized, ensure_rls_applies, migrate};
+pub use tenant::{known_tenants, set_tenant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl SinkError {
+    /// The SQLSTATE of an error Postgres itself returned.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+impl Classify for SinkError {
+    /// Permanent: the data of the statement (SQLSTATE class 22, data exception, or 23,
+    /// integrity constraint violation) or the setup (a role that bypasses RLS, an invalid URL).
+    /// Everything else (connections, timeouts, serialization failures, a missing table or grant
+    /// an operator can fix) is transient.
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Setup(_) => ErrorClass::Permanent,
+            Self::Database(_) => match self.sqlstate().as_deref().map(|s| s.get(..2)) {
+                Some(Some("22" | "23")) => ErrorClass::Permanent,
+                _ => ErrorClass::Transient,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// An error as Postgres returns it, with a SQLSTATE.
+    #[derive(Debug, thiserror::Error)]
+    #[error("SQLSTATE {0}")]
+    struct Answered(&'static str);
+
+    impl sqlx::error::DatabaseError for Answered {
+        fn message(&self) -> &str {
+            "answered"
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn answered(sqlstate: &'static str) -> SinkError {
+        SinkError::Database(sqlx::Error::Database(Box::new(Answered(sqlstate))))
+    }
+
+    #[test]
+    fn data_errors_are_permanent_and_everything_else_transient() {
+        // 22: data exception (numeric overflow, invalid text); 23: constraint violations.
+        for sqlstate in ["22003", "22P02", "23505", "23514", "23503"] {
+            let error = answered(sqlstate);
+            assert!(error.is_permanent(), "{sqlstate}");
+            assert_eq!(error.sqlstate().as_deref(), Some(sqlstate));
+        }
+        // Serialization failure, deadlock, query canceled (timeout), undefined table, no grant,
+        // connection failure, too many connections: retried.
+        for sqlstate in [
+            "40001", "40P01", "57014", "42P01", "42501", "08006", "53300",
+        ] {
+            assert!(answered(sqlstate).is_transient(), "{sqlstate}");
+        }
+        assert!(SinkError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(SinkError::Setup("bypasses RLS".into()).is_permanent());
+    }
+}

@@ -1,0 +1,87 @@
+//! Connections: the worker's pool (a role subject to RLS, checked) and the owner's migrations.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool, Postgres};
+
+use super::SinkError;
+use crate::config::DatabaseSettings;
+
+fn connect_options(url: &str) -> Result<PgConnectOptions, SinkError> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| SinkError::Setup(format!("invalid Postgres URL: {e}")))?;
+    Ok(options
+        .application_name("tenantstream")
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
+}
+
+/// The worker's pool (lazy: connects on first use). A statement or lock wait that hangs (a
+/// network partition, a stuck lock) fails after a bound and is retried, instead of holding the
+/// batch, and shutdown, forever.
+pub async fn connect_worker(settings: &DatabaseSettings) -> Result<PgPool, SinkError> {
+    connect_worker_sized(settings, settings.max_connections)
+}
+
+/// [`connect_worker`] with its own size, for a separate small pool.
+pub fn connect_worker_sized(
+    settings: &DatabaseSettings,
+    max_connections: u32,
+) -> Result<PgPool, SinkError> {
+    let options = connect_options(settings.url.expose())?
+        .options([("statement_timeout", "30s"), ("lock_timeout", "10s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Fails unless the pool's role is subject to RLS (not superuser, no BYPASSRLS, owns no table).
+pub async fn ensure_rls_applies(pool: &PgPool) -> Result<(), SinkError> {
+    let (role, bypasses, owned): (String, bool, i64) = sqlx::query_as(
+        "SELECT r.rolname::text, r.rolsuper OR r.rolbypassrls,
+                (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid AND c.relkind = 'r')
+           FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await?;
+    if bypasses || owned > 0 {
+        return Err(SinkError::Setup(format!(
+            "the worker connects as {role:?}, which {} row-level security; set DATABASE_URL to the \
+             tenantstream_worker role (see README)",
+            if bypasses { "bypasses" } else { "owns tables and so could alter" }
+        )));
+    }
+    Ok(())
+}
+
+/// A small pool as the owner (who bypasses RLS), for migrations and for checking end states.
+pub async fn connect_owner(url: &str) -> Result<PgPool, SinkError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(connect_options(url)?)
+        .await?)
+}
+
+/// Runs the migrations as the owner, creating the database first if it does not exist.
+pub async fn migrate(admin_url: &str) -> Result<(), SinkError> {
+    use sqlx::migrate::MigrateDatabase;
+    if !Postgres::database_exists(admin_url).await? {
+        match Postgres::create_database(admin_url).await {
+            Ok(()) => {}
+            // Another process created it between the check and the create.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let pool = connect_owner(admin_url).await?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .map_err(|e| SinkError::Setup(format!("migration failed: {e}")))?;
+    pool.close().await;
+    Ok(())
+}

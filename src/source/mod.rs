@@ -1,0 +1,82 @@
+//! Kafka: the consumer that feeds the pipeline (each partition starting at the offset stored in
+//! Postgres), and the client settings every Kafka client of the crate shares.
+
+mod rebalance;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaSettings;
+use crate::domain::TopicPartition;
+use crate::health::Health;
+
+pub use rebalance::SourceContext;
+
+/// The pipeline's consumer.
+pub type Source = StreamConsumer<SourceContext>;
+
+/// A change of assignment, seen by the pipeline after the consumer's next poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    Assigned(Vec<AssignedPartition>),
+    Revoked(Vec<TopicPartition>),
+}
+
+/// A partition now owned, with the stored next offset it starts from (`None`: nothing stored,
+/// it starts at the earliest offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedPartition {
+    pub partition: TopicPartition,
+    pub stored: Option<i64>,
+}
+
+/// The common client settings (bootstrap servers, logging).
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// A consumer subscribed to `topics`, starting each partition at its stored offset, read
+/// through `offsets_pool` (see [`SourceContext`]).
+pub fn subscribe(
+    settings: &KafkaSettings,
+    topics: &[&str],
+    offsets_pool: PgPool,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<Source, KafkaError> {
+    let context = SourceContext::new(offsets_pool, settings.group_id.clone(), health, shutdown);
+    let consumer: Source = client_config(settings)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set("statistics.interval.ms", "5000")
+        // An idle partition's fetch returns after this long at most (librdkafka's default is
+        // 500 ms, which would dominate end-to-end latency at low rates).
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(context)?;
+    consumer.subscribe(topics)?;
+    Ok(consumer)
+}
+
+/// A producer for dead letters (and `produce`): acks from all replicas, retried by librdkafka.
+pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    client_config(settings)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+}

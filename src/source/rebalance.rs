@@ -1,0 +1,187 @@
+//! Rebalances: each assigned partition starts at the next offset stored in Postgres.
+//!
+//! Guarantee: the stored offsets are read inside the rebalance callback, before the partitions
+//! are assigned, so no message from an older position is ever handed to the pipeline (Kafka's
+//! committed offset is written afterwards, for lag monitoring only).
+//!
+//! The callback blocks the task that also drives the in-flight batches, so it reads through its
+//! own small pool: it never waits for a connection held by a batch it is blocking.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, Statistics, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::{AssignedPartition, Assignment};
+use crate::domain::TopicPartition;
+use crate::health::{Component, Health};
+use crate::metrics::{self, Stage};
+use crate::retry::{self, RetryPolicy};
+use crate::sink::load_stored_offsets;
+
+/// The consumer's context: rebalance handling, broker health and lag from statistics.
+pub struct SourceContext {
+    /// Used only by the rebalance callback (see the module doc).
+    offsets_pool: PgPool,
+    group: String,
+    runtime: tokio::runtime::Handle,
+    health: Health,
+    shutdown: CancellationToken,
+    changes: Mutex<Vec<Assignment>>,
+}
+
+impl SourceContext {
+    pub(super) fn new(
+        offsets_pool: PgPool,
+        group: String,
+        health: Health,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            offsets_pool,
+            group,
+            runtime: tokio::runtime::Handle::current(),
+            health,
+            shutdown,
+            changes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Assignment changes since the last call, oldest first.
+    pub fn take_changes(&self) -> Vec<Assignment> {
+        std::mem::take(&mut *self.changes.lock().expect("assignment lock"))
+    }
+
+    /// Reads the stored offsets, retrying while Postgres is down: the partitions must not start
+    /// anywhere else. `None` when stopped first.
+    fn stored_offsets_blocking(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Option<HashMap<i32, i64>> {
+        let load = async {
+            let mut backoff = RetryPolicy::ASSIGN.backoff();
+            let offsets = retry::until_ok(
+                &mut backoff,
+                &self.shutdown,
+                |error, retry_in| {
+                    self.health.failed(Component::Postgres, error);
+                    metrics::transient_error(Component::Postgres, Stage::Assign, error, retry_in);
+                },
+                || load_stored_offsets(&self.offsets_pool, &self.group, topic, partitions),
+            )
+            .await?;
+            self.health.recovered(Component::Postgres);
+            Some(offsets)
+        };
+        // The callback runs inside the consumer's poll on a runtime worker thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(load)),
+            Err(_) => self.runtime.block_on(load),
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
+        for elem in tpl.elements() {
+            by_topic
+                .entry(elem.topic().to_owned())
+                .or_default()
+                .push(elem.partition());
+        }
+        let mut assigned = Vec::new();
+        for (topic, partitions) in by_topic {
+            let Some(stored) = self.stored_offsets_blocking(&topic, &partitions) else {
+                tracing::info!("Stopping during assignment; partitions left unassigned.");
+                return;
+            };
+            for partition in partitions {
+                let start = stored.get(&partition).copied();
+                let offset = start.map_or(Offset::Beginning, Offset::Offset);
+                if let Err(error) = tpl.set_partition_offset(&topic, partition, offset) {
+                    tracing::error!(%error, topic, partition, "Cannot set start offset.");
+                }
+                assigned.push(AssignedPartition {
+                    partition: TopicPartition::new(topic.clone(), partition),
+                    stored: start,
+                });
+            }
+        }
+        if let Err(error) = consumer.assign(tpl) {
+            tracing::error!(%error, "Partition assignment failed.");
+            return;
+        }
+        // librdkafka keeps an application pause across revoke and assign; a partition paused
+        // for backpressure before a rebalance would otherwise never fetch again.
+        if let Err(error) = consumer.resume(tpl) {
+            tracing::error!(%error, "Resuming assigned partitions failed.");
+        }
+        tracing::info!(partitions = ?assigned, "Partitions assigned at stored offsets.");
+        self.health.recovered(Component::Kafka);
+        self.push(Assignment::Assigned(assigned));
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let revoked: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        tracing::info!(partitions = ?revoked, "Partitions revoked.");
+        self.push(Assignment::Revoked(revoked));
+        if let Err(error) = consumer.unassign() {
+            tracing::error!(%error, "Unassign failed.");
+        }
+    }
+
+    fn push(&self, change: Assignment) {
+        self.changes.lock().expect("assignment lock").push(change);
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag_stored >= 0 {
+                    metrics::consumer_lag(topic, *partition, p.consumer_lag_stored);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.health.failed(Component::Kafka, reason);
+        }
+        tracing::warn!(%error, reason, "Kafka client error.");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                tracing::error!(error = ?other, "Rebalance error; releasing partitions.");
+                self.revoke(consumer, tpl);
+            }
+        }
+    }
+}

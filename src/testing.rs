@@ -1,0 +1,67 @@
+//! What the integration tests and the benchmarks reach inside the crate, grouped by layer.
+//! Only with the feature `test-support` (enabled for `cargo test` and `cargo bench` by the
+//! crate's dev-dependency on itself), never in the release binary.
+
+/// Events, what they target, and valid samples.
+pub mod domain {
+    pub use crate::domain::*;
+    pub use crate::validate::{InvalidField, MAX_VERSION};
+}
+
+/// Framing, schemas, decoding and encoding.
+pub mod decode {
+    pub use crate::decode::{
+        frame_confluent, frame_single_object, DecodeError, Decoder, Encoder, SchemaStore,
+        WriterSchema,
+    };
+}
+
+/// Postgres: connections, tenant context, offsets and batch writes.
+pub mod sink {
+    pub use crate::sink::{
+        connect_worker, ensure_rls_applies, load_stored_offsets, migrate, set_tenant, write_batch,
+        Batch, BatchOutcome, PartitionKey, Rows,
+    };
+}
+
+/// Redis: connection, key layout, generations and key scans.
+pub mod cache {
+    pub use crate::cache::inspect::{count_keys, scan_keys};
+    pub use crate::cache::{category_key, connect, order_key, read_generations};
+}
+
+/// Kafka clients with the crate's settings.
+pub mod kafka {
+    pub use crate::source::{client_config, producer};
+}
+
+/// The dead-letter contract: header names and error codes.
+pub mod dead_letter {
+    pub use crate::pipeline::dead_letter::{
+        header_text, HEADER_ERROR_CODE, HEADER_ERROR_REASON, HEADER_ERROR_SQLSTATE,
+        HEADER_ERROR_STAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+    };
+    pub use crate::pipeline::REJECTED_BY_POSTGRES;
+}
+
+/// Which errors heal by themselves.
+pub mod retry {
+    pub use crate::retry::{Classify, ErrorClass};
+}
+
+/// Metric names and the recorder.
+pub mod metrics {
+    pub use crate::metrics::{
+        install_recorder, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED,
+    };
+}
+
+/// Generated traffic and its oracle.
+pub mod traffic {
+    pub use crate::tools::traffic::*;
+}
+
+/// Waits and counts on an end state.
+pub mod probe {
+    pub use crate::tools::probe::*;
+}

@@ -1,0 +1,335 @@
+//! Reads one topic's ranges and rebuilds, a chunk of events at a time, the keys they name from
+//! the committed rows (optionally rewriting the rows first).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{finish, replay_consumer};
+use super::progress::Progress;
+use super::{ReplayOptions, ReplaySummary};
+use crate::cache::{self, Ttl};
+use crate::config::Settings;
+use crate::decode::{decode_event, Decoder, SchemaStore};
+use crate::domain::{
+    unregistered_tenants, CacheItem, CacheRef, Event, Keyspace, PartitionRange, TenantPolicy,
+};
+use crate::retry::{self, Classify, RetryPolicy};
+use crate::sink::{self, Rows};
+use crate::validate::Validate;
+
+/// What this run has done so far.
+#[derive(Default)]
+pub(super) struct RunState {
+    /// Keyspaces already flushed.
+    flushed: HashSet<Keyspace>,
+    /// Keys already rebuilt: an order's later events name the same key again, and the row was
+    /// read when it was rebuilt (anything newer since then, the live worker writes).
+    rebuilt: HashSet<CacheRef>,
+}
+
+/// Bound on [`RunState::rebuilt`]; past it the set starts over (keys are then only rebuilt
+/// again, which changes nothing).
+const MAX_REMEMBERED_KEYS: usize = 2_000_000;
+
+pub(super) struct Replayer<'a> {
+    settings: &'a Settings,
+    options: &'a ReplayOptions,
+    pool: PgPool,
+    redis: fred::prelude::Client,
+    store: Arc<SchemaStore>,
+    ttl: Ttl,
+}
+
+impl<'a> Replayer<'a> {
+    pub async fn connect(
+        settings: &'a Settings,
+        options: &'a ReplayOptions,
+    ) -> anyhow::Result<Self> {
+        let store = Arc::new(SchemaStore::load(
+            &settings.schemas.dir,
+            settings.schemas.registry_url.as_deref(),
+        )?);
+        let pool = sink::connect_worker(&settings.database).await?;
+        sink::ensure_rls_applies(&pool).await?;
+        let redis = cache::connect(settings.redis.url.expose())
+            .await
+            .with_context(|| format!("connecting to Redis at {}", settings.redis.url))?;
+        Ok(Self {
+            settings,
+            options,
+            pool,
+            redis,
+            store,
+            ttl: (&settings.redis).into(),
+        })
+    }
+
+    /// Reads `ranges` (one topic) to their ends, rebuilding a chunk of events at a time.
+    pub async fn replay_topic<E>(
+        &self,
+        ranges: &[PartitionRange],
+        state: &mut RunState,
+        summary: &mut ReplaySummary,
+        progress: &Progress,
+    ) -> anyhow::Result<()>
+    where
+        E: Validate,
+        for<'r> Rows<'r>: From<&'r [E]>,
+    {
+        let mut remaining: HashMap<i32, i64> = ranges
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| (r.partition, r.end))
+            .collect();
+        let Some(topic) = ranges.first().map(|r| r.topic.as_str()) else {
+            return Ok(());
+        };
+        if remaining.is_empty() {
+            return Ok(());
+        }
+        let decoder = Decoder::new(self.store.clone(), E::SCHEMA_FILE)?;
+        let consumer = replay_consumer(self.settings)?;
+        let mut tpl = TopicPartitionList::new();
+        for range in ranges.iter().filter(|r| !r.is_empty()) {
+            tpl.add_partition_offset(topic, range.partition, Offset::Offset(range.start))?;
+        }
+        consumer.assign(&tpl)?;
+        // Reading and decoding the next chunk overlaps rebuilding the previous one (Postgres
+        // and Redis round trips); chunks are rebuilt one at a time, in order.
+        let (chunks, mut to_rebuild) = tokio::sync::mpsc::channel::<Vec<E>>(1);
+        let mut read = ReplaySummary::default();
+        let reading = async {
+            let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
+            let mut last_check = Instant::now();
+            while !remaining.is_empty() {
+                // A partition whose end is a transaction marker or a compacted gap never
+                // delivers its last offset; the consumer's position tells, checked every second.
+                if last_check.elapsed() >= Duration::from_secs(1) {
+                    last_check = Instant::now();
+                    finish(&consumer, topic, &mut remaining, |_, _| false);
+                    if remaining.is_empty() {
+                        break;
+                    }
+                }
+                let message =
+                    match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                        Ok(Ok(message)) => message.detach(),
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "Kafka error during replay; retrying.");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                        Err(_) => continue,
+                    };
+                let partition = message.partition();
+                let Some(end) = remaining.get(&partition).copied() else {
+                    continue;
+                };
+                if message.offset() >= end {
+                    finish(&consumer, topic, &mut remaining, |p, _| p == partition);
+                    continue;
+                }
+                if message.offset() + 1 >= end {
+                    finish(&consumer, topic, &mut remaining, |p, _| p == partition);
+                }
+                read.events_read += 1;
+                progress.inc();
+                self.accept::<E>(&decoder, &message, &mut chunk, &mut read)
+                    .await;
+                if chunk.len() >= self.options.chunk
+                    && chunks.send(std::mem::take(&mut chunk)).await.is_err()
+                {
+                    return; // the rebuild failed; its error is reported
+                }
+            }
+            let _ = chunks.send(chunk).await;
+            drop(chunks);
+        };
+        let rebuilding = async {
+            while let Some(chunk) = to_rebuild.recv().await {
+                if let Err(error) = self.rebuild(chunk, state, summary).await {
+                    // Unblocks the reading side, whose next send now fails.
+                    to_rebuild.close();
+                    return Err(error);
+                }
+            }
+            anyhow::Ok(())
+        };
+        let ((), rebuilt) = tokio::join!(reading, rebuilding);
+        summary.events_read += read.events_read;
+        summary.filtered += read.filtered;
+        summary.dead += read.dead;
+        rebuilt
+    }
+
+    /// Decodes one message into `chunk`, or counts it as another tenant's or dead. While the
+    /// schema registry is down it waits for it, as the worker does.
+    async fn accept<E: Validate>(
+        &self,
+        decoder: &Decoder,
+        message: &OwnedMessage,
+        chunk: &mut Vec<E>,
+        summary: &mut ReplaySummary,
+    ) {
+        let mut backoff = RetryPolicy::BATCH.backoff();
+        // Replay has no graceful stop: Ctrl-C ends the process, so the wait is never cut short.
+        let forever = CancellationToken::new();
+        let decode = || async {
+            match decode_event::<E>(decoder, message.payload()).await {
+                Err(error) if error.is_transient() => Err(error),
+                decoded => Ok(decoded),
+            }
+        };
+        let report = |error: &_, _| tracing::warn!(%error, "Cannot decode yet; retrying.");
+        let Some(decoded) = retry::until_ok(&mut backoff, &forever, report, decode).await else {
+            return;
+        };
+        match decoded {
+            Ok(event)
+                if self
+                    .options
+                    .tenant
+                    .is_none_or(|t| event.tenant() == Some(t)) =>
+            {
+                chunk.push(event)
+            }
+            Ok(_) => summary.filtered += 1,
+            Err(_) => summary.dead += 1,
+        }
+    }
+
+    /// Rewrites rows if asked, then refreshes every key the events name from the current rows.
+    async fn rebuild<E>(
+        &self,
+        events: Vec<E>,
+        state: &mut RunState,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<()>
+    where
+        E: Event,
+        for<'r> Rows<'r>: From<&'r [E]>,
+    {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut events = events;
+        if self.options.rewrite_db && !self.options.dry_run {
+            let rewritten = self.rewrite(&mut events, summary).await?;
+            summary.rows_rewritten += rewritten.len() as u64;
+            // Rows this chunk changed must be read again, even if rebuilt before.
+            for r in &rewritten {
+                state.rebuilt.remove(r);
+            }
+        }
+        if state.rebuilt.len() > MAX_REMEMBERED_KEYS {
+            state.rebuilt.clear();
+        }
+        let mut refs: Vec<CacheRef> = events
+            .iter()
+            .map(|e| e.cache_ref())
+            .filter(|r| !state.rebuilt.contains(r))
+            .collect();
+        refs.sort();
+        refs.dedup();
+        state.rebuilt.extend(refs.iter().cloned());
+        if self.options.flush && !self.options.dry_run {
+            // Retire before reading: a value the live worker writes into the old generation
+            // meanwhile is then re-read here, never left newer than the rebuilt one.
+            let mut spaces: Vec<Keyspace> = refs.iter().map(CacheRef::keyspace).collect();
+            spaces.dedup();
+            for space in spaces {
+                if !state.flushed.contains(&space) {
+                    self.flush(state, space, summary).await?;
+                }
+            }
+        }
+        if self.options.dry_run {
+            let items = self.current_items(refs.clone()).await?;
+            summary.missing_rows += (refs.len() - items.len()) as u64;
+            summary.keys_written += items.len() as u64;
+            return Ok(());
+        }
+        let total = refs.len();
+        let (applied, found) = cache::refresh(&self.redis, refs, &self.ttl, |refs| async move {
+            let mut items = self.current_items(refs).await?;
+            // A suspension was applied (and its keyspace retired) by the live path when it
+            // happened; a rebuild writes the current rows and retires nothing by itself.
+            for item in &mut items {
+                if let CacheItem::Profile { suspended, .. } = item {
+                    *suspended = false;
+                }
+            }
+            anyhow::Ok(items)
+        })
+        .await
+        .context("writing Redis")?;
+        summary.missing_rows += (total - found) as u64;
+        summary.keys_written += applied.written as u64;
+        summary.skipped_older += applied.skipped_older as u64;
+        Ok(())
+    }
+
+    /// Retires `space` (bumps its generation) and remembers it was flushed.
+    pub async fn flush(
+        &self,
+        state: &mut RunState,
+        space: Keyspace,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<()> {
+        cache::bump_generations(&self.redis, &[(space, 0)])
+            .await
+            .context("retiring a keyspace")?;
+        state.flushed.insert(space);
+        summary.keyspaces_flushed += 1;
+        Ok(())
+    }
+
+    /// Writes the events' rows (newer ones win), queueing their cache work for the live
+    /// worker's drainer too. With strict tenants, events of unregistered tenants are dropped
+    /// (counted dead: the worker dead-letters them). Returns the refs of the rows written.
+    async fn rewrite<E>(
+        &self,
+        events: &mut Vec<E>,
+        summary: &mut ReplaySummary,
+    ) -> anyhow::Result<Vec<CacheRef>>
+    where
+        E: Event,
+        for<'r> Rows<'r>: From<&'r [E]>,
+    {
+        let tenants = TenantPolicy::strict(self.settings.tenants.strict);
+        if tenants == TenantPolicy::RequireKnown {
+            let required = unregistered_tenants(events.iter());
+            let known = sink::known_tenants(&self.pool, &required).await?;
+            let before = events.len();
+            events.retain(|e| {
+                e.tenant()
+                    .is_none_or(|t| known.contains(&t) || required.binary_search(&t).is_err())
+            });
+            summary.dead += (before - events.len()) as u64;
+        }
+        sink::rewrite_rows(
+            &self.pool,
+            &self.settings.kafka.group_id,
+            events.as_slice().into(),
+            tenants,
+        )
+        .await
+        .context("rewriting rows in Postgres")
+    }
+
+    /// The current rows behind `refs`, each tenant's read under its own context.
+    async fn current_items(&self, refs: Vec<CacheRef>) -> Result<Vec<CacheItem>, sink::SinkError> {
+        let mut tx = self.pool.begin().await?;
+        let items = sink::read_current(&mut tx, &refs).await?;
+        tx.rollback().await?;
+        Ok(items)
+    }
+}

@@ -1,0 +1,86 @@
+//! Sends generated messages to a topic, at a rate, noting where the broker put each one.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::Generated;
+
+/// Where each partition's messages ended: partition → next offset after the last one sent.
+pub type EndOffsets = HashMap<i32, i64>;
+
+/// Where the broker put each message.
+#[derive(Debug, Default, Clone)]
+pub struct Sent {
+    /// (partition, offset) of each message, in the order given.
+    pub positions: Vec<(i32, i64)>,
+    pub ends: EndOffsets,
+}
+
+/// Sends `messages` to `topic` at up to `rate` messages/s (0: as fast as possible), printing
+/// progress to stderr every `progress_every` (if set).
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    messages: &[Generated],
+    rate: u32,
+    progress_every: Option<Duration>,
+) -> Result<Sent, rdkafka::error::KafkaError> {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut sent = Sent::default();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    for (i, message) in messages.iter().enumerate() {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        in_flight.push_back(
+            producer.send(
+                FutureRecord::to(topic)
+                    .key(&message.key)
+                    .payload(&message.value),
+                Duration::from_secs(30),
+            ),
+        );
+        if in_flight.len() >= 10_000 {
+            record_delivery(in_flight.next().await, &mut sent)?;
+        }
+        if progress_every.is_some_and(|every| last_report.elapsed() >= every) {
+            last_report = Instant::now();
+            eprintln!(
+                "produced {}/{} ({:.0} msg/s)",
+                i + 1,
+                messages.len(),
+                (i + 1) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    while let Some(delivery) = in_flight.next().await {
+        record_delivery(Some(delivery), &mut sent)?;
+    }
+    Ok(sent)
+}
+
+type Delivery = Result<
+    rdkafka::producer::future_producer::Delivery,
+    (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
+>;
+
+fn record_delivery(
+    delivery: Option<Delivery>,
+    sent: &mut Sent,
+) -> Result<(), rdkafka::error::KafkaError> {
+    match delivery {
+        Some(Ok(d)) => {
+            sent.positions.push((d.partition, d.offset));
+            let end = sent.ends.entry(d.partition).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+            Ok(())
+        }
+        Some(Err((error, _))) => Err(error),
+        None => Ok(()),
+    }
+}

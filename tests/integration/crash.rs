@@ -1,0 +1,176 @@
+//! Crash safety: SIGKILL the worker process mid-stream several times and restart it; the end
+//! state (rows, versions, cache keys, stored offsets, dead letters) equals what one clean run
+//! gives, computed from the traffic itself.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use tenantstream::testing::dead_letter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use tenantstream::testing::sink;
+use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
+use tenantstream::Settings;
+
+use crate::support;
+
+/// The worker process; killed when dropped, so a failing test leaves no worker behind (its
+/// cache drainer would otherwise keep serving other tests' tenants).
+struct WorkerProcess(Child);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(settings: &Settings, log: &std::path::Path) -> WorkerProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BROKERS", &settings.kafka.brokers)
+        .env("TENANTSTREAM_GROUP_ID", &settings.kafka.group_id)
+        .env("TENANTSTREAM_ORDERS_TOPIC", &settings.kafka.orders_topic)
+        .env("TENANTSTREAM_CONFIG_TOPIC", &settings.kafka.config_topic)
+        .env(
+            "TENANTSTREAM_DEAD_LETTER_TOPIC",
+            &settings.kafka.dead_letter_topic,
+        )
+        .env("DATABASE_URL", settings.database.url.expose())
+        .env("REDIS_URL", settings.redis.url.expose())
+        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
+        .env("TENANTSTREAM_HTTP_LISTEN", "127.0.0.1:0")
+        .env("TENANTSTREAM_BATCH_MAX_EVENTS", "40")
+        .env("TENANTSTREAM_BATCH_LINGER_MS", "5")
+        .env("TENANTSTREAM_SESSION_TIMEOUT_MS", "6000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(WorkerProcess)
+        .expect("start worker process")
+}
+
+async fn committed(pool: &sqlx::PgPool, settings: &Settings, partitions: &[i32]) -> i64 {
+    sink::load_stored_offsets(
+        pool,
+        &settings.kafka.group_id,
+        &settings.kafka.orders_topic,
+        partitions,
+    )
+    .await
+    .unwrap()
+    .values()
+    .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
+    let (settings, admin, redis) = support::tansu_setup("crash").await;
+    let brokers = settings.kafka.brokers.clone();
+
+    let spec = TrafficSpec {
+        count: 4_000,
+        tenants: 5,
+        malformed: 0.02,
+        format: WireFormat::Mixed,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (messages, expected) = traffic::generate(&spec, &support::order_encoder(&settings));
+    let producer = support::single_record_producer(&brokers);
+    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
+        .await
+        .unwrap();
+    let partitions: Vec<i32> = sent.ends.keys().copied().collect();
+    let total: i64 = sent.ends.values().sum();
+
+    let log = std::env::temp_dir().join(format!("{}.log", settings.kafka.group_id));
+    let mut kills = 0;
+    for share in [0.2, 0.45, 0.7] {
+        let mut worker = spawn_worker(&settings, &log);
+        let target = (total as f64 * share) as i64;
+        let started = Instant::now();
+        loop {
+            let done = committed(&admin, &settings, &partitions).await;
+            if done >= target {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "worker made no progress to {target} (at {done}); log: {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worker.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+        worker.0.wait().unwrap();
+        kills += 1;
+        let done = committed(&admin, &settings, &partitions).await;
+        assert!(
+            done < total,
+            "kill {kills} landed after the end; traffic too small"
+        );
+    }
+
+    let mut worker = spawn_worker(&settings, &log);
+    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(180)).await;
+    support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
+    // A clean stop: SIGTERM, exit 0.
+    let pid = worker.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = worker.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit status {status:?}");
+
+    assert_eq!(kills, 3);
+    support::assert_rows(&admin, &expected).await;
+    support::assert_cache(&redis, &expected).await;
+
+    // Dead letters are at least once: every malformed message is there, nothing else is, and
+    // a copy (re-sent after a kill between send and commit) is byte-identical.
+    let malformed: HashSet<(i32, i64)> = messages
+        .iter()
+        .zip(&sent.positions)
+        .filter(|(m, _)| m.malformed.is_some())
+        .map(|(_, p)| *p)
+        .collect();
+    let dead = support::read_topic(
+        &brokers,
+        &settings.kafka.dead_letter_topic,
+        malformed.len(),
+        Duration::from_secs(60),
+    );
+    let mut seen = std::collections::HashMap::new();
+    for letter in &dead {
+        let source = (
+            support::header(letter, HEADER_SOURCE_PARTITION)
+                .parse::<i32>()
+                .unwrap(),
+            support::header(letter, HEADER_SOURCE_OFFSET)
+                .parse::<i64>()
+                .unwrap(),
+        );
+        assert!(
+            malformed.contains(&source),
+            "dead letter for a valid message {source:?}"
+        );
+        if let Some(previous) = seen.insert(source, letter.payload().map(<[u8]>::to_vec)) {
+            assert_eq!(previous.as_deref(), letter.payload(), "duplicate differs");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        malformed.len(),
+        "every malformed message dead-lettered"
+    );
+}

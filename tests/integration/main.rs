@@ -1,0 +1,17 @@
+//! The integration tests, one binary (one link of rdkafka, sqlx and fred instead of one per
+//! file), against real Postgres and Redis and a real Kafka-protocol broker: tansu (started by
+//! scripts/test.sh) or, where end offsets must be exact, librdkafka's in-process mock cluster.
+//! Each module names the broker it uses.
+
+mod support;
+
+mod config_pipeline;
+mod crash;
+mod decoding;
+mod fencing;
+mod mock_pipeline;
+mod pipeline_tansu;
+mod redis_cluster;
+mod rejected_rows;
+mod replay;
+mod rls;

@@ -1,0 +1,114 @@
+//! Kafka helpers: topics, producers, and reading a topic back (dead letters).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use sqlx::PgPool;
+use tenantstream::Settings;
+use uuid::Uuid;
+
+use super::services::{admin_pool, redis, settings, tansu_brokers};
+
+/// A producer that writes one record per batch. tansu 0.6.0 answers a fetch from an offset
+/// inside a multi-record batch with nothing, so a consumer resuming mid-batch (after a crash)
+/// would stall; with one-record batches every offset is a batch start.
+pub fn single_record_producer(brokers: &str) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("acks", "all")
+        .create()
+        .expect("producer")
+}
+
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// A test's own topics on tansu (orders with 3 partitions, dead letters with 1), with the
+/// migrated database and Redis.
+pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client) {
+    let brokers = tansu_brokers();
+    let settings = settings(&brokers, name);
+    create_topics(
+        &brokers,
+        &[
+            (&settings.kafka.orders_topic, 3),
+            (&settings.kafka.config_topic, 2),
+            (&settings.kafka.dead_letter_topic, 1),
+        ],
+    )
+    .await;
+    (settings, admin_pool().await, redis().await)
+}
+
+/// Reads `count` messages from `topic` (all partitions, from the start), or fails after `limit`.
+pub fn read_topic(brokers: &str, topic: &str, count: usize, limit: Duration) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let started = Instant::now();
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        assert!(
+            started.elapsed() < limit,
+            "read {} of {count} messages from {topic} in {limit:?}",
+            messages.len()
+        );
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            messages.push(message.unwrap().detach());
+        }
+    }
+    // Nothing more than expected arrives within a short grace period.
+    let grace = Instant::now();
+    while grace.elapsed() < Duration::from_secs(2) {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            messages.push(message.unwrap().detach());
+        }
+    }
+    messages
+}
+
+/// The text of header `key` of a dead letter.
+pub fn header<'a>(message: &'a OwnedMessage, key: &str) -> &'a str {
+    let headers = message.headers().expect("dead letter has headers");
+    tenantstream::testing::dead_letter::header_text(headers, key)
+        .unwrap_or_else(|| panic!("header {key} missing"))
+}
+
+/// Counts by key.
+pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    let mut counts = HashMap::new();
+    for item in items {
+        *counts.entry(item).or_default() += 1;
+    }
+    counts
+}

@@ -1,0 +1,18 @@
+//! Shared test support, by concern: real Postgres (database `tenantstream_test`), real Redis,
+//! and a real Kafka-protocol broker (tansu, started by scripts/test.sh) or librdkafka's mock
+//! cluster. Each test isolates itself with its own topics, consumer group and tenants.
+#![allow(dead_code)]
+
+mod kafka;
+mod postgres;
+mod redis;
+mod services;
+mod traffic;
+mod worker;
+
+pub use kafka::*;
+pub use postgres::*;
+pub use redis::*;
+pub use services::*;
+pub use traffic::*;
+pub use worker::*;

@@ -1,0 +1,260 @@
+//! Redis helpers: servers of a test's own, dumps of whole keyspaces, and asserting keys
+//! against the traffic's oracle.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tenantstream::testing::cache;
+use tenantstream::testing::domain::{Keyspace, TenantMap};
+use tenantstream::testing::traffic::{Expected, ExpectedConfig};
+
+use super::services::free_port;
+
+/// Redis servers of the test's own (FLUSHALL or a cluster there touches no other test), from
+/// Debian's redis-server; stopped on drop.
+pub struct PrivateRedis {
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+    pub url: String,
+    pub ports: Vec<u16>,
+}
+
+impl PrivateRedis {
+    fn spawn(dir: &Path, port: u16, cluster: bool) -> std::process::Child {
+        let mut command = std::process::Command::new("redis-server");
+        command.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        command.arg("--dir").arg(dir);
+        if cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "5000",
+                "--cluster-config-file",
+                &format!("nodes-{port}.conf"),
+            ]);
+        }
+        command
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) starts")
+    }
+
+    fn wait_for(port: u16) {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One standalone server.
+    pub fn single() -> Self {
+        Self::single_on(free_port())
+    }
+
+    /// One standalone server on `port` (to start it again where clients expect it).
+    pub fn single_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(dir.path(), port, false);
+        Self::wait_for(port);
+        Self {
+            children: vec![child],
+            _dir: dir,
+            url: format!("redis://127.0.0.1:{port}"),
+            ports: vec![port],
+        }
+    }
+
+    /// A 3-node cluster (3 primaries, no replicas), every slot covered.
+    pub fn cluster() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let children = ports
+            .iter()
+            .map(|p| Self::spawn(dir.path(), *p, true))
+            .collect();
+        ports.iter().for_each(|p| Self::wait_for(*p));
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "cluster creation failed");
+        let started = Instant::now();
+        loop {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .output()
+                .expect("redis-cli cluster info");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cluster not ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let url = format!(
+            "redis-cluster://{}?node={}&node={}",
+            nodes[0], nodes[1], nodes[2]
+        );
+        Self {
+            children,
+            _dir: dir,
+            url,
+            ports,
+        }
+    }
+}
+
+impl PrivateRedis {
+    /// Stops the servers now (as an outage would).
+    pub fn stop(&mut self) {
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One Redis value, for comparing whole keyspaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dumped {
+    String(String),
+    Hash(std::collections::BTreeMap<String, String>),
+    Set(std::collections::BTreeSet<String>),
+}
+
+/// Every key of a single Redis server with its value and whether it expires.
+pub async fn dump_all(
+    redis: &fred::prelude::Client,
+) -> std::collections::BTreeMap<String, (Dumped, bool)> {
+    dump_matching(redis, "*").await
+}
+
+/// The keys matching `pattern` with their values and whether they expire.
+pub async fn dump_matching(
+    redis: &fred::prelude::Client,
+    pattern: &str,
+) -> std::collections::BTreeMap<String, (Dumped, bool)> {
+    use fred::prelude::*;
+    let mut out = std::collections::BTreeMap::new();
+    for key in cache::scan_keys(redis, pattern).await.unwrap() {
+        let kind: String = redis
+            .custom(fred::cmd!("TYPE"), vec![key.clone()])
+            .await
+            .unwrap();
+        let value = match kind.as_str() {
+            "string" => Dumped::String(redis.get(&key).await.unwrap()),
+            "hash" => Dumped::Hash(redis.hgetall(&key).await.unwrap()),
+            "set" => Dumped::Set(redis.smembers(&key).await.unwrap()),
+            other => panic!("unexpected type {other} of {key}"),
+        };
+        let ttl: i64 = redis.ttl(&key).await.unwrap();
+        out.insert(key, (value, ttl > 0));
+    }
+    out
+}
+
+/// Asserts that Redis holds exactly one key per expected order, at the expected version.
+pub async fn assert_cache(redis: &fred::prelude::Client, expected: &Expected) {
+    use fred::prelude::*;
+    let mut total = 0;
+    for tenant in &expected.tenants {
+        total += cache::count_keys(redis, &format!("t:{{{tenant}}}:g0:order:*"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(total, expected.orders.len(), "cache key count");
+    for ((tenant, order_id), want) in &expected.orders {
+        let key = cache::order_key(tenant, 0, order_id);
+        let json: Option<String> = redis.get(&key).await.unwrap();
+        let json = json.unwrap_or_else(|| panic!("missing cache key {key}"));
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["version"], want.version, "{key}");
+        assert_eq!(value["status"], want.event_type.status(), "{key}");
+        assert_eq!(value["tenant_id"], tenant.to_string());
+        assert_eq!(value["total_cents"], want.total_cents);
+    }
+}
+
+/// Asserts Redis holds, in each keyspace's current generation, exactly the expected profile,
+/// settings and SLA policies of the tenants that were never suspended, and the categories.
+pub async fn assert_config_cache(redis: &fred::prelude::Client, expected: &ExpectedConfig) {
+    use fred::prelude::*;
+    let spaces = expected
+        .profiles
+        .keys()
+        .map(|t| Keyspace::Tenant(*t))
+        .chain([Keyspace::Reference]);
+    let generations = cache::read_generations(redis, spaces).await.unwrap();
+    for (tenant, (version, profile)) in &expected.profiles {
+        let space = Keyspace::Tenant(*tenant);
+        let generation = generations[&space];
+        let suspended = profile["status"] == "suspended";
+        assert_eq!(generation, i64::from(suspended), "generation of {tenant}");
+        let json: Option<String> = redis.get(space.key(generation, "profile")).await.unwrap();
+        let cached: serde_json::Value =
+            serde_json::from_str(&json.unwrap_or_else(|| panic!("profile of {tenant}"))).unwrap();
+        assert_eq!(cached["version"], *version, "profile version of {tenant}");
+        for field in ["status", "name", "tier"] {
+            assert_eq!(cached[field], profile[field], "profile {field} of {tenant}");
+        }
+        if suspended {
+            continue;
+        }
+        for map in [TenantMap::Settings, TenantMap::SlaPolicies] {
+            let cached: HashMap<String, String> = redis
+                .hgetall(space.key(generation, map.name()))
+                .await
+                .unwrap();
+            let cached: HashMap<String, serde_json::Value> = cached
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+                .collect();
+            let want: HashMap<String, serde_json::Value> = expected
+                .entries
+                .iter()
+                .filter(|((t, m, _), _)| t == tenant && *m == map)
+                .filter_map(|((_, _, k), (_, v))| v.clone().map(|v| (k.clone(), v)))
+                .collect();
+            assert_eq!(cached, want, "{} of {tenant}", map.name());
+        }
+    }
+    let generation = generations[&Keyspace::Reference];
+    let ids_key = Keyspace::Reference.key(generation, "ids");
+    for (id, (_, value)) in &expected.categories {
+        let json: Option<String> = redis
+            .get(cache::category_key(generation, id))
+            .await
+            .unwrap();
+        let cached = json.map(|j| serde_json::from_str::<serde_json::Value>(&j).unwrap());
+        assert_eq!(&cached, value, "category {id}");
+        let member: bool = redis.sismember(&ids_key, id).await.unwrap();
+        assert_eq!(member, value.is_some(), "category {id} in the index");
+    }
+}

@@ -1,0 +1,73 @@
+//! The services every test talks to: the test database (as its owner), Redis, the tansu broker,
+//! and settings that give each test its own topics and consumer group.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::PgPool;
+use tenantstream::testing::{cache, sink};
+use tenantstream::{Secret, Settings};
+use uuid::Uuid;
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantstream_test";
+pub const WORKER_URL: &str = "postgres://tenantstream_worker@127.0.0.1:5432/tenantstream_test";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The tansu broker started by scripts/test.sh. Tests that need it fail (never skip) without it.
+pub fn tansu_brokers() -> String {
+    std::env::var("TENANTSTREAM_TEST_BROKERS").expect(
+        "TENANTSTREAM_TEST_BROKERS is not set: run the suite with scripts/test.sh, which starts tansu",
+    )
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn schemas_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))
+}
+
+/// Settings for one test: its own topics and group on `brokers`, the test database.
+pub fn settings(brokers: &str, name: &str) -> Settings {
+    let unique = format!("{name}-{}", &Uuid::new_v4().to_string()[..8]);
+    let mut s = Settings::default();
+    s.kafka.brokers = brokers.to_owned();
+    s.kafka.group_id = format!("g-{unique}");
+    s.kafka.orders_topic = format!("orders-{unique}");
+    s.kafka.config_topic = format!("config-{unique}");
+    s.kafka.dead_letter_topic = format!("dlq-{unique}");
+    s.kafka.batch_linger_ms = 20;
+    s.kafka.batch_max_events = 500;
+    s.kafka.session_timeout_ms = 6000;
+    s.database.url = Secret::new(WORKER_URL);
+    s.database.admin_url = Secret::new(ADMIN_URL);
+    s.redis.url = Secret::new(REDIS_URL);
+    s.schemas.dir = manifest_dir().join("schemas");
+    s.http.listen = "127.0.0.1:0".into();
+    s
+}
+
+/// Migrates the test database (idempotent; sqlx serializes concurrent runs) and returns an
+/// owner pool, which bypasses RLS and so can check every tenant's rows.
+pub async fn admin_pool() -> PgPool {
+    sink::migrate(ADMIN_URL)
+        .await
+        .expect("migrate test database");
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(ADMIN_URL)
+        .await
+        .expect("connect as owner")
+}
+
+pub async fn redis() -> fred::prelude::Client {
+    cache::connect(REDIS_URL).await.expect("connect to Redis")
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
