@@ -9,6 +9,7 @@ mod config_pipeline;
 mod crash;
 mod decoding;
 mod fencing;
+mod layout;
 mod mock_pipeline;
 mod pipeline_tansu;
 mod redis_cluster;
