@@ -9,6 +9,12 @@ ensure_postgres
 ensure_redis
 ensure_tansu
 
+echo "== cargo doc (warnings are errors: a stale intra-doc link fails the suite)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
+echo "== cargo clippy (warnings are errors; the release build alone, then with the tests)"
+cargo clippy --quiet -- -D warnings
+cargo clippy --all-targets --quiet -- -D warnings
+
 export TENANTSTREAM_TEST_BROKERS="127.0.0.1:${TANSU_PORT}"
 echo "== cargo test (Postgres 127.0.0.1:5432, Redis 127.0.0.1:6379, tansu ${TENANTSTREAM_TEST_BROKERS})"
 log=$(mktemp)
