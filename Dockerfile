@@ -18,12 +18,13 @@ WORKDIR /build
 
 # 1. Dependencies only, built against placeholder sources, so that this (slow) layer is reused
 #    until Cargo.toml or Cargo.lock changes. Every target Cargo.toml declares explicitly (the
-#    [[bench]] `pipeline`) must exist for the manifest to parse, hence its placeholder too.
+#    [[bench]]es `pipeline` and `replay`) must exist for the manifest to parse, hence their
+#    placeholders too.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/pipeline.rs \
+    && for bench in pipeline replay; do echo 'fn main() {}' > "benches/$bench.rs"; done \
     && cargo build --release --locked \
     && rm -rf src benches
 
