@@ -8,18 +8,14 @@ use fred::prelude::*;
 use tenantstream::testing::cache;
 use tenantstream::testing::domain::{ConfigChangeEvent, ConfigKind, ConfigScope, Keyspace};
 use tenantstream::testing::traffic::{self, Generated, TrafficSpec};
-use tenantstream::testing::{dead_letter, domain, kafka};
+use tenantstream::testing::{dead_letter, domain};
 use tenantstream::{Health, Settings};
 use uuid::Uuid;
 
 use crate::support;
 
 async fn send(settings: &Settings, topic: &str, messages: &[Generated]) -> traffic::EndOffsets {
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    traffic::send(&producer, topic, messages, 0, None)
-        .await
-        .unwrap()
-        .ends
+    support::send(settings, topic, messages).await.ends
 }
 
 fn encoded(settings: &Settings, event: &ConfigChangeEvent, key: &str) -> Generated {

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use tenantstream::testing::dead_letter::*;
-use tenantstream::testing::kafka;
 use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
-use tenantstream::Health;
 
 use crate::support;
 
@@ -28,15 +26,8 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
         start_ms: None,
     };
     let (messages, expected) = traffic::generate(&spec, &support::order_encoder(&settings));
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
-        .await
-        .unwrap();
-
-    let worker = support::RunningWorker::start(&settings, Health::default()).await;
-    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(120)).await;
-    support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
-    worker.stop().await;
+    let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
+    support::run_until_consumed(&settings, &admin, &sent.ends, &expected.tenants).await;
 
     support::assert_rows(&admin, &expected).await;
     support::assert_cache(&redis, &expected).await;

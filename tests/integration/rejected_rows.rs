@@ -13,9 +13,9 @@ use tenantstream::testing::dead_letter::{
     HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, REJECTED_BY_POSTGRES,
 };
 use tenantstream::testing::domain::{self, OrderEvent};
+use tenantstream::testing::sink;
 use tenantstream::testing::traffic::{self, Generated, TrafficSpec};
-use tenantstream::testing::{kafka, sink};
-use tenantstream::{Health, Secret};
+use tenantstream::Secret;
 use uuid::Uuid;
 
 use crate::support;
@@ -71,16 +71,8 @@ async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commi
         };
         messages.insert(at, message);
     }
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let topic = settings.kafka.orders_topic.clone();
-    let sent = traffic::send(&producer, &topic, &messages, 0, None)
-        .await
-        .unwrap();
-
-    let worker = support::RunningWorker::start(&settings, Health::default()).await;
-    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(120)).await;
-    support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
-    worker.stop().await;
+    let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
+    support::run_until_consumed(&settings, &admin, &sent.ends, &expected.tenants).await;
 
     // Every valid row is there at its version, none of the poison; the cache matches.
     support::assert_rows(&admin, &expected).await;

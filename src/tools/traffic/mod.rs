@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 pub use config::{generate_config, ConfigSpec, ExpectedConfig};
 pub use orders::{generate, Expected, TrafficSpec};
+#[cfg(feature = "test-support")]
+pub use send::Sent;
 pub use send::{send, EndOffsets};
 
 /// How values are framed on the wire.

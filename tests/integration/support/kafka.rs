@@ -9,10 +9,20 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::PgPool;
+use tenantstream::testing::kafka;
+use tenantstream::testing::traffic::{self, Generated, Sent};
 use tenantstream::Settings;
 use uuid::Uuid;
 
 use super::services::{admin_pool, redis, settings, tansu_brokers};
+
+/// Sends `messages` to `topic` with the crate's producer; returns where each one went.
+pub async fn send(settings: &Settings, topic: &str, messages: &[Generated]) -> Sent {
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    traffic::send(&producer, topic, messages, 0, None)
+        .await
+        .unwrap()
+}
 
 /// A producer that writes one record per batch. tansu 0.6.0 answers a fetch from an offset
 /// inside a multi-record batch with nothing, so a consumer resuming mid-batch (after a crash)

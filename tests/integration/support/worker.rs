@@ -1,6 +1,13 @@
 //! A worker running inside the test process, stopped as SIGTERM would.
 
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tenantstream::testing::traffic::EndOffsets;
 use tenantstream::{Health, Settings, Worker, WorkerError};
+use uuid::Uuid;
+
+use super::postgres::{wait_for_cache, wait_for_offsets};
 
 /// A worker running in this process until [`RunningWorker::stop`].
 pub struct RunningWorker {
@@ -23,4 +30,18 @@ impl RunningWorker {
         self.shutdown.cancel();
         self.task.await.unwrap().expect("worker stops cleanly");
     }
+}
+
+/// Runs a worker until the group's stored offsets of the orders topic are exactly `ends` and
+/// no cache work of `tenants` is queued, then stops it.
+pub async fn run_until_consumed(
+    settings: &Settings,
+    admin: &PgPool,
+    ends: &EndOffsets,
+    tenants: &[Uuid],
+) {
+    let worker = RunningWorker::start(settings, Health::default()).await;
+    wait_for_offsets(admin, settings, ends, Duration::from_secs(120)).await;
+    wait_for_cache(admin, tenants, Duration::from_secs(30)).await;
+    worker.stop().await;
 }
