@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
                     expected: stored,
                     next_offset: next,
                     rows: chunk.into(),
-                    tenants: TenantPolicy::RegisterUnknown,
+                    tenant_policy: TenantPolicy::RegisterUnknown,
                     applied: &Default::default(),
                 };
                 sink::write_batch(&pool, &batch).await?;

@@ -5,26 +5,27 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-/// What readiness is made of: each dependency the worker needs, and its own startup.
+/// What readiness is made of: each dependency the worker needs, and its own startup. In the
+/// order `/readyz` lists them (by name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Component {
-    /// Connecting to every dependency at start.
-    Startup,
     Kafka,
     Postgres,
     Redis,
     SchemaRegistry,
+    /// Connecting to every dependency at start.
+    Startup,
 }
 
 impl Component {
     /// The name in `/readyz` and in metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Startup => "startup",
             Self::Kafka => "kafka",
             Self::Postgres => "postgres",
             Self::Redis => "redis",
             Self::SchemaRegistry => "schema_registry",
+            Self::Startup => "startup",
         }
     }
 }

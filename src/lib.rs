@@ -4,9 +4,10 @@
 //! under tenant RLS) → cache (Redis)`, with permanent failures sent to the dead-letter topic.
 //! See README.md and DESIGN.md for the contract.
 //!
-//! Layers import downward only: `domain` at the bottom; `validate`, `decode`, `sink`,
-//! `cache` and `source` above it; `pipeline` above those; `tools` and `cli` on top. `config`,
-//! `clock`, `retry`, `health` and `metrics` are leaves anything may use.
+//! Layers import downward only: `domain` at the bottom; above it `validate` (then `decode`,
+//! which validates what it decodes), `sink` (then `source`, which reads stored offsets) and
+//! `cache`; `pipeline` above those; `tools` and `cli` on top. `config`, `clock`, `retry`,
+//! `health` and `metrics` are leaves anything may use. `tests/integration/layout.rs` checks it.
 
 mod cache;
 mod cli;

@@ -1,9 +1,9 @@
 //! Which failures heal by themselves, and the one way this crate waits for them.
 //!
-//! Every error type says whether it is [`ErrorClass::Transient`] (a dependency is down, slow or
-//! misconfigured: retrying the same work can succeed once it is back) or
-//! [`ErrorClass::Permanent`] (the input itself is at fault: retrying it can never succeed, so an
-//! event is dead-lettered, a command exits). Every retry loop waits with a [`Backoff`], which
+//! Every error type says whether it is [`ErrorClass::Transient`] (a dependency is down or slow:
+//! retrying the same work can succeed once it is back) or [`ErrorClass::Permanent`] (retrying
+//! the same work can never succeed: an event's data is at fault, and it is dead-lettered, or the
+//! configuration is, and the command exits). Every retry loop waits with a [`Backoff`], which
 //! doubles its delay up to a bound and stops waiting the moment shutdown is requested.
 
 use std::future::Future;
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub enum ErrorClass {
     /// May heal without changing the input; retried with backoff.
     Transient,
-    /// The input is at fault; retrying the same input can never succeed.
+    /// The input (an event, the configuration) is at fault; retrying it can never succeed.
     Permanent,
 }
 
@@ -49,6 +49,8 @@ impl RetryPolicy {
     pub const ASSIGN: Self = Self::new(100, 5_000);
     /// The cache drainer, after a failed pass (it passes every second when all is well).
     pub const DRAIN: Self = Self::new(2_000, 10_000);
+    /// Replay waiting for the schema registry.
+    pub const REPLAY: Self = Self::new(200, 10_000);
 
     const fn new(first_ms: u64, max_ms: u64) -> Self {
         Self {

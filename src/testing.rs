@@ -20,7 +20,7 @@ pub mod decode {
 pub mod sink {
     pub use crate::sink::{
         connect_worker, ensure_rls_applies, load_stored_offsets, migrate, set_tenant, write_batch,
-        Batch, BatchOutcome, PartitionKey, Rows,
+        write_each, Batch, BatchOutcome, Isolated, PartitionKey, RejectedRow, Rows, SinkError,
     };
 }
 
@@ -40,8 +40,8 @@ pub mod dead_letter {
     pub use crate::pipeline::dead_letter::{
         header_text, HEADER_ERROR_CODE, HEADER_ERROR_REASON, HEADER_ERROR_SQLSTATE,
         HEADER_ERROR_STAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+        REJECTED_BY_POSTGRES, UNKNOWN_TENANT,
     };
-    pub use crate::pipeline::REJECTED_BY_POSTGRES;
 }
 
 /// Which errors heal by themselves.

@@ -27,7 +27,7 @@ pub use ledger::CacheLedger;
 pub use writer::{apply_queued, bump_generations, read_generations, refresh, Ttl};
 
 #[derive(Debug, thiserror::Error)]
-#[error("Redis: {0}")]
+#[error("Redis unavailable: {0}")]
 pub struct CacheError(#[from] fred::error::Error);
 
 impl CacheError {

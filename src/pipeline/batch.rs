@@ -27,11 +27,12 @@ use crate::decode::{DecodeError, Decoder};
 use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Outcome, Stage};
-use crate::retry::{self, Backoff, Classify, ErrorClass, RetryPolicy};
+use crate::retry::{self, Backoff, RetryPolicy};
 use crate::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows, SinkError};
 use crate::validate::Validate;
 
-/// A transient failure of one batch step: retried, never dead-lettered.
+/// A failure of one batch step that waits and retries: a dependency is down, or (Postgres)
+/// something only an operator can fix. Never dead-lettered.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum BatchError {
     #[error(transparent)]
@@ -48,16 +49,6 @@ impl BatchError {
             Self::Registry(_) => Component::SchemaRegistry,
             Self::DeadLetter(_) => Component::Kafka,
             Self::Postgres(_) => Component::Postgres,
-        }
-    }
-}
-
-impl Classify for BatchError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Self::Registry(e) => e.class(),
-            Self::DeadLetter(e) => e.class(),
-            Self::Postgres(e) => e.class(),
         }
     }
 }
@@ -83,7 +74,7 @@ pub(super) struct BatchPath {
     /// Reader of the configuration topic.
     pub config: Decoder,
     pub dead_letters: DeadLetterSink,
-    pub tenants: TenantPolicy,
+    pub tenant_policy: TenantPolicy,
     pub ttl: Ttl,
     pub health: Health,
     pub clock: Clock,
@@ -127,7 +118,7 @@ impl BatchPath {
             return Processed::Abandoned;
         };
         self.health.recovered(Component::SchemaRegistry);
-        if self.tenants == TenantPolicy::RequireKnown {
+        if self.tenant_policy == TenantPolicy::RequireKnown {
             let required = decoded.unregistered_tenants();
             let check = || sink::known_tenants(&self.pool, &required);
             let Some(known) = self
@@ -138,7 +129,7 @@ impl BatchPath {
             };
             decoded.reject_unknown_tenants(&known);
         }
-        let dead = std::mem::take(&mut decoded.dead);
+        let dead = decoded.take_dead();
         if !self.send_dead_letters(&dead, &mut backoff, shutdown).await {
             return Processed::Abandoned;
         }
@@ -147,10 +138,15 @@ impl BatchPath {
             topic: batch.partition.topic.clone(),
             partition: batch.partition.partition,
         };
+        // Outbox rows of these tenants already applied to Redis: the batch's statements delete
+        // them (taken once: if the batch is not written they are only applied again later).
+        let applied = self.cache_ledger.take_for(decoded.tenants());
         let position = Position {
             key: &key,
             expected: batch.committed,
             next_offset: last.offset() + 1,
+            tenant_policy: self.tenant_policy,
+            applied: &applied,
         };
         let Some(outcome) = self
             .write(&position, &mut decoded, &mut backoff, shutdown)
@@ -168,7 +164,7 @@ impl BatchPath {
             }
             BatchOutcome::Committed(written) => written,
         };
-        let occurred: Vec<i64> = decoded.events.iter().map(|e| e.occurred_at()).collect();
+        let occurred: Vec<i64> = decoded.events().iter().map(|e| e.occurred_at()).collect();
         metrics::events_processed(topic, Outcome::Written, written.written);
         metrics::events_processed(topic, Outcome::Stale, written.stale);
         let elapsed = started.elapsed();
@@ -179,9 +175,12 @@ impl BatchPath {
         Processed::Committed { next_offset }
     }
 
-    /// Writes the batch. When Postgres rejects it for the data of some rows, the rows that fail
-    /// on their own are dead-lettered (`rejected_by_postgres`) and removed, and the rest is
-    /// written. `None` when stopped while retrying.
+    /// Writes the batch. When Postgres rejects it for the data of some rows, the rejected rows
+    /// are found ([`sink::write_each`]), dead-lettered as `rejected_by_postgres` and removed, and
+    /// the rest is written. `None` when stopped while retrying.
+    ///
+    /// A failure that no single row explains (a deferred constraint at commit, say) is retried
+    /// like a transient one, with readiness false: it needs an operator.
     async fn write<E>(
         &self,
         position: &Position<'_>,
@@ -194,15 +193,11 @@ impl BatchPath {
         for<'a> Rows<'a>: From<&'a [E]>,
     {
         loop {
-            let events: &[E] = &decoded.events;
+            let events: &[E] = decoded.events();
             let attempt = || async move {
-                let applied = self
-                    .cache_ledger
-                    .take_for(events.iter().filter_map(|e| e.tenant()));
-                let batch = position.batch(events.into(), self.tenants, &applied);
-                match sink::write_batch(&self.pool, &batch).await {
-                    // Not retried: the rows are isolated below.
-                    Err(error) if error.is_permanent() => Ok(Err(error)),
+                match sink::write_batch(&self.pool, &position.batch(events.into())).await {
+                    // Not retried: the rejected rows are isolated below.
+                    Err(error) if error.rejects_row() => Ok(Err(error)),
                     result => result.map(Ok),
                 }
             };
@@ -220,9 +215,7 @@ impl BatchPath {
                 "Postgres rejected the batch for its data; writing its rows one by one."
             );
             let attempt = || async move {
-                let no_applied = HashMap::new();
-                let batch = position.batch(events.into(), self.tenants, &no_applied);
-                sink::write_each(&self.pool, &batch).await
+                sink::write_each(&self.pool, &position.batch(events.into())).await
             };
             match self
                 .retrying(Stage::Sink, backoff, shutdown, attempt)
@@ -304,28 +297,24 @@ impl BatchPath {
     }
 }
 
-/// Where a batch sits in its partition: its progress key, the stored offset it expects and
-/// the offset after its last message.
+/// Everything of a [`Batch`] but its rows, which shrink when rows are rejected.
 struct Position<'a> {
     key: &'a PartitionKey,
     expected: Option<i64>,
     next_offset: i64,
+    tenant_policy: TenantPolicy,
+    applied: &'a HashMap<Uuid, Vec<i64>>,
 }
 
-impl<'a> Position<'a> {
-    fn batch<'b>(
-        &'b self,
-        rows: Rows<'b>,
-        tenants: TenantPolicy,
-        applied: &'b HashMap<Uuid, Vec<i64>>,
-    ) -> Batch<'b> {
+impl Position<'_> {
+    fn batch<'b>(&'b self, rows: Rows<'b>) -> Batch<'b> {
         Batch {
             key: self.key,
             expected: self.expected,
             next_offset: self.next_offset,
             rows,
-            tenants,
-            applied,
+            tenant_policy: self.tenant_policy,
+            applied: self.applied,
         }
     }
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::cache::{self, CacheError, CacheLedger, Ttl};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
-use crate::retry::{Classify, ErrorClass, RetryPolicy};
+use crate::retry::RetryPolicy;
 use crate::sink::{self, cache_outbox, SinkError};
 
 /// How old queued work must be before the drainer takes it: younger work is normally being
@@ -33,7 +33,7 @@ const PER_SCOPE: i64 = 500;
 /// Tenants with leftover work drained per transaction.
 const TENANTS_PER_PAGE: i32 = 20;
 
-/// A failed drain pass.
+/// A failed drain pass: always waited out (the work stays queued), never fatal.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error(transparent)]
@@ -53,15 +53,6 @@ impl DrainError {
         match self {
             Self::Postgres(_) => Component::Postgres,
             Self::Redis(_) => Component::Redis,
-        }
-    }
-}
-
-impl Classify for DrainError {
-    fn class(&self) -> ErrorClass {
-        match self {
-            Self::Postgres(e) => e.class(),
-            Self::Redis(e) => e.class(),
         }
     }
 }

@@ -25,6 +25,11 @@ pub const HEADER_SOURCE_OFFSET: &str = "tenantstream.source.offset";
 /// Set when Postgres rejected the message's row: the SQLSTATE it answered.
 pub const HEADER_ERROR_SQLSTATE: &str = "tenantstream.error.sqlstate";
 
+/// The error code of an event whose tenant is not registered (strict tenants).
+pub const UNKNOWN_TENANT: &str = "unknown_tenant";
+/// The error code of an event whose row Postgres rejected for its data.
+pub const REJECTED_BY_POSTGRES: &str = "rejected_by_postgres";
+
 /// One message to dead-letter, with why.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {

@@ -8,7 +8,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use uuid::Uuid;
 
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{DeadLetter, REJECTED_BY_POSTGRES, UNKNOWN_TENANT};
 use crate::decode::{decode_event, DecodeError, Decoder};
 use crate::domain::{unregistered_tenants, Event};
 use crate::metrics::Stage;
@@ -16,14 +16,12 @@ use crate::retry::Classify;
 use crate::sink::RejectedRow;
 use crate::validate::Validate;
 
-/// The dead-letter code of a row Postgres rejected for its data.
-pub const REJECTED_BY_POSTGRES: &str = "rejected_by_postgres";
-
 pub(super) struct Decoded<'m, E> {
     /// The message of each event, index by index.
     messages: Vec<&'m OwnedMessage>,
-    pub events: Vec<E>,
-    pub dead: Vec<DeadLetter>,
+    events: Vec<E>,
+    /// Dead letters of the messages that are not usable events.
+    dead: Vec<DeadLetter>,
 }
 
 impl<'m, E: Validate> Decoded<'m, E> {
@@ -55,6 +53,21 @@ impl<'m, E: Validate> Decoded<'m, E> {
 }
 
 impl<'m, E: Event> Decoded<'m, E> {
+    /// The usable events, in offset order.
+    pub fn events(&self) -> &[E] {
+        &self.events
+    }
+
+    /// The tenants of the events.
+    pub fn tenants(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.events.iter().filter_map(|e| e.tenant())
+    }
+
+    /// The dead letters so far, to be sent.
+    pub fn take_dead(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead)
+    }
+
     /// Tenants that must already be registered under strict tenants.
     pub fn unregistered_tenants(&self) -> Vec<Uuid> {
         unregistered_tenants(&self.events)
@@ -75,24 +88,27 @@ impl<'m, E: Event> Decoded<'m, E> {
             let tenant = event.tenant().expect("filtered on its tenant");
             let reason = format!("tenant {tenant} is not registered");
             self.dead
-                .push(dead_letter(message, "unknown_tenant", Stage::Sink, reason));
+                .push(dead_letter(message, UNKNOWN_TENANT, Stage::Sink, reason));
         }
     }
 
-    /// Removes the events whose rows Postgres rejected and returns their dead letters.
+    /// Removes the events whose rows Postgres rejected (`rejected` in index order) and returns
+    /// their dead letters.
     pub fn take_rejected(&mut self, rejected: Vec<RejectedRow>) -> Vec<DeadLetter> {
+        debug_assert!(rejected.windows(2).all(|w| w[0].index < w[1].index));
         let indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
         self.remove(&indices)
             .into_iter()
             .zip(rejected)
-            .map(|((message, _), row)| DeadLetter {
-                sqlstate: row.error.sqlstate(),
-                ..dead_letter(
-                    message,
-                    REJECTED_BY_POSTGRES,
-                    Stage::Sink,
-                    format!("Postgres rejected the row: {}", row.error),
-                )
+            .map(|((message, _), row)| {
+                let reason = format!(
+                    "Postgres rejected the row (SQLSTATE {}): {}",
+                    row.sqlstate, row.message
+                );
+                DeadLetter {
+                    sqlstate: Some(row.sqlstate),
+                    ..dead_letter(message, REJECTED_BY_POSTGRES, Stage::Sink, reason)
+                }
             })
             .collect()
     }

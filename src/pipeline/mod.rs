@@ -8,6 +8,4 @@ mod decoded;
 mod partitions;
 mod worker;
 
-#[cfg(feature = "test-support")]
-pub use decoded::REJECTED_BY_POSTGRES;
 pub use worker::{Worker, WorkerError};

@@ -45,21 +45,22 @@ pub enum WorkerError {
     Schemas(#[from] SchemaLoadError),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error(transparent)]
+    #[error("Postgres: {0}")]
     Postgres(#[from] SinkError),
-    #[error(transparent)]
+    #[error("Redis: {0}")]
     Redis(#[from] CacheError),
 }
 
 impl Classify for WorkerError {
-    /// Permanent: the schemas folder or the Postgres setup (a role that bypasses RLS) must be
-    /// fixed; unreachable dependencies are transient.
+    /// Permanent: the schemas folder, or the Postgres setup (an invalid URL, a role that
+    /// bypasses RLS), must be fixed. Anything else at startup is waited for: Kafka, Postgres
+    /// and Redis may still be starting.
     fn class(&self) -> ErrorClass {
         match self {
-            Self::Schemas(e) => e.class(),
-            Self::Kafka(_) => ErrorClass::Transient,
-            Self::Postgres(e) => e.class(),
-            Self::Redis(e) => e.class(),
+            Self::Schemas(_) | Self::Postgres(SinkError::Setup(_)) => ErrorClass::Permanent,
+            Self::Kafka(_) | Self::Postgres(SinkError::Database(_)) | Self::Redis(_) => {
+                ErrorClass::Transient
+            }
         }
     }
 }
@@ -98,7 +99,7 @@ impl Worker {
             orders,
             config,
             dead_letters,
-            tenants: TenantPolicy::strict(settings.tenants.strict),
+            tenant_policy: TenantPolicy::strict(settings.tenants.strict),
             ttl: (&settings.redis).into(),
             health: health.clone(),
             clock: Clock::system(),

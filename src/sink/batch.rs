@@ -1,18 +1,18 @@
 //! One partition batch, one transaction: fence the offset, upsert each tenant's rows, queue
-//! their cache work. And the way out when Postgres rejects a row for its data: write the
-//! events one by one to find it ([`write_each`]).
+//! their cache work. When Postgres rejects a row for its data, [`write_each`](super::write_each)
+//! finds it.
 
 use std::collections::HashMap;
 
-use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::isolate::{write_isolating, RejectedRow};
 use super::offsets::{self, PartitionKey};
 use super::orders::write_orders;
 use super::tenant_config::write_config;
 use super::SinkError;
 use crate::domain::{CacheRef, QueuedCache, TenantPolicy, ValidConfig, ValidOrder};
-use crate::retry::Classify;
 
 /// The rows of one partition batch: each topic carries one event type.
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +34,7 @@ impl<'a> From<&'a [ValidConfig]> for Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Self::Orders(rows) => rows.len(),
             Self::Config(rows) => rows.len(),
@@ -42,7 +42,7 @@ impl<'a> Rows<'a> {
     }
 
     /// The `index`th row alone.
-    fn one(&self, index: usize) -> Rows<'a> {
+    pub(super) fn one(&self, index: usize) -> Rows<'a> {
         match self {
             Self::Orders(rows) => Self::Orders(&rows[index..=index]),
             Self::Config(rows) => Self::Config(&rows[index..=index]),
@@ -60,7 +60,7 @@ pub struct Batch<'a> {
     /// The offset after the batch's last message.
     pub next_offset: i64,
     pub rows: Rows<'a>,
-    pub tenants: TenantPolicy,
+    pub tenant_policy: TenantPolicy,
     /// Per tenant, outbox rows whose Redis write already succeeded; deleted by the batch's own
     /// statements, which saves a round trip per tenant (left undeleted, a row is only applied
     /// again, harmlessly, by the drainer).
@@ -90,11 +90,12 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<BatchOutcom
         tx.rollback().await?;
         return Ok(BatchOutcome::Fenced);
     }
+    let group = &batch.key.group;
     let cache = write_rows(
         &mut tx,
-        &batch.key.group,
+        group,
         batch.rows,
-        batch.tenants,
+        batch.tenant_policy,
         batch.applied,
     )
     .await?;
@@ -102,7 +103,7 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<BatchOutcom
     Ok(committed(batch.rows.len(), cache))
 }
 
-fn committed(rows: usize, cache: Vec<QueuedCache>) -> BatchOutcome {
+pub(super) fn committed(rows: usize, cache: Vec<QueuedCache>) -> BatchOutcome {
     BatchOutcome::Committed(BatchWrite {
         written: cache.len(),
         stale: rows - cache.len(),
@@ -110,94 +111,51 @@ fn committed(rows: usize, cache: Vec<QueuedCache>) -> BatchOutcome {
     })
 }
 
-/// A row Postgres rejects for its data, by its index in the batch's rows.
-#[derive(Debug)]
-pub struct RejectedRow {
-    pub index: usize,
-    pub error: SinkError,
-}
-
-/// What writing a batch's rows one by one found.
-#[derive(Debug)]
-pub enum Isolated {
-    /// No row fails on its own: the batch is committed (or fenced), each row by its own
-    /// statements.
-    Written(BatchOutcome),
-    /// These rows fail on their own with a permanent error; nothing was committed.
-    Rejected(Vec<RejectedRow>),
-}
-
-/// Writes the batch's rows one at a time, each in a savepoint, in offset order (the version
-/// guard makes the result the same as the set-based write's), after the same fence. Used when
-/// [`write_batch`] failed permanently: the rows that fail alone are returned and nothing is
-/// committed, so that the caller can dead-letter them and write the rest; when no row fails
-/// alone, the batch commits here.
-pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, SinkError> {
-    let mut tx = pool.begin().await?;
-    if !offsets::advance(&mut tx, batch.key, batch.expected, batch.next_offset).await? {
-        tx.rollback().await?;
-        return Ok(Isolated::Written(BatchOutcome::Fenced));
-    }
-    let no_applied = HashMap::new();
-    let mut cache = Vec::new();
-    let mut rejected = Vec::new();
-    for index in 0..batch.rows.len() {
-        let mut savepoint = tx.begin().await?;
-        let row = batch.rows.one(index);
-        match write_rows(
-            &mut savepoint,
-            &batch.key.group,
-            row,
-            batch.tenants,
-            &no_applied,
-        )
-        .await
-        {
-            Ok(queued) => {
-                savepoint.commit().await?;
-                cache.extend(queued);
-            }
-            Err(error) if error.is_permanent() => {
-                savepoint.rollback().await?;
-                rejected.push(RejectedRow { index, error });
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    if !rejected.is_empty() {
-        tx.rollback().await?;
-        return Ok(Isolated::Rejected(rejected));
-    }
-    tx.commit().await?;
-    Ok(Isolated::Written(committed(batch.rows.len(), cache)))
+/// What a rewrite did.
+#[derive(Debug, Default)]
+pub struct Rewritten {
+    /// The refs of the rows that were newer than the stored ones.
+    pub refs: Vec<CacheRef>,
+    /// Rows Postgres rejected for their data (the live worker dead-letters them).
+    pub rejected: Vec<RejectedRow>,
 }
 
 /// Writes rows outside any partition's progress (no offset is read or moved), for
 /// `replay --rewrite-db`. The cache work is queued under `group` (the live worker's), so its
-/// drainer applies it even if the replay stops before writing Redis. Returns the refs of the
-/// rows that were newer than the stored ones.
+/// drainer applies it even if the replay stops before writing Redis. Rows Postgres rejects
+/// for their data are left out, as the live worker leaves them out.
 pub async fn rewrite_rows(
     pool: &PgPool,
     group: &str,
     rows: Rows<'_>,
-    tenants: TenantPolicy,
-) -> Result<Vec<CacheRef>, SinkError> {
+    tenant_policy: TenantPolicy,
+) -> Result<Rewritten, SinkError> {
+    let none = HashMap::new();
     let mut tx = pool.begin().await?;
-    let queued = write_rows(&mut tx, group, rows, tenants, &HashMap::new()).await?;
+    let (queued, rejected) = match write_rows(&mut tx, group, rows, tenant_policy, &none).await {
+        Ok(queued) => (queued, Vec::new()),
+        Err(error) if error.rejects_row() => {
+            tx.rollback().await?;
+            tx = pool.begin().await?;
+            write_isolating(&mut tx, group, rows, tenant_policy, &none).await?
+        }
+        Err(error) => return Err(error),
+    };
     tx.commit().await?;
-    Ok(queued.iter().map(|q| q.item.cache_ref()).collect())
+    let refs = queued.iter().map(|q| q.item.cache_ref()).collect();
+    Ok(Rewritten { refs, rejected })
 }
 
 /// Upserts the rows of either event type and queues their cache work under `group`.
-async fn write_rows(
+pub(super) async fn write_rows(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     rows: Rows<'_>,
-    tenants: TenantPolicy,
+    tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     match rows {
-        Rows::Orders(orders) => write_orders(tx, group, orders, tenants, applied).await,
-        Rows::Config(changes) => write_config(tx, group, changes, tenants, applied).await,
+        Rows::Orders(orders) => write_orders(tx, group, orders, tenant_policy, applied).await,
+        Rows::Config(changes) => write_config(tx, group, changes, tenant_policy, applied).await,
     }
 }

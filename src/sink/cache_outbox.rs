@@ -40,8 +40,9 @@ impl OutboxKind {
 
 /// The end of a tenant's upsert statement, after its CTE `upserted` (which returns `key_id`,
 /// `version` and `value`): queue one outbox row per row written, delete the applied outbox rows
-/// whose ids are in the parameter `applied`, and return `(outbox id, key_id, version, value)`
-/// per row. `group`, `tenant` and `applied` name the statement's parameters (`$12`).
+/// (their ids are a parameter), and return `(outbox id, key_id, version, value)` per row.
+/// `group`, `tenant` and `applied` are the placeholders (`$12`, …) of the statement's
+/// parameters holding the consumer group, the tenant and the applied outbox ids.
 pub(super) fn tenant_upsert_tail(
     kind: OutboxKind,
     group: &str,

@@ -11,6 +11,7 @@ pub mod audit;
 mod batch;
 pub mod cache_outbox;
 mod current_rows;
+mod isolate;
 mod offsets;
 mod orders;
 mod pool;
@@ -19,17 +20,19 @@ mod tenant_config;
 
 use crate::retry::{Classify, ErrorClass};
 
-pub use batch::{
-    rewrite_rows, write_batch, write_each, Batch, BatchOutcome, Isolated, RejectedRow, Rows,
-};
+pub use batch::{rewrite_rows, write_batch, Batch, BatchOutcome, Rows};
 pub use current_rows::read_current;
+pub use isolate::{write_each, Isolated, RejectedRow};
 pub use offsets::{count_stored_offsets, load_stored_offsets, PartitionKey};
-pub use pool::{connect_owner, connect_worker, connect_worker_sized, ensure_rls_applies, migrate};
+pub use pool::{
+    check_reachable, connect_owner, connect_worker, connect_worker_sized, ensure_rls_applies,
+    migrate,
+};
 pub use tenant::{known_tenants, set_tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("Postgres: {0}")]
+    #[error("Postgres unavailable: {0}")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Setup(String),
@@ -38,8 +41,28 @@ pub enum SinkError {
 impl SinkError {
     /// The SQLSTATE of an error Postgres itself returned.
     pub fn sqlstate(&self) -> Option<String> {
+        self.answered()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned())
+    }
+
+    /// The message of an error Postgres itself returned.
+    pub fn database_message(&self) -> Option<&str> {
+        self.answered().map(|e| e.message())
+    }
+
+    /// Postgres refused a row for its data: SQLSTATE class 22 (data exception) or 23
+    /// (integrity constraint violation). The event is at fault, not a dependency.
+    pub fn rejects_row(&self) -> bool {
+        matches!(
+            self.sqlstate().as_deref().and_then(|s| s.get(..2)),
+            Some("22" | "23")
+        )
+    }
+
+    fn answered(&self) -> Option<&dyn sqlx::error::DatabaseError> {
         match self {
-            Self::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            Self::Database(sqlx::Error::Database(e)) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -53,10 +76,8 @@ impl Classify for SinkError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Setup(_) => ErrorClass::Permanent,
-            Self::Database(_) => match self.sqlstate().as_deref().map(|s| s.get(..2)) {
-                Some(Some("22" | "23")) => ErrorClass::Permanent,
-                _ => ErrorClass::Transient,
-            },
+            Self::Database(_) if self.rejects_row() => ErrorClass::Permanent,
+            Self::Database(_) => ErrorClass::Transient,
         }
     }
 }

@@ -18,14 +18,14 @@ pub(super) async fn write_orders(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     orders: &[ValidOrder],
-    tenants: TenantPolicy,
+    tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let mut queued = Vec::new();
     for (tenant, latest) in latest_per_order(orders) {
         set_tenant(tx, tenant).await?;
         let done = applied.get(&tenant).map_or(&[][..], Vec::as_slice);
-        queued.extend(upsert_orders(tx, group, tenant, &latest, tenants, done).await?);
+        queued.extend(upsert_orders(tx, group, tenant, &latest, tenant_policy, done).await?);
     }
     Ok(queued)
 }
@@ -88,7 +88,7 @@ async fn upsert_orders(
     group: &str,
     tenant: Uuid,
     orders: &[&ValidOrder],
-    tenants: TenantPolicy,
+    tenant_policy: TenantPolicy,
     applied_outbox_ids: &[i64],
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let mut order_ids = Vec::with_capacity(orders.len());
@@ -123,7 +123,7 @@ async fn upsert_orders(
         .bind(&items)
         .bind(&occurred)
         .bind(&event_ids)
-        .bind(tenants.registers_unknown())
+        .bind(tenant_policy.registers_unknown())
         .bind(group)
         .bind(applied_outbox_ids)
         .fetch_all(&mut **tx)

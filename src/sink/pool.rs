@@ -60,9 +60,19 @@ pub async fn ensure_rls_applies(pool: &PgPool) -> Result<(), SinkError> {
 pub async fn connect_owner(url: &str) -> Result<PgPool, SinkError> {
     Ok(PgPoolOptions::new()
         .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
         .connect_with(connect_options(url)?)
         .await?)
+}
+
+/// Connects once to `url` within 5 s: a quick, clear answer to "is the server there?".
+pub async fn check_reachable(url: &str) -> Result<(), SinkError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(connect_options(url)?)
+        .await?;
+    pool.close().await;
+    Ok(())
 }
 
 /// Runs the migrations as the owner, creating the database first if it does not exist.

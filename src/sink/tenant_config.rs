@@ -32,7 +32,7 @@ pub(super) async fn write_config(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     changes: &[ValidConfig],
-    tenants: TenantPolicy,
+    tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let mut by_tenant: BTreeMap<Option<Uuid>, Vec<&ValidConfig>> = BTreeMap::new();
@@ -65,7 +65,7 @@ pub(super) async fn write_config(
                 tenant,
                 map,
                 changes: &changes,
-                tenants,
+                tenant_policy,
                 applied: done,
             };
             queued.extend(upsert_entries(tx, group, entries).await?);
@@ -166,7 +166,7 @@ struct TenantEntries<'a> {
     tenant: Uuid,
     map: TenantMap,
     changes: &'a [&'a ValidConfig],
-    tenants: TenantPolicy,
+    tenant_policy: TenantPolicy,
     /// Outbox rows of the tenant already applied to Redis, deleted by the same statement.
     applied: &'a [i64],
 }
@@ -182,7 +182,7 @@ async fn upsert_entries(
         tenant,
         map,
         changes,
-        tenants,
+        tenant_policy,
         applied,
     } = entries;
     let c = ChangeColumns::of(changes);
@@ -216,7 +216,7 @@ async fn upsert_entries(
         .bind(&c.versions)
         .bind(&c.occurred)
         .bind(&c.event_ids)
-        .bind(tenants.registers_unknown())
+        .bind(tenant_policy.registers_unknown())
         .bind(group)
         .bind(applied)
         .fetch_all(&mut **tx)

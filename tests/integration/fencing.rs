@@ -57,7 +57,7 @@ async fn write(
         expected,
         next_offset: next,
         rows: orders.into(),
-        tenants: TenantPolicy::RegisterUnknown,
+        tenant_policy: TenantPolicy::RegisterUnknown,
         applied: &Default::default(),
     };
     sink::write_batch(pool, &batch).await.unwrap()
@@ -201,7 +201,7 @@ async fn applied_cache_work_is_deleted_with_the_next_write() {
         expected: Some(2),
         next_offset: 3,
         rows: next[..].into(),
-        tenants: TenantPolicy::RegisterUnknown,
+        tenant_policy: TenantPolicy::RegisterUnknown,
         applied: &applied,
     };
     sink::write_batch(&pool, &batch).await.unwrap();

@@ -2,7 +2,7 @@
 //! `rejected_by_postgres` with its SQLSTATE, while the rest of its batch commits and the
 //! partition moves on. The rejection comes from a CHECK constraint a DBA added, which the
 //! worker's validation knows nothing of, in a database of the test's own (so the constraint
-//! touches no other test). Broker: tansu.
+//! touches no other test). Broker: tansu; the second test writes to the sink directly.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,10 +12,11 @@ use tenantstream::testing::dead_letter::{
     HEADER_ERROR_CODE, HEADER_ERROR_REASON, HEADER_ERROR_SQLSTATE, HEADER_ERROR_STAGE,
     HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, REJECTED_BY_POSTGRES,
 };
-use tenantstream::testing::domain::{self, OrderEvent};
-use tenantstream::testing::sink;
+use tenantstream::testing::domain::{
+    self, ConfigKind, OrderEvent, TenantPolicy, ValidConfig, ValidOrder,
+};
+use tenantstream::testing::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows};
 use tenantstream::testing::traffic::{self, Generated, TrafficSpec};
-use tenantstream::Secret;
 use uuid::Uuid;
 
 use crate::support;
@@ -26,19 +27,9 @@ const POISON_CUSTOMER: &str = "poison";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commits() {
     let (mut settings, _, redis) = support::tansu_setup("rejected").await;
-    let database = format!(
-        "tenantstream_rejected_{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    );
-    let admin_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    sink::migrate(&admin_url)
-        .await
-        .expect("migrate own database");
-    settings.database.url = Secret::new(format!(
-        "postgres://tenantstream_worker@127.0.0.1:5432/{database}"
-    ));
-    settings.database.admin_url = Secret::new(&admin_url);
-    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    let database = support::OwnDatabase::create("tenantstream_rejected").await;
+    database.use_in(&mut settings);
+    let admin = database.admin.clone();
     sqlx::query(&format!(
         "ALTER TABLE orders ADD CONSTRAINT no_poison CHECK (customer_id <> '{POISON_CUSTOMER}')"
     ))
@@ -117,12 +108,7 @@ async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commi
         assert!(reason.contains("no_poison"), "{reason}");
     }
 
-    drop(admin);
-    let server = sqlx::PgPool::connect(support::ADMIN_URL).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
-        .execute(&server)
-        .await
-        .unwrap();
+    database.drop().await;
 }
 
 /// A valid order event of `tenant` that the test's constraint refuses.
@@ -135,4 +121,144 @@ fn poisoned(tenant: Uuid, order_id: &str, version: i64) -> OrderEvent {
         customer_id: POISON_CUSTOMER.into(),
         ..domain::sample_order()
     }
+}
+
+/// The rows of a batch written one by one keep the set-based write's order: under strict
+/// tenants a setting of a new tenant is written after the profile that registers the tenant
+/// (it comes first in the batch), and an older version superseded in the batch is stale, never
+/// tried, so never rejected. Only the rows Postgres refuses are left out. No broker.
+#[tokio::test]
+async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are_left_out() {
+    let database = support::OwnDatabase::create("tenantstream_isolation").await;
+    for table in ["tenant_settings", "orders"] {
+        let column = if table == "orders" {
+            "customer_id"
+        } else {
+            "key"
+        };
+        sqlx::query(&format!(
+            "ALTER TABLE {table} ADD CONSTRAINT no_poison CHECK ({column} <> '{POISON_CUSTOMER}')"
+        ))
+        .execute(&database.admin)
+        .await
+        .unwrap();
+    }
+    let mut settings = support::settings("unused:9092", "isolation");
+    database.use_in(&mut settings);
+    let pool = sink::connect_worker(&settings.database).await.unwrap();
+    let key = PartitionKey {
+        group: settings.kafka.group_id.clone(),
+        topic: "t".into(),
+        partition: 0,
+    };
+    let applied = HashMap::new();
+    let rejected_of = |isolated: Isolated| match isolated {
+        Isolated::Rejected(rows) => rows
+            .into_iter()
+            .map(|r| (r.index, r.sqlstate))
+            .collect::<Vec<_>>(),
+        Isolated::Written(outcome) => panic!("nothing rejected: {outcome:?}"),
+    };
+
+    // Configuration: [setting of a new tenant, its profile, a rejected setting].
+    let tenant = Uuid::new_v4();
+    let changes = [
+        change(tenant, ConfigKind::Setting, "locale", r#""fr""#),
+        change(
+            tenant,
+            ConfigKind::TenantProfile,
+            "profile",
+            r#"{"name":"A","tier":"pro","status":"active"}"#,
+        ),
+        change(tenant, ConfigKind::Setting, POISON_CUSTOMER, "1"),
+    ];
+    let config_batch = strict_batch(&key, changes[..].into(), &applied);
+    let error = sink::write_batch(&pool, &config_batch).await.unwrap_err();
+    assert_eq!(error.sqlstate().as_deref(), Some("23514"));
+    let isolated = sink::write_each(&pool, &config_batch).await.unwrap();
+    assert_eq!(rejected_of(isolated), vec![(2, "23514".to_owned())]);
+    let rest = Batch {
+        rows: changes[..2].into(),
+        ..config_batch
+    };
+    let outcome = sink::write_each(&pool, &rest).await.unwrap();
+    assert!(
+        matches!(outcome, Isolated::Written(BatchOutcome::Committed(ref w)) if w.written == 2),
+        "{outcome:?}"
+    );
+    let locale: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenant_settings WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&database.admin)
+            .await
+            .unwrap();
+    assert_eq!(
+        locale, 1,
+        "the setting its profile registers the tenant for is written"
+    );
+
+    // Orders: [X v2 rejected, X v3, Y v1 rejected]: X's v2 is superseded, never tried.
+    let key = PartitionKey {
+        topic: "orders".into(),
+        ..key.clone()
+    };
+    let orders = [
+        valid(poisoned(tenant, "x", 2)),
+        valid(OrderEvent {
+            customer_id: "c".into(),
+            ..poisoned(tenant, "x", 3)
+        }),
+        valid(poisoned(tenant, "y", 1)),
+    ];
+    let orders_batch = strict_batch(&key, orders[..].into(), &applied);
+    let isolated = sink::write_each(&pool, &orders_batch).await.unwrap();
+    assert_eq!(rejected_of(isolated), vec![(2, "23514".to_owned())]);
+    let rest = Batch {
+        rows: orders[..2].into(),
+        ..orders_batch
+    };
+    let outcome = sink::write_each(&pool, &rest).await.unwrap();
+    assert!(
+        matches!(outcome, Isolated::Written(BatchOutcome::Committed(ref w)) if (w.written, w.stale) == (1, 1)),
+        "{outcome:?}"
+    );
+    let version: i64 = sqlx::query_scalar("SELECT version FROM orders WHERE order_id = 'x'")
+        .fetch_one(&database.admin)
+        .await
+        .unwrap();
+    assert_eq!(version, 3);
+    database.drop().await;
+}
+
+/// A batch of three messages, the first of its partition, under strict tenants.
+fn strict_batch<'a>(
+    key: &'a PartitionKey,
+    rows: Rows<'a>,
+    applied: &'a HashMap<Uuid, Vec<i64>>,
+) -> Batch<'a> {
+    Batch {
+        key,
+        expected: None,
+        next_offset: 3,
+        rows,
+        tenant_policy: TenantPolicy::RequireKnown,
+        applied,
+    }
+}
+
+fn change(tenant: Uuid, kind: ConfigKind, key: &str, value: &str) -> ValidConfig {
+    domain::ConfigChangeEvent {
+        event_id: Uuid::new_v4().to_string(),
+        tenant_id: Some(tenant.to_string()),
+        kind,
+        key: key.into(),
+        value: Some(value.into()),
+        ..domain::sample_config()
+    }
+    .validate()
+    .unwrap()
+}
+
+fn valid(event: OrderEvent) -> ValidOrder {
+    event.validate().unwrap()
 }

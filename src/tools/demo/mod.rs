@@ -120,7 +120,7 @@ async fn preflight(settings: &Settings) -> anyhow::Result<PgPool> {
     let admin_url = settings.database.admin_url.expose();
     // The server, not the database: `migrate` creates the database if it is missing.
     let server_url = admin_url.rsplit_once('/').map_or(admin_url, |(s, _)| s);
-    if let Err(error) = sink::connect_owner(server_url).await {
+    if let Err(error) = sink::check_reachable(server_url).await {
         bail!(
             "PostgreSQL is not reachable at {}: {error}\n  start it (e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) or set TENANTSTREAM_ADMIN_DATABASE_URL and DATABASE_URL",
             settings.database.admin_url

@@ -179,7 +179,7 @@ impl<'a> Replayer<'a> {
         chunk: &mut Vec<E>,
         summary: &mut ReplaySummary,
     ) {
-        let mut backoff = RetryPolicy::BATCH.backoff();
+        let mut backoff = RetryPolicy::REPLAY.backoff();
         // Replay has no graceful stop: Ctrl-C ends the process, so the wait is never cut short.
         let forever = CancellationToken::new();
         let decode = || async {
@@ -293,8 +293,9 @@ impl<'a> Replayer<'a> {
     }
 
     /// Writes the events' rows (newer ones win), queueing their cache work for the live
-    /// worker's drainer too. With strict tenants, events of unregistered tenants are dropped
-    /// (counted dead: the worker dead-letters them). Returns the refs of the rows written.
+    /// worker's drainer too. Events the worker dead-letters are dropped and counted dead: with
+    /// strict tenants those of unregistered tenants, and rows Postgres rejects. Returns the refs
+    /// of the rows written.
     async fn rewrite<E>(
         &self,
         events: &mut Vec<E>,
@@ -304,8 +305,8 @@ impl<'a> Replayer<'a> {
         E: Event,
         for<'r> Rows<'r>: From<&'r [E]>,
     {
-        let tenants = TenantPolicy::strict(self.settings.tenants.strict);
-        if tenants == TenantPolicy::RequireKnown {
+        let tenant_policy = TenantPolicy::strict(self.settings.tenants.strict);
+        if tenant_policy == TenantPolicy::RequireKnown {
             let required = unregistered_tenants(events.iter());
             let known = sink::known_tenants(&self.pool, &required).await?;
             let before = events.len();
@@ -315,14 +316,16 @@ impl<'a> Replayer<'a> {
             });
             summary.dead += (before - events.len()) as u64;
         }
-        sink::rewrite_rows(
-            &self.pool,
-            &self.settings.kafka.group_id,
-            events.as_slice().into(),
-            tenants,
-        )
-        .await
-        .context("rewriting rows in Postgres")
+        let group = &self.settings.kafka.group_id;
+        let rows = events.as_slice().into();
+        let rewritten = sink::rewrite_rows(&self.pool, group, rows, tenant_policy)
+            .await
+            .context("rewriting rows in Postgres")?;
+        for row in rewritten.rejected.iter().rev() {
+            events.remove(row.index);
+            summary.dead += 1;
+        }
+        Ok(rewritten.refs)
     }
 
     /// The current rows behind `refs`, each tenant's read under its own context.

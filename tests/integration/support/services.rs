@@ -71,3 +71,47 @@ pub fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// A migrated database of the test's own, for a test that changes the schema (a constraint no
+/// other test may see). Dropped by [`OwnDatabase::drop`].
+pub struct OwnDatabase {
+    pub name: String,
+    pub admin_url: String,
+    pub worker_url: String,
+    /// The owner's pool, which bypasses RLS.
+    pub admin: PgPool,
+}
+
+impl OwnDatabase {
+    pub async fn create(prefix: &str) -> Self {
+        let name = format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let admin_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        sink::migrate(&admin_url)
+            .await
+            .expect("migrate own database");
+        let admin = PgPool::connect(&admin_url).await.expect("connect as owner");
+        Self {
+            worker_url: format!("postgres://tenantstream_worker@127.0.0.1:5432/{name}"),
+            name,
+            admin_url,
+            admin,
+        }
+    }
+
+    /// Points `settings` at this database.
+    pub fn use_in(&self, settings: &mut Settings) {
+        settings.database.url = Secret::new(&self.worker_url);
+        settings.database.admin_url = Secret::new(&self.admin_url);
+    }
+
+    pub async fn drop(self) {
+        self.admin.close().await;
+        let server = PgPool::connect(ADMIN_URL)
+            .await
+            .expect("connect to the server");
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&server)
+            .await
+            .expect("drop own database");
+    }
+}

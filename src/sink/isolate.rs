@@ -1,0 +1,223 @@
+//! Finding the rows Postgres rejects for their data (SQLSTATE class 22 or 23), so that one bad
+//! event costs one dead letter instead of blocking its partition.
+//!
+//! The batch's events are written one at a time, each attempt in a savepoint, in the order the
+//! set-based write takes them: targets whose event registers the tenant (a profile) first, and
+//! per target (one order, one configuration entry) the newest version first. The first version
+//! of a target that Postgres accepts decides it, as the set-based write would: older versions
+//! of it are stale and never tried. A rejected version is rolled back to its savepoint and the
+//! next older one is tried. An event that a newer version of its row supersedes in the same
+//! batch is therefore never rejected, only stale.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::batch::{committed, write_rows, Batch, BatchOutcome, Rows};
+use super::offsets;
+use super::SinkError;
+use crate::domain::{CacheRef, Event, QueuedCache, TenantPolicy};
+
+/// A row Postgres rejected for its data, by its index in the batch's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRow {
+    pub index: usize,
+    /// The SQLSTATE Postgres answered (class 22 or 23).
+    pub sqlstate: String,
+    /// Postgres's message, e.g. `new row for relation "orders" violates check constraint …`.
+    pub message: String,
+}
+
+/// What writing a batch's rows one by one found.
+#[derive(Debug)]
+pub enum Isolated {
+    /// No row was rejected: the batch is committed (or fenced), each row by its own statements.
+    Written(BatchOutcome),
+    /// These rows were rejected; nothing was committed.
+    Rejected(Vec<RejectedRow>),
+}
+
+/// Writes the batch row by row after the same fence as [`write_batch`](super::write_batch),
+/// when that failed for the data of some row. The rejected rows are returned and nothing is
+/// committed, so that the caller can dead-letter them first and then write the rest; when no
+/// row is rejected, the batch commits here.
+pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, SinkError> {
+    let mut tx = pool.begin().await?;
+    if !offsets::advance(&mut tx, batch.key, batch.expected, batch.next_offset).await? {
+        tx.rollback().await?;
+        return Ok(Isolated::Written(BatchOutcome::Fenced));
+    }
+    let group = &batch.key.group;
+    let (cache, rejected) = write_isolating(
+        &mut tx,
+        group,
+        batch.rows,
+        batch.tenant_policy,
+        batch.applied,
+    )
+    .await?;
+    if !rejected.is_empty() {
+        tx.rollback().await?;
+        return Ok(Isolated::Rejected(rejected));
+    }
+    tx.commit().await?;
+    Ok(Isolated::Written(committed(batch.rows.len(), cache)))
+}
+
+/// Rows written alone, in [`attempt_order`], each in a savepoint of `tx`: the cache work of the
+/// rows written and the rows Postgres rejected. Any other failure ends the attempt.
+pub(super) async fn write_isolating(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    rows: Rows<'_>,
+    tenant_policy: TenantPolicy,
+    applied: &HashMap<Uuid, Vec<i64>>,
+) -> Result<(Vec<QueuedCache>, Vec<RejectedRow>), SinkError> {
+    let mut cache = Vec::new();
+    let mut rejected = Vec::new();
+    for versions in attempt_order(rows) {
+        for index in versions {
+            let mut savepoint = tx.begin().await?;
+            let written = write_rows(
+                &mut savepoint,
+                group,
+                rows.one(index),
+                tenant_policy,
+                applied,
+            )
+            .await;
+            match written {
+                Ok(queued) => {
+                    savepoint.commit().await?;
+                    cache.extend(queued);
+                    break; // this version decides the row; older ones are stale
+                }
+                Err(error) => match RejectedRow::of(index, &error) {
+                    Some(row) => {
+                        savepoint.rollback().await?;
+                        rejected.push(row);
+                    }
+                    None => return Err(error),
+                },
+            }
+        }
+    }
+    rejected.sort_by_key(|r| r.index);
+    Ok((cache, rejected))
+}
+
+impl RejectedRow {
+    /// The rejection `error` is, if Postgres refused the row for its data.
+    fn of(index: usize, error: &SinkError) -> Option<Self> {
+        if !error.rejects_row() {
+            return None;
+        }
+        Some(Self {
+            index,
+            sqlstate: error.sqlstate()?,
+            message: error.database_message()?.to_owned(),
+        })
+    }
+}
+
+/// The batch's row indices grouped per target, in the order the set-based write takes them:
+/// targets whose event registers its tenant first, then in order of first appearance; within a
+/// target, the newest version first (the earliest of equal versions first).
+fn attempt_order(rows: Rows<'_>) -> Vec<Vec<usize>> {
+    match rows {
+        Rows::Orders(rows) => group_newest_first(rows.iter().map(|o| (o, o.event.version))),
+        Rows::Config(rows) => group_newest_first(rows.iter().map(|c| (c, c.version))),
+    }
+}
+
+fn group_newest_first<'a, E: Event + 'a>(
+    rows: impl Iterator<Item = (&'a E, i64)>,
+) -> Vec<Vec<usize>> {
+    /// One target's versions in the batch.
+    struct Target {
+        registers_tenant: bool,
+        first_index: usize,
+        versions: Vec<(i64, usize)>,
+    }
+    let mut targets: BTreeMap<CacheRef, Target> = BTreeMap::new();
+    for (index, (event, version)) in rows.enumerate() {
+        let target = targets.entry(event.cache_ref()).or_insert(Target {
+            registers_tenant: event.registers_tenant(),
+            first_index: index,
+            versions: Vec::new(),
+        });
+        target.versions.push((version, index));
+    }
+    let mut targets: Vec<Target> = targets.into_values().collect();
+    targets.sort_by_key(|t| (!t.registers_tenant, t.first_index));
+    targets
+        .into_iter()
+        .map(|mut target| {
+            target
+                .versions
+                .sort_by_key(|(version, index)| (std::cmp::Reverse(*version), *index));
+            target
+                .versions
+                .into_iter()
+                .map(|(_, index)| index)
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{sample_config, sample_order, ConfigKind, ValidConfig, ValidOrder};
+
+    fn order(order_id: &str, version: i64) -> ValidOrder {
+        let mut event = sample_order();
+        event.order_id = order_id.into();
+        event.version = version;
+        event.validate().unwrap()
+    }
+
+    #[test]
+    fn orders_are_tried_per_order_newest_first_in_order_of_appearance() {
+        let rows = [
+            order("a", 1),
+            order("b", 4),
+            order("a", 3),
+            order("a", 2),
+            order("b", 4),
+        ];
+        assert_eq!(
+            attempt_order(rows[..].into()),
+            vec![vec![2, 3, 0], vec![1, 4]]
+        );
+    }
+
+    #[test]
+    fn a_profile_is_tried_before_the_entries_it_registers_its_tenant_for() {
+        let tenant = Uuid::new_v4().to_string();
+        let change = |kind, key: &str, value: &str| -> ValidConfig {
+            let mut event = sample_config();
+            event.tenant_id = Some(tenant.clone());
+            event.kind = kind;
+            event.key = key.into();
+            event.value = Some(value.into());
+            event.validate().unwrap()
+        };
+        let rows = [
+            change(ConfigKind::Setting, "locale", "\"fr\""),
+            change(
+                ConfigKind::TenantProfile,
+                "profile",
+                r#"{"name":"A","tier":"pro","status":"active"}"#,
+            ),
+            change(ConfigKind::Setting, "currency", "\"EUR\""),
+        ];
+        assert_eq!(
+            attempt_order(rows[..].into()),
+            vec![vec![1], vec![0], vec![2]]
+        );
+    }
+}
