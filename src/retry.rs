@@ -51,6 +51,10 @@ impl RetryPolicy {
     pub const DRAIN: Self = Self::new(2_000, 10_000);
     /// Replay waiting for the schema registry.
     pub const REPLAY: Self = Self::new(200, 10_000);
+    /// Receiving from Kafka after an error (librdkafka reconnects by itself): a fixed pause.
+    pub const CONSUME: Self = Self::new(100, 100);
+    /// Replay receiving from Kafka after an error: a fixed pause.
+    pub const REPLAY_CONSUME: Self = Self::new(200, 200);
 
     const fn new(first_ms: u64, max_ms: u64) -> Self {
         Self {

@@ -36,9 +36,6 @@ use crate::source::{self, Source};
 /// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
 const PAUSE_AT_BATCHES: usize = 4;
 
-/// How long to wait after a failed receive from Kafka.
-const CONSUME_RETRY: Duration = Duration::from_millis(100);
-
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("schemas: {0}")]
@@ -183,6 +180,7 @@ impl Worker {
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
+        let mut consume_backoff = RetryPolicy::CONSUME.backoff();
         loop {
             let next_due = partitions.next_due(linger);
             tokio::select! {
@@ -197,12 +195,14 @@ impl Worker {
                     match received {
                         Ok(message) => {
                             self.health.recovered(Component::Kafka);
+                            consume_backoff.reset();
                             partitions.accept(consumer, message.detach(), PAUSE_AT_BATCHES * max_events);
                         }
                         Err(error) => {
                             self.health.failed(Component::Kafka, &error);
-                            metrics::transient_error(Component::Kafka, Stage::Consume, &error, CONSUME_RETRY);
-                            tokio::time::sleep(CONSUME_RETRY).await;
+                            let retry_in = consume_backoff.delay();
+                            metrics::transient_error(Component::Kafka, Stage::Consume, &error, retry_in);
+                            consume_backoff.wait(shutdown).await;
                         }
                     }
                 }

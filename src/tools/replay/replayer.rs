@@ -46,6 +46,9 @@ pub(super) struct Replayer<'a> {
     redis: fred::prelude::Client,
     store: Arc<SchemaStore>,
     ttl: Ttl,
+    /// Never cancelled: replay has no graceful stop (Ctrl-C ends the process), so its waits for
+    /// Kafka and the schema registry are never cut short.
+    shutdown: CancellationToken,
 }
 
 impl<'a> Replayer<'a> {
@@ -69,6 +72,7 @@ impl<'a> Replayer<'a> {
             redis,
             store,
             ttl: (&settings.redis).into(),
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -109,6 +113,7 @@ impl<'a> Replayer<'a> {
         let reading = async {
             let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
             let mut last_check = Instant::now();
+            let mut backoff = RetryPolicy::REPLAY_CONSUME.backoff();
             while !remaining.is_empty() {
                 // A partition whose end is a transaction marker or a compacted gap never
                 // delivers its last offset; the consumer's position tells, checked every second.
@@ -124,7 +129,7 @@ impl<'a> Replayer<'a> {
                         Ok(Ok(message)) => message.detach(),
                         Ok(Err(error)) => {
                             tracing::warn!(%error, "Kafka error during replay; retrying.");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            backoff.wait(&self.shutdown).await;
                             continue;
                         }
                         Err(_) => continue,
@@ -180,8 +185,6 @@ impl<'a> Replayer<'a> {
         summary: &mut ReplaySummary,
     ) {
         let mut backoff = RetryPolicy::REPLAY.backoff();
-        // Replay has no graceful stop: Ctrl-C ends the process, so the wait is never cut short.
-        let forever = CancellationToken::new();
         let decode = || async {
             match decode_event::<E>(decoder, message.payload()).await {
                 Err(error) if error.is_transient() => Err(error),
@@ -189,7 +192,8 @@ impl<'a> Replayer<'a> {
             }
         };
         let report = |error: &_, _| tracing::warn!(%error, "Cannot decode yet; retrying.");
-        let Some(decoded) = retry::until_ok(&mut backoff, &forever, report, decode).await else {
+        let Some(decoded) = retry::until_ok(&mut backoff, &self.shutdown, report, decode).await
+        else {
             return;
         };
         match decoded {
