@@ -85,11 +85,9 @@ pub enum BatchOutcome {
 
 /// Writes one partition batch: fence the offset, upsert each tenant's rows, record cache work.
 pub async fn write_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<BatchOutcome, SinkError> {
-    let mut tx = pool.begin().await?;
-    if !offsets::advance(&mut tx, batch.key, batch.expected, batch.next_offset).await? {
-        tx.rollback().await?;
+    let Some(mut tx) = begin_fenced(pool, batch).await? else {
         return Ok(BatchOutcome::Fenced);
-    }
+    };
     let group = &batch.key.group;
     let cache = write_rows(
         &mut tx,
@@ -101,6 +99,20 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<BatchOutcom
     .await?;
     tx.commit().await?;
     Ok(committed(batch.rows.len(), cache))
+}
+
+/// Begins the batch's transaction with its fence: the compare-and-set of the stored offset,
+/// taken first. `None` (rolled back) when another writer moved the offset.
+pub(super) async fn begin_fenced<'p>(
+    pool: &'p PgPool,
+    batch: &Batch<'_>,
+) -> Result<Option<Transaction<'p, Postgres>>, SinkError> {
+    let mut tx = pool.begin().await?;
+    if offsets::advance(&mut tx, batch.key, batch.expected, batch.next_offset).await? {
+        return Ok(Some(tx));
+    }
+    tx.rollback().await?;
+    Ok(None)
 }
 
 pub(super) fn committed(rows: usize, cache: Vec<QueuedCache>) -> BatchOutcome {

@@ -14,8 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::batch::{committed, write_rows, Batch, BatchOutcome, Rows};
-use super::offsets;
+use super::batch::{begin_fenced, committed, write_rows, Batch, BatchOutcome, Rows};
 use super::SinkError;
 use crate::domain::{CacheRef, Event, QueuedCache, TenantPolicy};
 
@@ -43,11 +42,9 @@ pub enum Isolated {
 /// committed, so that the caller can dead-letter them first and then write the rest; when no
 /// row is rejected, the batch commits here.
 pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, SinkError> {
-    let mut tx = pool.begin().await?;
-    if !offsets::advance(&mut tx, batch.key, batch.expected, batch.next_offset).await? {
-        tx.rollback().await?;
+    let Some(mut tx) = begin_fenced(pool, batch).await? else {
         return Ok(Isolated::Written(BatchOutcome::Fenced));
-    }
+    };
     let group = &batch.key.group;
     let (cache, rejected) = write_isolating(
         &mut tx,
