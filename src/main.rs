@@ -1,3 +1,5 @@
+//! The binary: parses the command line, starts telemetry, runs the command.
+
 use clap::Parser;
 use tenantstream::{telemetry, Cli};
 
