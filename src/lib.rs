@@ -2,12 +2,13 @@
 //!
 //! Order and configuration events (Avro) flow `source → decode → validate → sink (Postgres,
 //! under tenant RLS) → cache (Redis)`, with permanent failures sent to the dead-letter topic.
-//! See README.md and DESIGN.md for the contract.
+//! See README.md for the contract.
 //!
 //! Layers import downward only: `domain` at the bottom; above it `validate` (then `decode`,
 //! which validates what it decodes), `sink` (then `source`, which reads stored offsets) and
 //! `cache`; `pipeline` above those; `tools` and `cli` on top. `config`, `clock`, `retry`,
-//! `health` and `metrics` are leaves anything may use. `tests/integration/layout.rs` checks it.
+//! `health`, `metrics`, `telemetry` and `http` are leaves anything may use.
+//! `tests/integration/layout.rs` checks it.
 
 mod cache;
 mod cli;

@@ -118,16 +118,11 @@ impl BatchPath {
             return Processed::Abandoned;
         };
         self.health.recovered(Component::SchemaRegistry);
-        if self.tenant_policy == TenantPolicy::RequireKnown {
-            let required = decoded.unregistered_tenants();
-            let check = || sink::known_tenants(&self.pool, &required);
-            let Some(known) = self
-                .retrying(Stage::Sink, &mut backoff, shutdown, check)
-                .await
-            else {
-                return Processed::Abandoned;
-            };
-            decoded.reject_unknown_tenants(&known);
+        if !self
+            .reject_unknown_tenants(&mut decoded, &mut backoff, shutdown)
+            .await
+        {
+            return Processed::Abandoned;
         }
         let dead = decoded.take_dead();
         if !self.send_dead_letters(&dead, &mut backoff, shutdown).await {
@@ -223,13 +218,43 @@ impl BatchPath {
             {
                 Isolated::Written(outcome) => return Some(outcome),
                 Isolated::Rejected(rejected) => {
-                    let letters = decoded.take_rejected(rejected);
+                    decoded.reject_rows(rejected, self.tenant_policy);
+                    // A rejected profile leaves its tenant unregistered: strict tenants
+                    // dead-letter the tenant's other events as unknown_tenant.
+                    if !self
+                        .reject_unknown_tenants(decoded, backoff, shutdown)
+                        .await
+                    {
+                        return None;
+                    }
+                    let letters = decoded.take_dead();
                     if !self.send_dead_letters(&letters, backoff, shutdown).await {
                         return None;
                     }
                 }
             }
         }
+    }
+
+    /// Strict tenants: the events of tenants neither registered in Postgres nor by an event of
+    /// the batch become `unknown_tenant` dead letters (nothing to do when unknown tenants are
+    /// registered). False when stopped first.
+    async fn reject_unknown_tenants<E: Event>(
+        &self,
+        decoded: &mut Decoded<'_, E>,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if self.tenant_policy == TenantPolicy::RegisterUnknown {
+            return true;
+        }
+        let required = decoded.unregistered_tenants();
+        let check = || sink::known_tenants(&self.pool, &required);
+        let Some(known) = self.retrying(Stage::Sink, backoff, shutdown, check).await else {
+            return false;
+        };
+        decoded.reject_unknown_tenants(&known);
+        true
     }
 
     /// Sends dead letters until the broker has them all: a dead letter is the last place a

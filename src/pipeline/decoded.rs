@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::dead_letter::{DeadLetter, REJECTED_BY_POSTGRES, UNKNOWN_TENANT};
 use crate::decode::{decode_event, DecodeError, Decoder};
-use crate::domain::{unregistered_tenants, Event};
+use crate::domain::{unregistered_tenants, Event, TenantPolicy};
 use crate::metrics::Stage;
 use crate::retry::Classify;
 use crate::sink::RejectedRow;
@@ -92,25 +92,36 @@ impl<'m, E: Event> Decoded<'m, E> {
         }
     }
 
-    /// Removes the events whose rows Postgres rejected (`rejected` in index order) and returns
-    /// their dead letters.
-    pub fn take_rejected(&mut self, rejected: Vec<RejectedRow>) -> Vec<DeadLetter> {
+    /// Moves the events whose rows Postgres rejected (`rejected` in index order) to the dead
+    /// letters, as `rejected_by_postgres`. Under strict tenants the other events of a tenant
+    /// whose registering event (its profile) was rejected stay: with the profile gone they are
+    /// `unknown_tenant`, which [`Decoded::reject_unknown_tenants`] decides next.
+    pub fn reject_rows(&mut self, mut rejected: Vec<RejectedRow>, policy: TenantPolicy) {
         debug_assert!(rejected.windows(2).all(|w| w[0].index < w[1].index));
+        if policy == TenantPolicy::RequireKnown {
+            let unregistered: HashSet<Uuid> = rejected
+                .iter()
+                .map(|r| &self.events[r.index])
+                .filter(|e| e.registers_tenant())
+                .filter_map(|e| e.tenant())
+                .collect();
+            rejected.retain(|r| {
+                let event = &self.events[r.index];
+                event.registers_tenant()
+                    || event.tenant().is_none_or(|t| !unregistered.contains(&t))
+            });
+        }
         let indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
-        self.remove(&indices)
-            .into_iter()
-            .zip(rejected)
-            .map(|((message, _), row)| {
-                let reason = format!(
-                    "Postgres rejected the row (SQLSTATE {}): {}",
-                    row.sqlstate, row.message
-                );
-                DeadLetter {
-                    sqlstate: Some(row.sqlstate),
-                    ..dead_letter(message, REJECTED_BY_POSTGRES, Stage::Sink, reason)
-                }
-            })
-            .collect()
+        for ((message, _), row) in self.remove(&indices).into_iter().zip(rejected) {
+            let reason = format!(
+                "Postgres rejected the row (SQLSTATE {}): {}",
+                row.sqlstate, row.message
+            );
+            self.dead.push(DeadLetter {
+                sqlstate: Some(row.sqlstate),
+                ..dead_letter(message, REJECTED_BY_POSTGRES, Stage::Sink, reason)
+            });
+        }
     }
 
     /// Removes the events at `indices` (ascending), returning them with their messages.

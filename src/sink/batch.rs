@@ -41,11 +41,30 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// The `index`th row alone.
-    pub(super) fn one(&self, index: usize) -> Rows<'a> {
+    /// The rows at `indices`, in that order (owned: a subset is not a slice).
+    pub(super) fn pick(&self, indices: &[usize]) -> Picked {
         match self {
-            Self::Orders(rows) => Self::Orders(&rows[index..=index]),
-            Self::Config(rows) => Self::Config(&rows[index..=index]),
+            Self::Orders(rows) => {
+                Picked::Orders(indices.iter().map(|i| rows[*i].clone()).collect())
+            }
+            Self::Config(rows) => {
+                Picked::Config(indices.iter().map(|i| rows[*i].clone()).collect())
+            }
+        }
+    }
+}
+
+/// Some rows of a batch, picked out.
+pub(super) enum Picked {
+    Orders(Vec<ValidOrder>),
+    Config(Vec<ValidConfig>),
+}
+
+impl Picked {
+    pub(super) fn rows(&self) -> Rows<'_> {
+        match self {
+            Self::Orders(rows) => Rows::Orders(rows),
+            Self::Config(rows) => Rows::Config(rows),
         }
     }
 }

@@ -1,15 +1,15 @@
 //! Finding the rows Postgres rejects for their data (SQLSTATE class 22 or 23), so that one bad
 //! event costs one dead letter instead of blocking its partition.
 //!
-//! The batch's events are written one at a time, each attempt in a savepoint, in the order the
-//! set-based write takes them: targets whose event registers the tenant (a profile) first, and
-//! per target (one order, one configuration entry) the newest version first. The first version
-//! of a target that Postgres accepts decides it, as the set-based write would: older versions
-//! of it are stale and never tried. A rejected version is rolled back to its savepoint and the
-//! next older one is tried. An event that a newer version of its row supersedes in the same
-//! batch is therefore never rejected, only stale.
+//! The batch's targets (one order, one configuration entry) are written in the order the
+//! set-based write takes them, targets whose event registers the tenant (a profile) first, by
+//! bisection in savepoints ([`write_isolating`]). Per target the newest version is tried first;
+//! the first version Postgres accepts decides it, as in the set-based write, and older versions
+//! of it are stale and never tried; a rejected version is rolled back and the next older one is
+//! tried. An event that a newer, accepted version of its row supersedes in the same batch is
+//! therefore never rejected, only stale.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -37,8 +37,8 @@ pub enum Isolated {
     Rejected(Vec<RejectedRow>),
 }
 
-/// Writes the batch row by row after the same fence as [`write_batch`](super::write_batch),
-/// when that failed for the data of some row. The rejected rows are returned and nothing is
+/// Writes the batch finding its rejected rows, after the same fence as
+/// [`write_batch`](super::write_batch), when that failed for the data of some row. The rejected rows are returned and nothing is
 /// committed, so that the caller can dead-letter them first and then write the rest; when no
 /// row is rejected, the batch commits here.
 pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, SinkError> {
@@ -62,8 +62,12 @@ pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, Si
     Ok(Isolated::Written(committed(batch.rows.len(), cache)))
 }
 
-/// Rows written alone, in [`attempt_order`], each in a savepoint of `tx`: the cache work of the
-/// rows written and the rows Postgres rejected. Any other failure ends the attempt.
+/// Writes `rows` finding the rejected ones by bisection, each attempt in a savepoint of `tx`:
+/// a run of targets is written set-based (each target's newest version still untried); when
+/// Postgres rejects it, the run is split in two and each half tried in order, down to one target,
+/// whose rejected version is recorded before its next older one is tried. That costs a few
+/// savepoints per rejected row rather than one per row. Returns the cache work of the rows
+/// written and the rows rejected; any other failure ends the attempt.
 pub(super) async fn write_isolating(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
@@ -73,31 +77,36 @@ pub(super) async fn write_isolating(
 ) -> Result<(Vec<QueuedCache>, Vec<RejectedRow>), SinkError> {
     let mut cache = Vec::new();
     let mut rejected = Vec::new();
-    for versions in attempt_order(rows) {
-        for index in versions {
-            let mut savepoint = tx.begin().await?;
-            let written = write_rows(
-                &mut savepoint,
-                group,
-                rows.one(index),
-                tenant_policy,
-                applied,
-            )
-            .await;
-            match written {
-                Ok(queued) => {
-                    savepoint.commit().await?;
-                    cache.extend(queued);
-                    break; // this version decides the row; older ones are stale
-                }
-                Err(error) => match RejectedRow::of(index, &error) {
-                    Some(row) => {
-                        savepoint.rollback().await?;
-                        rejected.push(row);
-                    }
-                    None => return Err(error),
-                },
+    // Runs of targets still to write, in order; each target is its versions still to try.
+    let targets: Vec<VecDeque<usize>> = attempt_order(rows).into_iter().map(Into::into).collect();
+    let mut runs: VecDeque<Vec<VecDeque<usize>>> = VecDeque::from([targets]);
+    while let Some(mut run) = runs.pop_front() {
+        run.retain(|versions| !versions.is_empty());
+        if run.is_empty() {
+            continue;
+        }
+        let newest: Vec<usize> = run.iter().map(|versions| versions[0]).collect();
+        let picked = rows.pick(&newest);
+        let mut savepoint = tx.begin().await?;
+        let written = write_rows(&mut savepoint, group, picked.rows(), tenant_policy, applied);
+        match written.await {
+            Ok(queued) => {
+                savepoint.commit().await?;
+                cache.extend(queued);
             }
+            Err(error) if error.rejects_row() => {
+                savepoint.rollback().await?;
+                if let [versions] = run.as_mut_slice() {
+                    let index = versions.pop_front().expect("a version was tried");
+                    rejected.extend(RejectedRow::of(index, &error));
+                    runs.push_front(run); // the target's next older version
+                } else {
+                    let second = run.split_off(run.len() / 2);
+                    runs.push_front(second);
+                    runs.push_front(run);
+                }
+            }
+            Err(error) => return Err(error),
         }
     }
     rejected.sort_by_key(|r| r.index);

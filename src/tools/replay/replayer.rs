@@ -297,9 +297,9 @@ impl<'a> Replayer<'a> {
     }
 
     /// Writes the events' rows (newer ones win), queueing their cache work for the live
-    /// worker's drainer too. Events the worker dead-letters are dropped and counted dead: with
-    /// strict tenants those of unregistered tenants, and rows Postgres rejects. Returns the refs
-    /// of the rows written.
+    /// worker's drainer too. Events the worker dead-letters are counted dead: with strict
+    /// tenants those of unregistered tenants (dropped), and rows Postgres rejects (left
+    /// unwritten). Returns the refs of the rows written.
     async fn rewrite<E>(
         &self,
         events: &mut Vec<E>,
@@ -325,10 +325,8 @@ impl<'a> Replayer<'a> {
         let rewritten = sink::rewrite_rows(&self.pool, group, rows, tenant_policy)
             .await
             .context("rewriting rows in Postgres")?;
-        for row in rewritten.rejected.iter().rev() {
-            events.remove(row.index);
-            summary.dead += 1;
-        }
+        // Their keys are still rebuilt from whatever row Postgres holds.
+        summary.dead += rewritten.rejected.len() as u64;
         Ok(rewritten.refs)
     }
 
