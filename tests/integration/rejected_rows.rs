@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::Message;
 use tenantstream::testing::dead_letter::{
     HEADER_ERROR_CODE, HEADER_ERROR_REASON, HEADER_ERROR_SQLSTATE, HEADER_ERROR_STAGE,
-    HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, REJECTED_BY_POSTGRES,
+    HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, REJECTED_BY_POSTGRES, UNKNOWN_TENANT,
 };
 use tenantstream::testing::domain::{
     self, ConfigKind, OrderEvent, TenantPolicy, ValidConfig, ValidOrder,
@@ -84,6 +84,7 @@ async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commi
         Duration::from_secs(30),
     );
     assert_eq!(dead.len(), poison.len(), "one dead letter per rejected row");
+    let mut sources = std::collections::HashSet::new();
     for letter in &dead {
         let source = (
             support::header(letter, HEADER_SOURCE_PARTITION)
@@ -96,6 +97,7 @@ async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commi
         let original = poisoned_at
             .get(&source)
             .unwrap_or_else(|| panic!("dead letter for a valid message {source:?}"));
+        assert!(sources.insert(source), "{source:?} dead-lettered twice");
         assert_eq!(letter.payload(), Some(original.value.as_slice()));
         assert_eq!(letter.key(), Some(original.key.as_slice()));
         assert_eq!(
@@ -227,6 +229,117 @@ async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are
         .await
         .unwrap();
     assert_eq!(version, 3);
+
+    // [z v5 rejected, z v4]: the rejected newest version leaves the older one to be written.
+    let key = PartitionKey {
+        topic: "orders-z".into(),
+        ..key.clone()
+    };
+    let orders = [
+        valid(poisoned(tenant, "z", 5)),
+        valid(OrderEvent {
+            customer_id: "c".into(),
+            ..poisoned(tenant, "z", 4)
+        }),
+    ];
+    let z_batch = strict_batch(&key, orders[..].into(), &applied);
+    let isolated = sink::write_each(&pool, &z_batch).await.unwrap();
+    assert_eq!(rejected_of(isolated), vec![(0, "23514".to_owned())]);
+    let rest = Batch {
+        rows: orders[1..].into(),
+        ..z_batch
+    };
+    let outcome = sink::write_each(&pool, &rest).await.unwrap();
+    assert!(
+        matches!(outcome, Isolated::Written(BatchOutcome::Committed(ref w)) if w.written == 1),
+        "{outcome:?}"
+    );
+    let version: i64 = sqlx::query_scalar("SELECT version FROM orders WHERE order_id = 'z'")
+        .fetch_one(&database.admin)
+        .await
+        .unwrap();
+    assert_eq!(version, 4);
+    database.drop().await;
+}
+
+/// Strict tenants: when Postgres rejects the profile that registers a new tenant, the tenant's
+/// other events are `unknown_tenant`, as if the profile had never come; another tenant's are
+/// written. Broker: tansu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_strict_tenants_a_rejected_profile_leaves_its_tenants_events_unknown() {
+    let (mut settings, _, _) = support::tansu_setup("rejected-strict").await;
+    settings.tenants.strict = true;
+    let database = support::OwnDatabase::create("tenantstream_rejected_strict").await;
+    database.use_in(&mut settings);
+    sqlx::query(&format!(
+        "ALTER TABLE tenants ADD CONSTRAINT no_poison CHECK (name IS DISTINCT FROM '{POISON_CUSTOMER}')"
+    ))
+    .execute(&database.admin)
+    .await
+    .unwrap();
+    let (rejected, accepted) = (Uuid::new_v4(), Uuid::new_v4());
+    let encoder = support::config_encoder(&settings);
+    let message = |tenant: Uuid, kind, key: &str, value: &str| {
+        let event = domain::ConfigChangeEvent {
+            event_id: Uuid::new_v4().to_string(),
+            tenant_id: Some(tenant.to_string()),
+            kind,
+            key: key.into(),
+            value: Some(value.into()),
+            ..domain::sample_config()
+        };
+        Generated {
+            key: tenant.to_string().into_bytes(),
+            value: encoder.encode(&event, false),
+            malformed: None,
+        }
+    };
+    let profile = |name: &str| format!(r#"{{"name":"{name}","tier":"pro","status":"active"}}"#);
+    let messages = [
+        message(
+            rejected,
+            ConfigKind::TenantProfile,
+            "profile",
+            &profile(POISON_CUSTOMER),
+        ),
+        message(rejected, ConfigKind::Setting, "locale", r#""fr""#),
+        message(
+            accepted,
+            ConfigKind::TenantProfile,
+            "profile",
+            &profile("fine"),
+        ),
+        message(accepted, ConfigKind::Setting, "locale", r#""de""#),
+    ];
+    let topic = settings.kafka.config_topic.clone();
+    let sent = support::send(&settings, &topic, &messages).await;
+    let worker = support::RunningWorker::start(&settings, tenantstream::Health::default()).await;
+    let limit = Duration::from_secs(60);
+    support::wait_for_topic_offsets(&database.admin, &settings, &topic, &sent.ends, limit).await;
+    worker.stop().await;
+
+    let dead = support::read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.dead_letter_topic,
+        2,
+        Duration::from_secs(30),
+    );
+    // By the original bytes: the profile is rejected, the setting's tenant is unknown.
+    let codes: HashMap<&[u8], &str> = dead
+        .iter()
+        .map(|m| (m.payload().unwrap(), support::header(m, HEADER_ERROR_CODE)))
+        .collect();
+    let want = HashMap::from([
+        (messages[0].value.as_slice(), REJECTED_BY_POSTGRES),
+        (messages[1].value.as_slice(), UNKNOWN_TENANT),
+    ]);
+    assert_eq!(codes, want);
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT tenant_id, key FROM tenant_settings ORDER BY key")
+            .fetch_all(&database.admin)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![(accepted, "locale".to_owned())]);
     database.drop().await;
 }
 

@@ -83,7 +83,24 @@ pub struct OwnDatabase {
 }
 
 impl OwnDatabase {
+    /// A new database named `<prefix>_<random>`. Each test has its own prefix: databases of it
+    /// left by an earlier run that failed are dropped first.
     pub async fn create(prefix: &str) -> Self {
+        // The shared test database's migration creates the worker role (a cluster-wide object)
+        // under its lock; migrating a second database at the same moment would race on it.
+        let server = admin_pool().await;
+        let leftovers: Vec<String> =
+            sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname ~ $1")
+                .bind(format!("^{prefix}_[0-9a-f]{{12}}$"))
+                .fetch_all(&server)
+                .await
+                .expect("list databases");
+        for leftover in leftovers {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {leftover} WITH (FORCE)"))
+                .execute(&server)
+                .await
+                .expect("drop a leftover database");
+        }
         let name = format!("{prefix}_{}", &Uuid::new_v4().simple().to_string()[..12]);
         let admin_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         sink::migrate(&admin_url)
