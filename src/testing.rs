@@ -20,7 +20,8 @@ pub mod decode {
 pub mod sink {
     pub use crate::sink::{
         connect_worker, ensure_rls_applies, load_stored_offsets, migrate, set_tenant, write_batch,
-        write_each, Batch, BatchOutcome, Isolated, PartitionKey, RejectedRow, Rows, SinkError,
+        write_each, Batch, BatchOutcome, BatchWrite, Isolated, PartitionKey, RejectedRow, Rows,
+        SinkError,
     };
 }
 

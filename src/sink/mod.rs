@@ -20,6 +20,8 @@ mod tenant_config;
 
 use crate::retry::{Classify, ErrorClass};
 
+#[cfg(feature = "test-support")]
+pub use batch::BatchWrite;
 pub use batch::{rewrite_rows, write_batch, Batch, BatchOutcome, Rows};
 pub use current_rows::read_current;
 pub use isolate::{write_each, Isolated, RejectedRow};

@@ -15,7 +15,9 @@ use tenantstream::testing::dead_letter::{
 use tenantstream::testing::domain::{
     self, ConfigKind, OrderEvent, TenantPolicy, ValidConfig, ValidOrder,
 };
-use tenantstream::testing::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows};
+use tenantstream::testing::sink::{
+    self, Batch, BatchOutcome, BatchWrite, Isolated, PartitionKey, Rows,
+};
 use tenantstream::testing::traffic::{self, Generated, TrafficSpec};
 use uuid::Uuid;
 
@@ -200,10 +202,6 @@ async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are
     );
 
     // Orders: [X v2 rejected, X v3, Y v1 rejected]: X's v2 is superseded, never tried.
-    let key = PartitionKey {
-        topic: "orders".into(),
-        ..key.clone()
-    };
     let orders = [
         valid(poisoned(tenant, "x", 2)),
         valid(OrderEvent {
@@ -212,29 +210,11 @@ async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are
         }),
         valid(poisoned(tenant, "y", 1)),
     ];
-    let orders_batch = strict_batch(&key, orders[..].into(), &applied);
-    let isolated = sink::write_each(&pool, &orders_batch).await.unwrap();
-    assert_eq!(rejected_of(isolated), vec![(2, "23514".to_owned())]);
-    let rest = Batch {
-        rows: orders[..2].into(),
-        ..orders_batch
-    };
-    let outcome = sink::write_each(&pool, &rest).await.unwrap();
-    assert!(
-        matches!(outcome, Isolated::Written(BatchOutcome::Committed(ref w)) if (w.written, w.stale) == (1, 1)),
-        "{outcome:?}"
-    );
-    let version: i64 = sqlx::query_scalar("SELECT version FROM orders WHERE order_id = 'x'")
-        .fetch_one(&database.admin)
-        .await
-        .unwrap();
-    assert_eq!(version, 3);
+    let written = isolate_orders(&pool, &key, "orders-x", &orders, 2).await;
+    assert_eq!((written.written, written.stale), (1, 1));
+    assert_eq!(stored_version(&database.admin, "x").await, 3);
 
-    // [z v5 rejected, z v4]: the rejected newest version leaves the older one to be written.
-    let key = PartitionKey {
-        topic: "orders-z".into(),
-        ..key.clone()
-    };
+    // [Z v5 rejected, Z v4]: the rejected newest version leaves the older one to be written.
     let orders = [
         valid(poisoned(tenant, "z", 5)),
         valid(OrderEvent {
@@ -242,23 +222,9 @@ async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are
             ..poisoned(tenant, "z", 4)
         }),
     ];
-    let z_batch = strict_batch(&key, orders[..].into(), &applied);
-    let isolated = sink::write_each(&pool, &z_batch).await.unwrap();
-    assert_eq!(rejected_of(isolated), vec![(0, "23514".to_owned())]);
-    let rest = Batch {
-        rows: orders[1..].into(),
-        ..z_batch
-    };
-    let outcome = sink::write_each(&pool, &rest).await.unwrap();
-    assert!(
-        matches!(outcome, Isolated::Written(BatchOutcome::Committed(ref w)) if w.written == 1),
-        "{outcome:?}"
-    );
-    let version: i64 = sqlx::query_scalar("SELECT version FROM orders WHERE order_id = 'z'")
-        .fetch_one(&database.admin)
-        .await
-        .unwrap();
-    assert_eq!(version, 4);
+    let written = isolate_orders(&pool, &key, "orders-z", &orders, 0).await;
+    assert_eq!((written.written, written.stale), (1, 0));
+    assert_eq!(stored_version(&database.admin, "z").await, 4);
     database.drop().await;
 }
 
@@ -341,6 +307,55 @@ async fn under_strict_tenants_a_rejected_profile_leaves_its_tenants_events_unkno
             .unwrap();
     assert_eq!(rows, vec![(accepted, "locale".to_owned())]);
     database.drop().await;
+}
+
+/// Writes `orders` row by row on a partition of `topic` of its own: Postgres rejects exactly the
+/// row at `rejected` (SQLSTATE 23514) and nothing commits; without that row the rest does.
+async fn isolate_orders(
+    pool: &sqlx::PgPool,
+    key: &PartitionKey,
+    topic: &str,
+    orders: &[ValidOrder],
+    rejected: usize,
+) -> BatchWrite {
+    let key = PartitionKey {
+        topic: topic.into(),
+        ..key.clone()
+    };
+    let applied = HashMap::new();
+    let batch = strict_batch(&key, orders.into(), &applied);
+    let isolated = sink::write_each(pool, &batch).await.unwrap();
+    let Isolated::Rejected(rows) = isolated else {
+        panic!("nothing rejected: {isolated:?}");
+    };
+    let found: Vec<(usize, &str)> = rows
+        .iter()
+        .map(|r| (r.index, r.sqlstate.as_str()))
+        .collect();
+    assert_eq!(found, vec![(rejected, "23514")]);
+    let mut rest = orders.to_vec();
+    rest.remove(rejected);
+    let outcome = sink::write_each(
+        pool,
+        &Batch {
+            rows: rest[..].into(),
+            ..batch
+        },
+    )
+    .await
+    .unwrap();
+    let Isolated::Written(BatchOutcome::Committed(written)) = outcome else {
+        panic!("not committed: {outcome:?}");
+    };
+    written
+}
+
+async fn stored_version(admin: &sqlx::PgPool, order_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT version FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(admin)
+        .await
+        .unwrap()
 }
 
 /// A batch of three messages, the first of its partition, under strict tenants.
