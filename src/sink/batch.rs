@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::isolate::{write_isolating, RejectedRow};
+use super::isolate::write_isolating;
 use super::offsets::{self, PartitionKey};
 use super::orders::write_orders;
 use super::tenant_config::write_config;
@@ -147,8 +147,8 @@ pub(super) fn committed(rows: usize, cache: Vec<QueuedCache>) -> BatchOutcome {
 pub struct Rewritten {
     /// The refs of the rows that were newer than the stored ones.
     pub refs: Vec<CacheRef>,
-    /// Rows Postgres rejected for their data (the live worker dead-letters them).
-    pub rejected: Vec<RejectedRow>,
+    /// How many rows Postgres rejected for their data (the live worker dead-letters them).
+    pub rejected: usize,
 }
 
 /// Writes rows outside any partition's progress (no offset is read or moved), for
@@ -174,7 +174,10 @@ pub async fn rewrite_rows(
     };
     tx.commit().await?;
     let refs = queued.iter().map(|q| q.item.cache_ref()).collect();
-    Ok(Rewritten { refs, rejected })
+    Ok(Rewritten {
+        refs,
+        rejected: rejected.len(),
+    })
 }
 
 /// Upserts the rows of either event type and queues their cache work under `group`.

@@ -326,7 +326,7 @@ impl<'a> Replayer<'a> {
             .await
             .context("rewriting rows in Postgres")?;
         // Their keys are still rebuilt from whatever row Postgres holds.
-        summary.dead += rewritten.rejected.len() as u64;
+        summary.dead += rewritten.rejected as u64;
         Ok(rewritten.refs)
     }
 
