@@ -13,7 +13,7 @@ use tenantstream::testing::dead_letter::{
     HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, REJECTED_BY_POSTGRES, UNKNOWN_TENANT,
 };
 use tenantstream::testing::domain::{
-    self, ConfigKind, OrderEvent, TenantPolicy, ValidConfig, ValidOrder,
+    self, ConfigChangeEvent, ConfigKind, OrderEvent, TenantPolicy, ValidConfig, ValidOrder,
 };
 use tenantstream::testing::sink::{
     self, Batch, BatchOutcome, BatchWrite, Isolated, PartitionKey, Rows,
@@ -245,20 +245,10 @@ async fn under_strict_tenants_a_rejected_profile_leaves_its_tenants_events_unkno
     .unwrap();
     let (rejected, accepted) = (Uuid::new_v4(), Uuid::new_v4());
     let encoder = support::config_encoder(&settings);
-    let message = |tenant: Uuid, kind, key: &str, value: &str| {
-        let event = domain::ConfigChangeEvent {
-            event_id: Uuid::new_v4().to_string(),
-            tenant_id: Some(tenant.to_string()),
-            kind,
-            key: key.into(),
-            value: Some(value.into()),
-            ..domain::sample_config()
-        };
-        Generated {
-            key: tenant.to_string().into_bytes(),
-            value: encoder.encode(&event, false),
-            malformed: None,
-        }
+    let message = |tenant: Uuid, kind, key: &str, value: &str| Generated {
+        key: tenant.to_string().into_bytes(),
+        value: encoder.encode(&config_event(tenant, kind, key, value), false),
+        malformed: None,
     };
     let profile = |name: &str| format!(r#"{{"name":"{name}","tier":"pro","status":"active"}}"#);
     let messages = [
@@ -374,8 +364,9 @@ fn strict_batch<'a>(
     }
 }
 
-fn change(tenant: Uuid, kind: ConfigKind, key: &str, value: &str) -> ValidConfig {
-    domain::ConfigChangeEvent {
+/// A configuration change of `tenant` with a fresh event id.
+fn config_event(tenant: Uuid, kind: ConfigKind, key: &str, value: &str) -> ConfigChangeEvent {
+    ConfigChangeEvent {
         event_id: Uuid::new_v4().to_string(),
         tenant_id: Some(tenant.to_string()),
         kind,
@@ -383,8 +374,10 @@ fn change(tenant: Uuid, kind: ConfigKind, key: &str, value: &str) -> ValidConfig
         value: Some(value.into()),
         ..domain::sample_config()
     }
-    .validate()
-    .unwrap()
+}
+
+fn change(tenant: Uuid, kind: ConfigKind, key: &str, value: &str) -> ValidConfig {
+    config_event(tenant, kind, key, value).validate().unwrap()
 }
 
 fn valid(event: OrderEvent) -> ValidOrder {
