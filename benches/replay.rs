@@ -37,6 +37,7 @@ impl OwnRedis {
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting redis-server")?;
         let started = Instant::now();

@@ -18,10 +18,19 @@ cargo clippy --all-targets --quiet -- -D warnings
 export TENANTSTREAM_TEST_BROKERS="127.0.0.1:${TANSU_PORT}"
 echo "== cargo test (Postgres 127.0.0.1:5432, Redis 127.0.0.1:6379, tansu ${TENANTSTREAM_TEST_BROKERS})"
 log=$(mktemp)
+# The tests run in a session of their own, writing to a file that is followed here: a process a
+# failed test left behind (a server it started, say) can then neither keep this script's output
+# open nor outlive the suite, because the whole session is stopped when cargo ends.
+setsid cargo test -- --test-threads 4 >"$log" 2>&1 &
+tests=$!
+tail -n +1 -f --pid="$tests" "$log" &
+follower=$!
 set +e
-cargo test -- --test-threads 4 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+wait "$tests"
+status=$?
 set -e
+wait "$follower"
+kill -- -"$tests" 2>/dev/null || true
 # One closing line for the whole suite.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
 rm -f "$log"

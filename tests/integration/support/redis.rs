@@ -2,7 +2,6 @@
 //! against the traffic's oracle.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tenantstream::testing::cache;
@@ -12,83 +11,110 @@ use tenantstream::testing::traffic::{Expected, ExpectedConfig};
 use super::services::free_port;
 
 /// Redis servers of the test's own (FLUSHALL or a cluster there touches no other test), from
-/// Debian's redis-server; stopped on drop.
+/// Debian's redis-server; stopped on drop, also when a test panics while starting them.
+///
+/// Each server logs to a file of its own: a server that inherited the test's stderr and outlived
+/// it would hold the suite's output pipe open, and CI would wait on it for good.
 pub struct PrivateRedis {
     children: Vec<std::process::Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub url: String,
     pub ports: Vec<u16>,
 }
 
+/// A port picked by [`free_port`] can be taken again before the server binds it, so a server that
+/// exits at start is started again on new ports, this many times in all.
+const START_ATTEMPTS: usize = 5;
+
 impl PrivateRedis {
-    fn spawn(dir: &Path, port: u16, cluster: bool) -> std::process::Child {
-        let mut command = std::process::Command::new("redis-server");
-        command.args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
-        command.arg("--dir").arg(dir);
-        if cluster {
-            command.args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "5000",
-                "--cluster-config-file",
-                &format!("nodes-{port}.conf"),
-            ]);
+    fn empty() -> Self {
+        Self {
+            children: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            url: String::new(),
+            ports: Vec::new(),
         }
-        command
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) starts")
     }
 
-    fn wait_for(port: u16) {
+    /// Starts one server on `port` (with its cluster bus on `bus_port`) and waits until it
+    /// listens. Returns the reason when the server exited instead.
+    fn start(&mut self, port: u16, bus_port: Option<u16>) -> Result<(), String> {
+        let log = self.dir.path().join(format!("redis-{port}.log"));
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
+        command.args(["--save", "", "--appendonly", "no"]);
+        command.arg("--dir").arg(self.dir.path());
+        command.arg("--logfile").arg(&log);
+        if let Some(bus_port) = bus_port {
+            command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]);
+            command.args(["--cluster-port", &bus_port.to_string()]);
+            command.args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
+        }
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) starts");
+        self.children.push(child);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let child = self.children.last_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                self.children.pop();
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("redis on {port} exited ({status}): {log}"));
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "redis on {port} did not start"
+                "redis on {port} did not start listening in 10 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.ports.push(port);
+        Ok(())
+    }
+
+    /// Starts one server, on new free ports each time it exits at start.
+    fn start_on_free_ports(&mut self, cluster: bool) {
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let bus_port = cluster.then(free_port);
+            match self.start(free_port(), bus_port) {
+                Ok(()) => return,
+                Err(reason) => failures.push(reason),
+            }
+        }
+        panic!("redis-server did not start: {failures:#?}");
     }
 
     /// One standalone server.
     pub fn single() -> Self {
-        Self::single_on(free_port())
+        let mut redis = Self::empty();
+        redis.start_on_free_ports(false);
+        redis.url = format!("redis://127.0.0.1:{}", redis.ports[0]);
+        redis
     }
 
     /// One standalone server on `port` (to start it again where clients expect it).
     pub fn single_on(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Self::spawn(dir.path(), port, false);
-        Self::wait_for(port);
-        Self {
-            children: vec![child],
-            _dir: dir,
-            url: format!("redis://127.0.0.1:{port}"),
-            ports: vec![port],
+        let mut redis = Self::empty();
+        if let Err(reason) = redis.start(port, None) {
+            panic!("{reason}");
         }
+        redis.url = format!("redis://127.0.0.1:{port}");
+        redis
     }
 
     /// A 3-node cluster (3 primaries, no replicas), every slot covered.
     pub fn cluster() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let children = ports
+        let mut redis = Self::empty();
+        (0..3).for_each(|_| redis.start_on_free_ports(true));
+        let nodes: Vec<String> = redis
+            .ports
             .iter()
-            .map(|p| Self::spawn(dir.path(), *p, true))
+            .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        ports.iter().for_each(|p| Self::wait_for(*p));
-        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let status = std::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
@@ -100,7 +126,7 @@ impl PrivateRedis {
         let started = Instant::now();
         loop {
             let info = std::process::Command::new("redis-cli")
-                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .args(["-p", &redis.ports[0].to_string(), "cluster", "info"])
                 .output()
                 .expect("redis-cli cluster info");
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
@@ -112,16 +138,11 @@ impl PrivateRedis {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let url = format!(
+        redis.url = format!(
             "redis-cluster://{}?node={}&node={}",
             nodes[0], nodes[1], nodes[2]
         );
-        Self {
-            children,
-            _dir: dir,
-            url,
-            ports,
-        }
+        redis
     }
 }
 
