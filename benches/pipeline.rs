@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (ceiling_messages, _) = traffic::generate(&ceiling_spec, &encoder);
     let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None)?);
-    let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE)?;
+    let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE, &settings.limits)?;
     let mut lanes: Vec<Vec<ValidOrder>> = vec![Vec::new(); partitions as usize];
     for message in &ceiling_messages {
         let event: OrderEvent = decoder.decode(&message.value).await?;

@@ -24,6 +24,8 @@ pub const CACHE_APPLY_SECONDS: &str = "tenantstream_cache_apply_seconds";
 pub const CACHE_OUTBOX_BACKLOG: &str = "tenantstream_cache_outbox_backlog";
 pub const TRANSIENT_ERRORS: &str = "tenantstream_transient_errors_total";
 pub const FENCED_BATCHES: &str = "tenantstream_fenced_batches_total";
+pub const OFFSET_GAPS: &str = "tenantstream_offset_gaps_total";
+pub const OFFSETS_SKIPPED: &str = "tenantstream_offsets_skipped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -154,6 +156,22 @@ pub fn message_dead_lettered(topic: &str, partition: i32, offset: i64, code: &st
         error_code = code,
         reason,
         "Message dead-lettered."
+    );
+}
+
+/// A partition's next message came after `expected` (Kafka allows gaps: compaction,
+/// transaction markers, retention; an unexpected one is lost data).
+pub fn offset_gap(topic: &str, partition: i32, expected: i64, received: i64) {
+    counter!(OFFSET_GAPS, "topic" => topic.to_owned()).increment(1);
+    let skipped = received.saturating_sub(expected).max(0) as u64;
+    counter!(OFFSETS_SKIPPED, "topic" => topic.to_owned()).increment(skipped);
+    tracing::warn!(
+        topic,
+        partition,
+        expected,
+        received,
+        skipped,
+        "Offsets skipped: the next message of the partition is not the next offset."
     );
 }
 

@@ -40,8 +40,8 @@ pub mod kafka {
 pub mod dead_letter {
     pub use crate::pipeline::dead_letter::{
         header_text, HEADER_ERROR_CODE, HEADER_ERROR_REASON, HEADER_ERROR_SQLSTATE,
-        HEADER_ERROR_STAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
-        REJECTED_BY_POSTGRES, UNKNOWN_TENANT,
+        HEADER_ERROR_STAGE, HEADER_PAYLOAD_DROPPED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
+        HEADER_SOURCE_TOPIC, MAX_REASON_BYTES, REJECTED_BY_POSTGRES, UNKNOWN_TENANT,
     };
 }
 
@@ -54,6 +54,7 @@ pub mod retry {
 pub mod metrics {
     pub use crate::metrics::{
         install_recorder, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED,
+        OFFSETS_SKIPPED, OFFSET_GAPS,
     };
 }
 

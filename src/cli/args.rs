@@ -70,6 +70,15 @@ pub struct Overrides {
     /// Dead-letter events of unknown tenants instead of registering them as provisional.
     #[arg(long, env = "TENANTSTREAM_STRICT_TENANTS", global = true)]
     pub strict_tenants: Option<bool>,
+    /// Largest message value decoded, in bytes; larger ones are dead-lettered as too_large.
+    #[arg(long, env = "TENANTSTREAM_MAX_MESSAGE_BYTES", global = true)]
+    pub max_message_bytes: Option<usize>,
+    /// Most elements of one array or map in a message (line items per order).
+    #[arg(long, env = "TENANTSTREAM_MAX_ITEMS", global = true)]
+    pub max_items: Option<usize>,
+    /// Bytes of buffered messages at which a partition stops fetching.
+    #[arg(long, env = "TENANTSTREAM_MAX_BUFFERED_BYTES", global = true)]
+    pub max_buffered_bytes: Option<usize>,
     /// Log format.
     #[arg(
         long,
@@ -119,6 +128,12 @@ impl Overrides {
             &o.config_ttl_seconds,
         );
         set(&mut settings.tenants.strict, &o.strict_tenants);
+        set(&mut settings.limits.max_message_bytes, &o.max_message_bytes);
+        set(&mut settings.limits.max_items, &o.max_items);
+        set(
+            &mut settings.limits.max_buffered_bytes,
+            &o.max_buffered_bytes,
+        );
         set(&mut settings.log_format, &o.log_format);
         if let Some(url) = &o.database_url {
             settings.database.url = Secret::new(url);

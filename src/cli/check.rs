@@ -36,8 +36,8 @@ fn check_schemas(settings: &Settings) -> anyhow::Result<String> {
         &settings.schemas.dir,
         settings.schemas.registry_url.as_deref(),
     )?);
-    Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE)?;
-    Decoder::new(store, ValidConfig::SCHEMA_FILE)?;
+    Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE, &settings.limits)?;
+    Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
     Encoder::for_event::<ValidOrder>(&settings.schemas)?;
     Encoder::for_event::<ValidConfig>(&settings.schemas)?;
     Ok(format!(

@@ -6,6 +6,7 @@
 
 mod secret;
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ pub struct Settings {
     pub schemas: SchemaSettings,
     pub http: HttpSettings,
     pub tenants: TenantSettings,
+    pub limits: LimitSettings,
     pub log_format: LogFormat,
 }
 
@@ -91,6 +93,21 @@ pub struct TenantSettings {
     pub strict: bool,
 }
 
+/// Bounds on what one message may cost: a producer's message beyond them is dead-lettered as
+/// `too_large`, and buffers stay bounded in bytes as well as in messages.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// A message value larger than this is dead-lettered without being decoded.
+    pub max_message_bytes: usize,
+    /// The most elements of one array or map in a message: line items per order, and any
+    /// array a writer schema adds (skipped elements cost time too).
+    pub max_items: usize,
+    /// A partition stops fetching while its buffered messages hold this many bytes (or
+    /// four batches of messages, whichever comes first).
+    pub max_buffered_bytes: usize,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -125,6 +142,7 @@ impl Default for Settings {
             schemas: SchemaSettings::default(),
             http: HttpSettings::default(),
             tenants: TenantSettings::default(),
+            limits: LimitSettings::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -174,6 +192,16 @@ impl Default for SchemaSettings {
     }
 }
 
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_items: 10_000,
+            max_buffered_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
@@ -181,6 +209,9 @@ impl Default for HttpSettings {
         }
     }
 }
+
+/// Ten years.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// A configuration problem, naming the field or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -246,17 +277,67 @@ impl Settings {
                 return invalid(field, &format!("must differ from {other} ({topic:?})"));
             }
         }
-        if !(1..=100_000).contains(&self.kafka.batch_max_events) {
-            return invalid("kafka.batch_max_events", "must be between 1 and 100000");
+        let ranges: [(&'static str, u64, RangeInclusive<u64>); 9] = [
+            (
+                "kafka.batch_max_events",
+                self.kafka.batch_max_events as u64,
+                1..=100_000,
+            ),
+            (
+                "kafka.batch_linger_ms",
+                self.kafka.batch_linger_ms,
+                0..=60_000,
+            ),
+            // The broker's default group.min/max.session.timeout.ms.
+            (
+                "kafka.session_timeout_ms",
+                self.kafka.session_timeout_ms,
+                6_000..=1_800_000,
+            ),
+            (
+                "database.max_connections",
+                self.database.max_connections.into(),
+                2..=1_000,
+            ),
+            // Ten years: Redis keeps expiries in milliseconds, and a longer TTL is a typo.
+            (
+                "redis.order_ttl_seconds",
+                self.redis.order_ttl_seconds,
+                0..=MAX_TTL_SECONDS,
+            ),
+            (
+                "redis.config_ttl_seconds",
+                self.redis.config_ttl_seconds,
+                0..=MAX_TTL_SECONDS,
+            ),
+            // librdkafka's largest message.max.bytes.
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+                1_024..=1_000_000_000,
+            ),
+            (
+                "limits.max_items",
+                self.limits.max_items as u64,
+                1..=10_000_000,
+            ),
+            (
+                "limits.max_buffered_bytes",
+                self.limits.max_buffered_bytes as u64,
+                1_024..=1 << 40,
+            ),
+        ];
+        for (field, value, range) in ranges {
+            if !range.contains(&value) {
+                let (low, high) = (range.start(), range.end());
+                return invalid(field, &format!("{value} is not between {low} and {high}"));
+            }
         }
         if !self.database.url.expose().starts_with("postgres") {
             return invalid("database.url", "must be a postgres:// URL");
         }
         if !self.database.admin_url.expose().starts_with("postgres") {
             return invalid("database.admin_url", "must be a postgres:// URL");
-        }
-        if self.database.max_connections < 2 {
-            return invalid("database.max_connections", "must be at least 2");
         }
         if !self.redis.url.expose().starts_with("redis") {
             return invalid("redis.url", "must be a redis:// or redis-cluster:// URL");
@@ -283,6 +364,20 @@ mod tests {
         s.kafka.batch_max_events = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("kafka.batch_max_events"), "{err}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_their_field_and_range() {
+        let mut s = Settings::default();
+        s.redis.order_ttl_seconds = u64::MAX;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.order_ttl_seconds"), "{err}");
+        assert!(err.contains("is not between 0 and 315360000"), "{err}");
+        let mut s = Settings::default();
+        s.limits.max_items = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.max_items"), "{err}");
+        assert!(Settings::default().validate().is_ok());
     }
 
     #[test]

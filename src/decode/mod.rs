@@ -40,6 +40,9 @@ pub enum DecodeError {
     },
     #[error(transparent)]
     Invalid(#[from] InvalidField),
+    /// Over a bound of [`LimitSettings`](crate::config::LimitSettings).
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("schema registry unavailable: {0}")]
     RegistryUnavailable(String),
 }
@@ -52,6 +55,7 @@ impl DecodeError {
             Self::UnknownSchema(_) => "unknown_schema",
             Self::IncompatibleSchema { .. } => "incompatible_schema",
             Self::Invalid(_) => "invalid_field",
+            Self::TooLarge(_) => "too_large",
             Self::RegistryUnavailable(_) => "registry_unavailable",
         }
     }

@@ -1,6 +1,7 @@
 //! The partitions this worker owns: each one's buffered messages, in order, its stored offset,
-//! and whether a batch of it is being written. A partition whose buffer fills while a batch is
-//! written stops fetching (pause) until the batch is done.
+//! and whether a batch of it is being written. A partition whose buffer fills (in messages or
+//! in bytes) while a batch is written stops fetching (pause) until the batch is done. A message
+//! that is not the next offset is counted as a gap.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -10,7 +11,15 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 
 use crate::domain::TopicPartition;
+use crate::metrics;
 use crate::source::{Assignment, Source};
+
+/// When a partition's buffer is full: whichever bound it reaches first.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PauseAt {
+    pub messages: usize,
+    pub bytes: usize,
+}
 
 /// One partition's state.
 pub(super) struct PartitionState {
@@ -25,7 +34,13 @@ pub(super) struct PartitionState {
     /// The next offset to accept into the buffer (drops anything already buffered or written).
     position: Option<i64>,
     buffer: Vec<OwnedMessage>,
+    /// Bytes of the buffered messages' keys and values.
+    buffered_bytes: usize,
     oldest: Option<Instant>,
+}
+
+fn message_bytes(message: &OwnedMessage) -> usize {
+    message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
 }
 
 impl PartitionState {
@@ -37,18 +52,29 @@ impl PartitionState {
             committed: stored,
             position: stored,
             buffer: Vec::new(),
+            buffered_bytes: 0,
             oldest: None,
         }
     }
 
     fn accept(&mut self, message: OwnedMessage) -> bool {
-        if self.position.is_some_and(|p| message.offset() < p) {
-            return false;
+        let offset = message.offset();
+        match self.position {
+            Some(expected) if offset < expected => return false,
+            Some(expected) if offset > expected => {
+                metrics::offset_gap(message.topic(), message.partition(), expected, offset);
+            }
+            _ => {}
         }
-        self.position = Some(message.offset() + 1);
+        self.position = Some(offset + 1);
         self.oldest.get_or_insert_with(Instant::now);
+        self.buffered_bytes += message_bytes(&message);
         self.buffer.push(message);
         true
+    }
+
+    fn is_full(&self, pause_at: PauseAt) -> bool {
+        self.buffer.len() >= pause_at.messages || self.buffered_bytes >= pause_at.bytes
     }
 
     fn due_at(&self, linger: Duration) -> Option<Instant> {
@@ -65,6 +91,7 @@ impl PartitionState {
     /// Drops the buffered messages (they will be fetched again after a reassignment).
     pub fn clear(&mut self) {
         self.buffer.clear();
+        self.buffered_bytes = 0;
     }
 
     fn is_ready(&self, max_events: usize, linger: Duration, now: Instant) -> bool {
@@ -74,6 +101,7 @@ impl PartitionState {
 
     fn take_batch(&mut self) -> Vec<OwnedMessage> {
         self.oldest = None;
+        self.buffered_bytes = 0;
         std::mem::take(&mut self.buffer)
     }
 }
@@ -116,13 +144,13 @@ impl Partitions {
     }
 
     /// Buffers a message of an owned partition; pauses the partition when its buffer is full.
-    pub fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: usize) {
+    pub fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: PauseAt) {
         let partition = TopicPartition::new(message.topic(), message.partition());
         let Some(state) = self.states.get_mut(&partition) else {
             return;
         };
         state.accept(message);
-        if state.buffer.len() >= pause_at && !state.paused {
+        if state.is_full(pause_at) && !state.paused {
             state.paused = set_paused(consumer, &partition, true);
         }
     }
@@ -165,6 +193,7 @@ impl Partitions {
                 if messages.len() > max_events {
                     // Keep the rest (arrived while the previous batch was written) for the next.
                     state.buffer = messages.split_off(max_events);
+                    state.buffered_bytes = state.buffer.iter().map(message_bytes).sum();
                     state.oldest = Some(now);
                 }
                 ReadyBatch {
@@ -208,7 +237,7 @@ mod tests {
 
     fn message(offset: i64) -> OwnedMessage {
         OwnedMessage::new(
-            None,
+            Some(vec![0; 100]),
             None,
             "t".into(),
             Timestamp::NotAvailable,
@@ -231,5 +260,27 @@ mod tests {
             vec![10, 12]
         );
         assert!(state.due_at(Duration::from_millis(5)).is_none());
+    }
+
+    #[test]
+    fn a_buffer_is_full_at_either_bound() {
+        let mut state = PartitionState::starting_at(None, 1);
+        let pause_at = PauseAt {
+            messages: 10,
+            bytes: 250,
+        };
+        state.accept(message(0));
+        state.accept(message(1));
+        assert!(!state.is_full(pause_at));
+        state.accept(message(2));
+        assert!(state.is_full(pause_at), "300 bytes");
+        state.take_batch();
+        assert!(!state.is_full(pause_at));
+        let by_count = PauseAt {
+            messages: 1,
+            bytes: usize::MAX,
+        };
+        state.accept(message(3));
+        assert!(state.is_full(by_count));
     }
 }

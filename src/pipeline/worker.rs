@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{BatchPath, Processed};
 use super::cache_drainer::CacheDrainer;
 use super::dead_letter::DeadLetterSink;
-use super::partitions::{sleep_until, PartitionState, Partitions, ReadyBatch};
+use super::partitions::{sleep_until, PartitionState, Partitions, PauseAt, ReadyBatch};
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -77,8 +77,8 @@ impl Worker {
             &settings.schemas.dir,
             settings.schemas.registry_url.as_deref(),
         )?);
-        let orders = Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE)?;
-        let config = Decoder::new(store, ValidConfig::SCHEMA_FILE)?;
+        let orders = Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE, &settings.limits)?;
+        let config = Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
         let pool = sink::connect_worker(&settings.database).await?;
         sink::ensure_rls_applies(&pool).await?;
         let redis = cache::connect(settings.redis.url.expose()).await?;
@@ -177,6 +177,10 @@ impl Worker {
     async fn run_until_stopped(&self, consumer: &Source, shutdown: &CancellationToken) {
         let linger = Duration::from_millis(self.settings.kafka.batch_linger_ms);
         let max_events = self.settings.kafka.batch_max_events;
+        let pause_at = PauseAt {
+            messages: PAUSE_AT_BATCHES * max_events,
+            bytes: self.settings.limits.max_buffered_bytes,
+        };
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
@@ -196,7 +200,7 @@ impl Worker {
                         Ok(message) => {
                             self.health.recovered(Component::Kafka);
                             consume_backoff.reset();
-                            partitions.accept(consumer, message.detach(), PAUSE_AT_BATCHES * max_events);
+                            partitions.accept(consumer, message.detach(), pause_at);
                         }
                         Err(error) => {
                             self.health.failed(Component::Kafka, &error);

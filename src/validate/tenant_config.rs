@@ -95,6 +95,16 @@ fn normalise_value(kind: ConfigKind, text: &str) -> Result<String, InvalidField>
     if json_has_nul(&json) {
         return Err(invalid("value", "contains a NUL character"));
     }
+    let stored = jsonb_text_len(&json);
+    if stored > MAX_CONFIG_VALUE_BYTES {
+        return Err(invalid(
+            "value",
+            format!(
+                "stored as jsonb it takes up to {stored} bytes (numbers are written out in full), \
+                 over the {MAX_CONFIG_VALUE_BYTES}-byte limit"
+            ),
+        ));
+    }
     let shape = |e: serde_json::Error| invalid("value", e.to_string());
     match kind {
         ConfigKind::TenantProfile => {
@@ -137,6 +147,42 @@ fn check_sla_policy(policy: &SlaPolicy) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An upper bound of the length of Postgres' text of `value` as jsonb, which is what is stored,
+/// returned and cached: `", "` and `": "` between elements, and numbers without an exponent
+/// (`1e300` is 301 digits there).
+fn jsonb_text_len(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let separators = |n: usize| 2 * n.saturating_sub(1);
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => {
+            let text = n.to_string();
+            let exponent = text
+                .split_once(['e', 'E'])
+                .and_then(|(_, e)| e.parse::<i64>().ok())
+                .map_or(0, |e| e.unsigned_abs() as usize);
+            text.len() + exponent + 2
+        }
+        Value::String(s) => quoted_len(s),
+        Value::Array(items) => {
+            2 + separators(items.len()) + items.iter().map(jsonb_text_len).sum::<usize>()
+        }
+        Value::Object(map) => {
+            let entries: usize = map
+                .iter()
+                .map(|(k, v)| quoted_len(k) + 2 + jsonb_text_len(v))
+                .sum();
+            2 + separators(map.len()) + entries
+        }
+    }
+}
+
+/// The length of `s` as a JSON string (quotes and escapes included).
+fn quoted_len(s: &str) -> usize {
+    serde_json::to_string(s).map_or(s.len() * 6 + 2, |quoted| quoted.len())
 }
 
 /// Postgres jsonb cannot hold U+0000, which JSON text can spell as `\u0000`.
@@ -208,6 +254,28 @@ mod tests {
             let err = e.clone().validate().unwrap_err();
             assert_eq!(err.field, field, "{e:?}: {err}");
         }
+    }
+
+    #[test]
+    fn values_are_bounded_by_their_size_as_stored_not_as_sent() {
+        use super::{jsonb_text_len, MAX_CONFIG_VALUE_BYTES};
+        for text in [
+            r#"{"a": [1, 2.5, -3e-2, "x\"y"], "b": null}"#,
+            "[]",
+            "{}",
+            "true",
+        ] {
+            let json: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert!(jsonb_text_len(&json) >= text.len(), "{text}");
+        }
+        // 6 bytes sent per number, 303 stored: 300 numbers are 1.8 kB sent, 91 kB stored.
+        let numbers = vec!["1e300"; 300].join(",");
+        let mut e = sample_config();
+        e.value = Some(format!(r#"{{"limit":[{numbers}]}}"#));
+        assert!(e.value.as_ref().unwrap().len() < MAX_CONFIG_VALUE_BYTES / 10);
+        let err = e.validate().unwrap_err();
+        assert_eq!(err.field, "value");
+        assert!(err.reason.contains("stored as jsonb"), "{err}");
     }
 
     #[test]

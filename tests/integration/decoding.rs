@@ -41,7 +41,7 @@ fn repo_store() -> Arc<SchemaStore> {
 }
 
 fn decoder(store: &Arc<SchemaStore>) -> Decoder {
-    Decoder::new(store.clone(), READER).expect("reader schema loads")
+    Decoder::new(store.clone(), READER, &Default::default()).expect("reader schema loads")
 }
 
 fn sample() -> OrderEvent {

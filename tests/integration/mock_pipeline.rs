@@ -199,17 +199,6 @@ async fn rows(admin: &sqlx::PgPool, expected: &Expected) -> HashSet<(Uuid, Strin
     .collect()
 }
 
-/// The value of one sample line `name{labels} value` whose labels include all of `want`.
-fn sample(rendered: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
-    rendered.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-        let (labels, value) = rest.split_once("} ")?;
-        want.iter()
-            .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     let metrics = tenantstream::testing::metrics::install_recorder();
@@ -240,7 +229,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
             .ends
             .keys()
             .map(|p| {
-                sample(
+                support::sample(
                     &rendered,
                     tenantstream::testing::metrics::CONSUMER_LAG,
                     &[("topic", &topic), ("partition", &p.to_string())],
@@ -259,7 +248,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     let count = |name: &str, extra: &[(&str, &str)]| {
         let mut want = vec![("topic", topic.as_str())];
         want.extend_from_slice(extra);
-        sample(&rendered, name, &want).unwrap_or(0.0) as usize
+        support::sample(&rendered, name, &want).unwrap_or(0.0) as usize
     };
     use tenantstream::testing::metrics::{DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED};
     let consumed = count(EVENTS_CONSUMED, &[]);

@@ -99,7 +99,7 @@ impl<'a> Replayer<'a> {
         if remaining.is_empty() {
             return Ok(());
         }
-        let decoder = Decoder::new(self.store.clone(), E::SCHEMA_FILE)?;
+        let decoder = Decoder::new(self.store.clone(), E::SCHEMA_FILE, &self.settings.limits)?;
         let consumer = replay_consumer(self.settings)?;
         let mut tpl = TopicPartitionList::new();
         for range in ranges.iter().filter(|r| !r.is_empty()) {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod kafka;
+mod metrics;
 mod postgres;
 mod redis;
 mod services;
@@ -11,6 +12,7 @@ mod traffic;
 mod worker;
 
 pub use kafka::*;
+pub use metrics::*;
 pub use postgres::*;
 pub use redis::*;
 pub use services::*;
