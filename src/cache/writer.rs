@@ -30,14 +30,47 @@ impl From<&RedisSettings> for Ttl {
 }
 
 /// What applying cache items did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub written: usize,
     pub skipped_older: usize,
+    /// Items Redis answered with an error of their own (a key of the wrong type, say): the
+    /// other items of their pipeline are applied.
+    pub failed: Vec<FailedItem>,
 }
 
-/// Script calls per Redis pipeline: small enough to answer well within [`COMMAND_TIMEOUT`](super::COMMAND_TIMEOUT).
+/// An item Redis refused, and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedItem {
+    pub item: CacheRef,
+    pub error: String,
+}
+
+impl Applied {
+    fn add(&mut self, other: Applied) {
+        self.written += other.written;
+        self.skipped_older += other.skipped_older;
+        self.failed.extend(other.failed);
+    }
+
+    /// An error naming the failed items, if any.
+    fn failures(&self) -> Result<(), CacheError> {
+        match self.failed.first() {
+            None => Ok(()),
+            Some(first) => Err(CacheError::other(format!(
+                "{} keys refused, first {:?}: {}",
+                self.failed.len(),
+                first.item,
+                first.error
+            ))),
+        }
+    }
+}
+
+/// Script calls per Redis pipeline, and bytes of values: small enough to answer well within
+/// [`COMMAND_TIMEOUT`](super::COMMAND_TIMEOUT) however large the values.
 const PIPELINE_CHUNK: usize = 1000;
+const PIPELINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How often items are tried again when their keyspace's generation moved under them.
 const GENERATION_RETRIES: usize = 10;
@@ -56,8 +89,7 @@ pub async fn apply(redis: &Client, items: &[CacheItem], ttl: &Ttl) -> Result<App
         }
         let generations = read_generations(redis, pending.iter().map(|i| i.keyspace())).await?;
         let (done, moved) = apply_read_after(redis, &pending, &generations, ttl).await?;
-        applied.written += done.written;
-        applied.skipped_older += done.skipped_older;
+        applied.add(done);
         pending = moved;
     }
     Err(moving_generation(pending.len()))
@@ -93,14 +125,20 @@ pub async fn apply_read_after(
     bump_generations(redis, &suspensions).await?;
     let mut applied = Applied::default();
     let mut moved = Vec::new();
-    for chunk in items.chunks(PIPELINE_CHUNK) {
+    for chunk in pipeline_chunks(items) {
         let pipeline = redis.pipeline();
         for item in chunk {
             let generation = generations.get(&item.keyspace()).copied().unwrap_or(0);
             let call = apply_item(item, generation, ttl);
             let () = pipeline.custom(eval(), call.into_eval_args()).await?;
         }
-        let results: Vec<i64> = pipeline.all().await?;
+        let results: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
+        if let Some(outage) = results
+            .iter()
+            .find_map(|r| r.as_ref().err().filter(|e| is_outage(e)))
+        {
+            return Err(outage.clone().into());
+        }
         if results.len() != chunk.len() {
             // Never treat a partial answer as success: the outbox rows would be deleted.
             return Err(CacheError::other(format!(
@@ -111,17 +149,59 @@ pub async fn apply_read_after(
         }
         for (item, result) in chunk.iter().zip(results) {
             match result {
-                1 => applied.written += 1,
-                0 => applied.skipped_older += 1,
-                _ => moved.push(item.clone()),
+                Ok(1) => applied.written += 1,
+                Ok(0) => applied.skipped_older += 1,
+                Ok(_) => moved.push(item.clone()),
+                Err(error) => {
+                    let item = item.cache_ref();
+                    tracing::warn!(?item, %error, "Redis refused a cache write; the others go on.");
+                    let error = error.to_string();
+                    applied.failed.push(FailedItem { item, error });
+                }
             }
         }
     }
     Ok((applied, moved))
 }
 
+/// Whether an error is Redis (or the way to it) failing, rather than an answer about one key.
+fn is_outage(error: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Cluster
+            | ErrorKind::Backpressure
+            | ErrorKind::Routing
+            | ErrorKind::Auth
+            | ErrorKind::Unknown
+    )
+}
+
+/// `items` cut into pipelines of at most [`PIPELINE_CHUNK`] items and [`PIPELINE_BYTES`] of
+/// values (an item larger than that goes alone).
+fn pipeline_chunks(items: &[CacheItem]) -> Vec<&[CacheItem]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let size = item.value_len();
+        if i > start && (i - start == PIPELINE_CHUNK || bytes + size > PIPELINE_BYTES) {
+            chunks.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < items.len() {
+        chunks.push(&items[start..]);
+    }
+    chunks
+}
+
 /// Reads the current rows behind `refs` and applies them, reading again those whose
-/// generation moved meanwhile. `read` reads rows (under the right tenant contexts); its error
+/// generation moved meanwhile. A key Redis refuses fails the call (naming it): the caller's
+/// work stays queued. `read` reads rows (under the right tenant contexts); its error
 /// type is the caller's. Returns what was applied and how many refs had a row.
 pub async fn refresh<F, Fut, E>(
     redis: &Client,
@@ -148,8 +228,8 @@ where
             found = items.len();
         }
         let (done, moved) = apply_read_after(redis, &items, &generations, ttl).await?;
-        applied.written += done.written;
-        applied.skipped_older += done.skipped_older;
+        applied.add(done);
+        applied.failures()?;
         pending = moved.iter().map(CacheItem::cache_ref).collect();
     }
     Err(moving_generation(pending.len()).into())
@@ -198,17 +278,55 @@ pub async fn read_generations(
         .collect())
 }
 
-/// Writes a committed batch's rows to Redis and notes the applied outbox rows in `ledger`.
+/// Writes a committed batch's rows to Redis and notes the applied outbox rows in `ledger`. The
+/// rows of keys Redis refused are not noted: they stay queued for the drainer, and the call
+/// returns how many there were. An error means Redis is not answering.
 pub async fn apply_queued(
     redis: &Client,
     ledger: &CacheLedger,
     queued: &[QueuedCache],
     ttl: &Ttl,
-) -> Result<(), CacheError> {
+) -> Result<usize, CacheError> {
     let started = std::time::Instant::now();
     let items: Vec<CacheItem> = queued.iter().map(|q| q.item.clone()).collect();
     let applied = apply(redis, &items, ttl).await?;
-    ledger.record(queued);
+    let failed: std::collections::HashSet<&CacheRef> =
+        applied.failed.iter().map(|f| &f.item).collect();
+    let done: Vec<QueuedCache> = queued
+        .iter()
+        .filter(|q| !failed.contains(&q.item.cache_ref()))
+        .cloned()
+        .collect();
+    ledger.record(&done);
     metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
-    Ok(())
+    Ok(applied.failed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(bytes: usize) -> CacheItem {
+        CacheItem::Order {
+            tenant: uuid::Uuid::nil(),
+            order_id: "o".into(),
+            version: 1,
+            json: "x".repeat(bytes),
+        }
+    }
+
+    #[test]
+    fn pipelines_are_bounded_by_count_and_by_bytes() {
+        let sizes = |items: &[CacheItem]| -> Vec<usize> {
+            pipeline_chunks(items).iter().map(|c| c.len()).collect()
+        };
+        assert_eq!(sizes(&vec![order(10); 2_500]), [1000, 1000, 500]);
+        let big = PIPELINE_BYTES / 2 + 1;
+        assert_eq!(sizes(&vec![order(big); 3]), [1, 1, 1]);
+        assert_eq!(
+            sizes(&[order(PIPELINE_BYTES * 3), order(1), order(1)]),
+            [1, 2]
+        );
+        assert!(sizes(&[]).is_empty());
+    }
 }

@@ -102,6 +102,16 @@ impl CacheItem {
         }
     }
 
+    /// Bytes of the value written (what a Redis pipeline carries for it).
+    pub fn value_len(&self) -> usize {
+        match self {
+            Self::Order { json, .. } | Self::Profile { json, .. } => json.len(),
+            Self::Entry { value, .. } | Self::Category { value, .. } => {
+                value.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+
     pub fn version(&self) -> i64 {
         match self {
             Self::Order { version, .. }

@@ -301,7 +301,8 @@ impl BatchPath {
 
     /// Refreshes the batch's cache keys now; on failure the drainer applies them later. While
     /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
-    /// progress goes on at full speed.
+    /// progress goes on at full speed. A key Redis refuses (of the wrong type, say) is left
+    /// queued alone: Redis answered, so the cache writes of other keys go on.
     async fn apply_cache(&self, queued: &[QueuedCache]) {
         if queued.is_empty() {
             return;
@@ -311,7 +312,7 @@ impl BatchPath {
             return;
         }
         match cache::apply_queued(&self.redis, &self.cache_ledger, queued, &self.ttl).await {
-            Ok(()) => self.health.recovered(Component::Redis),
+            Ok(_refused) => self.health.recovered(Component::Redis),
             Err(error) => {
                 self.health.failed(Component::Redis, &error);
                 let retry_in = Duration::ZERO;

@@ -104,8 +104,12 @@ impl CacheDrainer {
             tracing::warn!(%error, "Could not delete applied cache work.");
         }
         // Shared work (few keys), then one pass over every tenant with leftover work, a page
-        // of tenants at a time.
-        self.drain(&[], true).await?;
+        // of tenants at a time. A page that fails (a key Redis refuses, say) stays queued; the
+        // pass goes on with the next page, so one tenant's bad key does not hold back every
+        // tenant after it. Three failing pages in a row end the pass.
+        const GIVE_UP_AFTER: usize = 3;
+        let mut first_error = self.drain(&[], true).await.err();
+        let mut failing_in_a_row = usize::from(first_error.is_some());
         let mut after = None;
         let mut tenants_seen = 0;
         loop {
@@ -121,12 +125,27 @@ impl CacheDrainer {
                 break;
             };
             tenants_seen += tenants.len();
-            self.drain(&tenants, false).await?;
+            match self.drain(&tenants, false).await {
+                Ok(()) => failing_in_a_row = 0,
+                Err(error) => {
+                    tracing::warn!(%error, first = %tenants[0], last = %last, "A page of cache work failed; going on with the next.");
+                    failing_in_a_row += 1;
+                    first_error.get_or_insert(error);
+                    if failing_in_a_row == GIVE_UP_AFTER {
+                        break;
+                    }
+                }
+            }
             after = Some(last);
         }
         metrics::cache_backlog(tenants_seen);
-        // Prove Redis answers even when nothing was queued, so readiness tells the truth.
+        // Prove Redis answers even when nothing was queued, so readiness tells the truth: only
+        // an outage marks Redis failing (which sends the batches' cache work here), not a page
+        // that failed while Redis answers.
         let _: Value = self.redis.ping(None).await.map_err(CacheError::from)?;
+        if let Some(error) = first_error {
+            metrics::transient_error(error.component(), Stage::Drain, &error, IDLE);
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use fred::prelude::*;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
@@ -238,4 +239,59 @@ async fn send_with_headers(
             panic!("sending {:?}: {e}", String::from_utf8_lossy(&message.key))
         });
     (delivery.partition, delivery.offset)
+}
+
+/// A key Redis refuses (someone left a hash where an order's JSON goes) costs that key only:
+/// every other key of the batch, of its tenant and of other tenants is written, the refused
+/// key's cache work stays queued, and the drainer applies it once the key is fixed. Broker:
+/// tansu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_redis_refuses_holds_back_only_itself() {
+    let (settings, admin, redis) = support::tansu_setup("refused-key").await;
+    let spec = TrafficSpec {
+        count: 600,
+        tenants: 4,
+        malformed: 0.0,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (messages, expected) = traffic::generate(&spec, &support::order_encoder(&settings));
+    let (tenant, order_id) = expected.orders.keys().next().unwrap().clone();
+    let bad_key = tenantstream::testing::cache::order_key(&tenant, 0, &order_id);
+    let () = redis
+        .hset(&bad_key, ("not", "an order"))
+        .await
+        .expect("a hash where the order's JSON goes");
+    let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
+
+    let worker = support::RunningWorker::start(&settings, Health::default()).await;
+    let limit = Duration::from_secs(120);
+    support::wait_for_offsets(&admin, &settings, &sent.ends, limit).await;
+    // Every other key's work is done while the refused one stays queued.
+    let others: Vec<Uuid> = expected
+        .tenants
+        .iter()
+        .copied()
+        .filter(|t| *t != tenant)
+        .collect();
+    support::wait_for_cache(&admin, &others, Duration::from_secs(30)).await;
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, key_id FROM cache_outbox WHERE consumer_group = $1 AND tenant_id = $2",
+    )
+    .bind(&settings.kafka.group_id)
+    .bind(tenant)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(queued.len(), 1, "only the refused key waits: {queued:?}");
+    assert_eq!(queued[0].1, order_id);
+    let key_type: String = redis.r#type(&bad_key).await.unwrap();
+    assert_eq!(key_type, "hash", "the refused key is left as it was");
+
+    // Fixed by an operator: the drainer applies the waiting work, and the cache is exact.
+    let () = redis.del(&bad_key).await.unwrap();
+    support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
+    worker.stop().await;
+    support::assert_rows(&admin, &expected).await;
+    support::assert_cache(&redis, &expected).await;
 }
