@@ -40,6 +40,10 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub admin_database_url: Option<String>,
+    /// Postgres statement timeout (ms) of the worker; a row that alone runs past it is
+    /// dead-lettered.
+    #[arg(long, env = "TENANTSTREAM_STATEMENT_TIMEOUT_MS", global = true)]
+    pub statement_timeout_ms: Option<u64>,
     /// Redis URL (redis:// or redis-cluster://).
     #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -128,6 +132,10 @@ impl Overrides {
             &o.config_ttl_seconds,
         );
         set(&mut settings.tenants.strict, &o.strict_tenants);
+        set(
+            &mut settings.database.statement_timeout_ms,
+            &o.statement_timeout_ms,
+        );
         set(&mut settings.limits.max_message_bytes, &o.max_message_bytes);
         set(&mut settings.limits.max_items, &o.max_items);
         set(

@@ -54,6 +54,10 @@ pub struct DatabaseSettings {
     /// The owner's connection, used by `migrate` and `demo`.
     pub admin_url: Secret,
     pub max_connections: u32,
+    /// A statement of the worker that runs longer is cancelled; when one row's data makes it
+    /// so, the row is dead-lettered (`rejected_by_postgres`, SQLSTATE 57014). Lock waits end
+    /// at a third of it.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -169,6 +173,7 @@ impl Default for DatabaseSettings {
             url: Secret::new("postgres://tenantstream_worker@127.0.0.1:5432/tenantstream"),
             admin_url: Secret::new("postgres://postgres@127.0.0.1:5432/tenantstream"),
             max_connections: 8,
+            statement_timeout_ms: 30_000,
         }
     }
 }
@@ -277,7 +282,7 @@ impl Settings {
                 return invalid(field, &format!("must differ from {other} ({topic:?})"));
             }
         }
-        let ranges: [(&'static str, u64, RangeInclusive<u64>); 9] = [
+        let ranges: [(&'static str, u64, RangeInclusive<u64>); 10] = [
             (
                 "kafka.batch_max_events",
                 self.kafka.batch_max_events as u64,
@@ -298,6 +303,11 @@ impl Settings {
                 "database.max_connections",
                 self.database.max_connections.into(),
                 2..=1_000,
+            ),
+            (
+                "database.statement_timeout_ms",
+                self.database.statement_timeout_ms,
+                300..=3_600_000,
             ),
             // Ten years: Redis keeps expiries in milliseconds, and a longer TTL is a typo.
             (

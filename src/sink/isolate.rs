@@ -1,4 +1,5 @@
-//! Finding the rows Postgres rejects for their data (SQLSTATE class 22 or 23), so that one bad
+//! Finding the rows Postgres rejects for their data (SQLSTATE class 22 or 23, or a statement
+//! timeout: [`SinkError::rejects_row`]), so that one bad
 //! event costs one dead letter instead of blocking its partition.
 //!
 //! The batch's targets (one order, one configuration entry) are written in the order the
@@ -22,7 +23,7 @@ use crate::domain::{CacheRef, Event, QueuedCache, TenantPolicy};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedRow {
     pub index: usize,
-    /// The SQLSTATE Postgres answered (class 22 or 23).
+    /// The SQLSTATE Postgres answered (class 22 or 23, or 57014).
     pub sqlstate: String,
     /// Postgres's message, e.g. `new row for relation "orders" violates check constraint …`.
     pub message: String,

@@ -40,6 +40,9 @@ pub enum SinkError {
     Setup(String),
 }
 
+/// `query_canceled`: here, `statement_timeout`.
+const STATEMENT_TIMEOUT: &str = "57014";
+
 impl SinkError {
     /// The SQLSTATE of an error Postgres itself returned.
     pub fn sqlstate(&self) -> Option<String> {
@@ -54,12 +57,15 @@ impl SinkError {
     }
 
     /// Postgres refused a row for its data: SQLSTATE class 22 (data exception) or 23
-    /// (integrity constraint violation). The event is at fault, not a dependency.
+    /// (integrity constraint violation), or 57014 (the statement ran past `statement_timeout`:
+    /// lock waits end earlier, at `lock_timeout`, so it is the work the data asks for). The
+    /// event is at fault, not a dependency: the rows are written again by halves, and only a
+    /// row that fails alone is rejected (a cancel that was load, not data, does not repeat).
     pub fn rejects_row(&self) -> bool {
-        matches!(
-            self.sqlstate().as_deref().and_then(|s| s.get(..2)),
-            Some("22" | "23")
-        )
+        let sqlstate = self.sqlstate();
+        let sqlstate = sqlstate.as_deref();
+        sqlstate == Some(STATEMENT_TIMEOUT)
+            || matches!(sqlstate.and_then(|s| s.get(..2)), Some("22" | "23"))
     }
 
     fn answered(&self) -> Option<&dyn sqlx::error::DatabaseError> {
@@ -71,10 +77,10 @@ impl SinkError {
 }
 
 impl Classify for SinkError {
-    /// Permanent: the data of the statement (SQLSTATE class 22, data exception, or 23,
-    /// integrity constraint violation) or the setup (a role that bypasses RLS, an invalid URL).
-    /// Everything else (connections, timeouts, serialization failures, a missing table or grant
-    /// an operator can fix) is transient.
+    /// Permanent: the data of the statement ([`SinkError::rejects_row`]) or the setup (a role
+    /// that bypasses RLS, an invalid URL). Everything else (connections, lock and connect
+    /// timeouts, serialization failures, a missing table or grant an operator can fix) is
+    /// transient.
     fn class(&self) -> ErrorClass {
         match self {
             Self::Setup(_) => ErrorClass::Permanent,

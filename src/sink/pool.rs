@@ -29,8 +29,13 @@ pub fn connect_worker_sized(
     settings: &DatabaseSettings,
     max_connections: u32,
 ) -> Result<PgPool, SinkError> {
-    let options = connect_options(settings.url.expose())?
-        .options([("statement_timeout", "30s"), ("lock_timeout", "10s")]);
+    // A lock wait ends first (a transient failure), so a statement timeout is the statement's
+    // own work, which the batch isolates like a row rejection.
+    let statement = settings.statement_timeout_ms;
+    let options = connect_options(settings.url.expose())?.options([
+        ("statement_timeout", format!("{statement}ms")),
+        ("lock_timeout", format!("{}ms", statement / 3)),
+    ]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

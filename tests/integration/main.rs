@@ -18,3 +18,4 @@ mod redis_cluster;
 mod rejected_rows;
 mod replay;
 mod rls;
+mod slow_rows;
