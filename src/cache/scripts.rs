@@ -14,7 +14,7 @@ use crate::domain::CacheItem;
 /// (seconds, 0: none). Returns 1 written, 0 skipped as older, -1 when the generation moved
 /// (the caller reads it again and rebuilds the key).
 ///
-/// The cached version is read from the value's first [`VERSION_PREFIX_BYTES`] bytes, in O(1)
+/// The cached version is read from the value's first 2,048 bytes (`GETRANGE`), in O(1)
 /// whatever the value's size: `order_cache_json` writes `"version"` after the tenant id and the
 /// order id (at most 200 characters, 1,200 bytes escaped). Quotes inside strings are escaped, so
 /// the pattern cannot match inside the order id. Only a value without it there (written by

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_avro_fast::de::read::SliceRead;
 use serde_avro_fast::de::{DeserializerConfig, DeserializerState};
 
+use super::cost::zero_width_array;
 use super::framing::{unframe, WriterRef};
 use super::schema_store::{schema_name, SchemaLoadError, SchemaStore, WriterSchema};
 use super::DecodeError;
@@ -86,7 +87,14 @@ impl Decoder {
     fn check_compatible(&self, writer: &WriterSchema) -> Result<(), DecodeError> {
         let mut checked = self.compatibility.lock().expect("compatibility lock");
         let verdict = checked.entry(writer.fingerprint()).or_insert_with(|| {
-            SchemaCompatibility::can_read(&writer.avro, &self.reader).map_err(|e| e.to_string())
+            SchemaCompatibility::can_read(&writer.avro, &self.reader).map_err(|e| e.to_string())?;
+            match zero_width_array(&writer.avro) {
+                None => Ok(()),
+                Some(path) => Err(format!(
+                    "array {path} has items that take no bytes, so one message could claim \
+                     billions of them (decoding time unbounded by its size)"
+                )),
+            }
         });
         verdict
             .clone()

@@ -6,6 +6,7 @@
 //! parsed and checked against the reader schema once ([`SchemaStore`], [`Decoder`]). Every
 //! failure but an unreachable registry is permanent: the message is dead-lettered.
 
+mod cost;
 mod decoder;
 mod encoder;
 mod framing;

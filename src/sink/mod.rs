@@ -133,16 +133,18 @@ mod tests {
 
     #[test]
     fn data_errors_are_permanent_and_everything_else_transient() {
-        // 22: data exception (numeric overflow, invalid text); 23: constraint violations.
-        for sqlstate in ["22003", "22P02", "23505", "23514", "23503"] {
+        // 22: data exception (numeric overflow, invalid text); 23: constraint violations;
+        // 57014: the statement ran past statement_timeout (blamed on a row only when it fails
+        // alone).
+        for sqlstate in ["22003", "22P02", "23505", "23514", "23503", "57014"] {
             let error = answered(sqlstate);
             assert!(error.is_permanent(), "{sqlstate}");
             assert_eq!(error.sqlstate().as_deref(), Some(sqlstate));
         }
-        // Serialization failure, deadlock, query canceled (timeout), undefined table, no grant,
-        // connection failure, too many connections: retried.
+        // Serialization failure, deadlock, lock timeout, undefined table, no grant, connection
+        // failure, too many connections: retried.
         for sqlstate in [
-            "40001", "40P01", "57014", "42P01", "42501", "08006", "53300",
+            "40001", "40P01", "55P03", "42P01", "42501", "08006", "53300",
         ] {
             assert!(answered(sqlstate).is_transient(), "{sqlstate}");
         }

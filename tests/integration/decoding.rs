@@ -915,3 +915,44 @@ fn corpus_bodies_match_the_crate_encoder() {
         assert_eq!(bytes, encoder.encode(&event, false), "{file}");
     }
 }
+
+/// A registered writer schema whose extra field is an array of arrays of `null` lets 400 kB
+/// claim a billion elements for the decoder to skip (each within `max_items`): the schema is
+/// refused when first seen, as `incompatible_schema` naming the array, before any element is
+/// skipped.
+#[tokio::test]
+async fn a_writer_schema_that_lets_a_small_message_claim_billions_of_elements_is_refused() {
+    let reader_json = read_text(&repo_path("schemas").join(READER));
+    let pad = r#"{"name": "pad", "type": {"type": "array", "items": {"type": "array", "items": "null"}}, "default": []}"#;
+    let crafted = reader_json.replacen(r#""fields": ["#, &format!(r#""fields": [{pad},"#), 1);
+    assert_ne!(crafted, reader_json, "the reader schema lists its fields");
+    let registry = fake_registry(HashMap::from([(21, crafted)])).await;
+    let store = registry_store(&registry.url);
+    let decoder = decoder(&store);
+    // The pad first: 100,000 arrays of 10,000 nulls, then the event as the reader writes it.
+    let zigzag = |n: i64| -> Vec<u8> {
+        let mut v = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    };
+    let mut body = zigzag(100_000);
+    for _ in 0..100_000 {
+        body.extend(zigzag(10_000));
+        body.push(0);
+    }
+    body.push(0);
+    let reader = store.local_schema(READER).unwrap();
+    body.extend(avro_body(&reader, &sample()));
+    assert!(body.len() < 500_000, "{} bytes", body.len());
+    let err = decode_err(&decoder, &frame_confluent(21, &body)).await;
+    assert_eq!(err.code(), "incompatible_schema", "{err}");
+    assert!(err.to_string().contains("$.pad[][]"), "{err}");
+}
