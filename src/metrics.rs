@@ -26,6 +26,7 @@ pub const TRANSIENT_ERRORS: &str = "tenantstream_transient_errors_total";
 pub const FENCED_BATCHES: &str = "tenantstream_fenced_batches_total";
 pub const OFFSET_GAPS: &str = "tenantstream_offset_gaps_total";
 pub const OFFSETS_SKIPPED: &str = "tenantstream_offsets_skipped_total";
+pub const OFFSET_RESETS: &str = "tenantstream_offset_resets_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -172,6 +173,20 @@ pub fn offset_gap(topic: &str, partition: i32, expected: i64, received: i64) {
         received,
         skipped,
         "Offsets skipped: the next message of the partition is not the next offset."
+    );
+}
+
+/// A partition's log ends before its stored offset (the topic was recreated or truncated): it is
+/// read again from `restart`, the log's first offset, and the version guards keep effects single.
+pub fn offset_reset(topic: &str, partition: i32, stored: i64, restart: i64) {
+    counter!(OFFSET_RESETS, "topic" => topic.to_owned()).increment(1);
+    tracing::error!(
+        topic,
+        partition,
+        stored,
+        restart,
+        "The partition's log ends before the stored offset (topic recreated or truncated?); \
+         reading it again from its first offset."
     );
 }
 

@@ -54,7 +54,7 @@ pub mod retry {
 pub mod metrics {
     pub use crate::metrics::{
         install_recorder, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED,
-        OFFSETS_SKIPPED, OFFSET_GAPS,
+        OFFSETS_SKIPPED, OFFSET_GAPS, OFFSET_RESETS,
     };
 }
 

@@ -34,6 +34,8 @@ pub(super) struct PartitionState {
     /// The next offset to accept into the buffer (drops anything already buffered or written).
     position: Option<i64>,
     buffer: Vec<OwnedMessage>,
+    /// No message was received since the partition was assigned at its stored offset.
+    fresh: bool,
     /// Bytes of the buffered messages' keys and values.
     buffered_bytes: usize,
     oldest: Option<Instant>,
@@ -52,6 +54,7 @@ impl PartitionState {
             committed: stored,
             position: stored,
             buffer: Vec::new(),
+            fresh: true,
             buffered_bytes: 0,
             oldest: None,
         }
@@ -59,6 +62,15 @@ impl PartitionState {
 
     fn accept(&mut self, message: OwnedMessage) -> bool {
         let offset = message.offset();
+        if std::mem::take(&mut self.fresh) {
+            // librdkafka starts below the stored offset only when that offset was beyond the
+            // log (the topic was recreated or truncated) and auto.offset.reset took it to the
+            // log's start: start again there rather than drop every message up to it.
+            if let Some(stored) = self.position.filter(|stored| offset < *stored) {
+                metrics::offset_reset(message.topic(), message.partition(), stored, offset);
+                self.position = Some(offset);
+            }
+        }
         match self.position {
             Some(expected) if offset < expected => return false,
             Some(expected) if offset > expected => {
@@ -86,6 +98,8 @@ impl PartitionState {
         let paused = self.paused;
         *self = Self::starting_at(stored, self.epoch);
         self.paused = paused;
+        // Messages fetched before the seek may still arrive, below the new stored offset.
+        self.fresh = false;
     }
 
     /// Drops the buffered messages (they will be fetched again after a reassignment).
@@ -250,8 +264,8 @@ mod tests {
     #[test]
     fn partition_accepts_each_offset_once_from_the_stored_one() {
         let mut state = PartitionState::starting_at(Some(10), 1);
-        assert!(!state.accept(message(9)));
         assert!(state.accept(message(10)));
+        assert!(!state.accept(message(9)));
         assert!(!state.accept(message(10)));
         assert!(state.accept(message(12)));
         let batch = state.take_batch();
@@ -260,6 +274,23 @@ mod tests {
             vec![10, 12]
         );
         assert!(state.due_at(Duration::from_millis(5)).is_none());
+    }
+
+    #[test]
+    fn a_log_that_ends_before_the_stored_offset_is_read_from_its_start() {
+        let mut state = PartitionState::starting_at(Some(1000), 1);
+        assert!(state.accept(message(0)), "the first message after a reset");
+        assert!(state.accept(message(1)));
+        assert!(
+            !state.accept(message(1)),
+            "later, lower offsets are still dropped"
+        );
+        let mut refenced = PartitionState::starting_at(Some(5), 1);
+        refenced.restart_at(Some(1000));
+        assert!(
+            !refenced.accept(message(7)),
+            "fetched before a seek after a fence"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tenantstream::testing::dead_letter::HEADER_ERROR_CODE;
 use tenantstream::testing::traffic::{self, Expected, TrafficSpec};
-use tenantstream::testing::{cache, kafka};
+use tenantstream::testing::{cache, kafka, sink};
 use tenantstream::{Health, Secret, Settings};
 use uuid::Uuid;
 
@@ -270,4 +270,68 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     for (code, n) in &expected.dead_letters {
         assert_eq!(count(DEAD_LETTERS, &[("error_code", code)]), *n, "{code}");
     }
+}
+
+/// A stored offset beyond the end of the partition's log (the topic was recreated, or the log
+/// truncated) is not a reason to skip what the log holds: the worker counts the reset and reads
+/// the log again from its start, and every row and key is exact. Broker: the mock cluster
+/// (tansu's log ends are wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_beyond_the_log_end_reads_the_log_again_from_its_start() {
+    let metrics = tenantstream::testing::metrics::install_recorder();
+    let mock = MockCluster::new(1).unwrap();
+    let settings = mock_settings(&mock, "beyond-log");
+    let admin = support::admin_pool().await;
+    let (messages, expected) = traffic(&settings, 300, 2, rand::random());
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let topic = settings.kafka.orders_topic.clone();
+    let sent = traffic::send(&producer, &topic, &messages, 0, None)
+        .await
+        .unwrap();
+    // Progress stored by a worker that read an earlier, longer incarnation of the topic.
+    for partition in sent.ends.keys() {
+        sqlx::query(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+             VALUES ($1, $2, $3, 1000000)",
+        )
+        .bind(&settings.kafka.group_id)
+        .bind(&topic)
+        .bind(partition)
+        .execute(&admin)
+        .await
+        .unwrap();
+    }
+
+    // (Stored offsets already above the ends would satisfy the usual wait at once.)
+    let worker = support::RunningWorker::start(&settings, Health::default()).await;
+    let partitions: Vec<i32> = sent.ends.keys().copied().collect();
+    let started = Instant::now();
+    loop {
+        let group = &settings.kafka.group_id;
+        let stored = sink::load_stored_offsets(&admin, group, &topic, &partitions)
+            .await
+            .unwrap();
+        if stored == sent.ends {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "stored {stored:?}, log ends {:?}",
+            sent.ends
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
+    worker.stop().await;
+    support::assert_rows(&admin, &expected).await;
+    let resets = support::sample(
+        &metrics.render(),
+        tenantstream::testing::metrics::OFFSET_RESETS,
+        &[("topic", &topic)],
+    );
+    assert_eq!(
+        resets,
+        Some(sent.ends.len() as f64),
+        "one reset per partition"
+    );
 }
