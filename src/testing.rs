@@ -11,8 +11,8 @@ pub mod domain {
 /// Framing, schemas, decoding and encoding.
 pub mod decode {
     pub use crate::decode::{
-        frame_confluent, frame_single_object, DecodeError, Decoder, Encoder, SchemaStore,
-        WriterSchema,
+        decode_event, frame_confluent, frame_single_object, DecodeError, Decoder, Encoder,
+        SchemaStore, WriterSchema,
     };
 }
 
@@ -43,6 +43,11 @@ pub mod dead_letter {
         HEADER_ERROR_STAGE, HEADER_PAYLOAD_DROPPED, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
         HEADER_SOURCE_TOPIC, MAX_REASON_BYTES, REJECTED_BY_POSTGRES, UNKNOWN_TENANT,
     };
+}
+
+/// The field rules of each event type.
+pub mod validate {
+    pub use crate::validate::Validate;
 }
 
 /// Which errors heal by themselves.

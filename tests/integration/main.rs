@@ -9,6 +9,7 @@ mod config_pipeline;
 mod crash;
 mod decoding;
 mod fencing;
+mod fuzz_decode;
 mod hostile_inputs;
 mod layout;
 mod mock_pipeline;
