@@ -21,8 +21,11 @@ log=$(mktemp)
 # The tests run in a session of their own, writing to a file that is followed here: a process a
 # failed test left behind (a server it started, say) can then neither keep this script's output
 # open nor outlive the suite, because the whole session is stopped when cargo ends.
+# (setsid does not fork here: a script runs without job control, so $! is the session.)
 setsid cargo test -- --test-threads 4 >"$log" 2>&1 &
 tests=$!
+# An interrupted run stops the tests too (they are out of reach of the terminal's Ctrl-C).
+trap 'kill -- -"$tests" 2>/dev/null' EXIT INT TERM
 tail -n +1 -f --pid="$tests" "$log" &
 follower=$!
 set +e

@@ -54,7 +54,7 @@ impl Applied {
     }
 
     /// An error naming the failed items, if any.
-    fn failures(&self) -> Result<(), CacheError> {
+    pub fn failures(&self) -> Result<(), CacheError> {
         match self.failed.first() {
             None => Ok(()),
             Some(first) => Err(CacheError::other(format!(
@@ -200,8 +200,7 @@ fn pipeline_chunks(items: &[CacheItem]) -> Vec<&[CacheItem]> {
 }
 
 /// Reads the current rows behind `refs` and applies them, reading again those whose
-/// generation moved meanwhile. A key Redis refuses fails the call (naming it): the caller's
-/// work stays queued. `read` reads rows (under the right tenant contexts); its error
+/// generation moved meanwhile. Keys Redis refuses are in [`Applied::failed`]. `read` reads rows (under the right tenant contexts); its error
 /// type is the caller's. Returns what was applied and how many refs had a row.
 pub async fn refresh<F, Fut, E>(
     redis: &Client,
@@ -229,7 +228,6 @@ where
         }
         let (done, moved) = apply_read_after(redis, &items, &generations, ttl).await?;
         applied.add(done);
-        applied.failures()?;
         pending = moved.iter().map(CacheItem::cache_ref).collect();
     }
     Err(moving_generation(pending.len()).into())

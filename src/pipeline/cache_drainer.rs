@@ -1,10 +1,11 @@
 //! The background drainer: deletes the outbox rows batches applied (the sweep), and applies the
 //! cache work a crash or a Redis outage left behind, from the current rows.
 //!
-//! Guarantee: claimed outbox rows are deleted in the same transaction that reads their rows,
-//! committed only after Redis answered; a failure rolls the claim back and the work stays
-//! queued.
+//! Guarantee: claimed outbox rows are locked, and deleted in the same transaction that reads
+//! their rows, committed only after Redis answered; a failure rolls the claim back and the work
+//! stays queued. The rows of a key Redis refused (of the wrong type, say) stay queued alone.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cache::{self, CacheError, CacheLedger, Ttl};
+use crate::domain::{CacheRef, Keyspace};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
 use crate::retry::RetryPolicy;
-use crate::sink::{self, cache_outbox, SinkError};
+use crate::sink::cache_outbox::{self, Claimed};
+use crate::sink::{self, SinkError};
 
 /// How old queued work must be before the drainer takes it: younger work is normally being
 /// applied by its own batch right now.
@@ -155,7 +158,7 @@ impl CacheDrainer {
     async fn drain(&self, tenants: &[Uuid], shared: bool) -> Result<(), DrainError> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
-        let mut claimed = Vec::new();
+        let mut claimed: Vec<(Keyspace, Claimed)> = Vec::new();
         let scopes = tenants
             .iter()
             .map(|t| Some(*t))
@@ -164,19 +167,36 @@ impl CacheDrainer {
             if let Some(tenant) = tenant {
                 sink::set_tenant(&mut tx, tenant).await?;
             }
+            let space = tenant.map_or(Keyspace::Reference, Keyspace::Tenant);
             let group = &self.group;
-            claimed.extend(cache_outbox::claim(&mut tx, group, tenant, MIN_AGE, PER_SCOPE).await?);
+            let rows = cache_outbox::claim(&mut tx, group, tenant, MIN_AGE, PER_SCOPE).await?;
+            claimed.extend(rows.into_iter().map(|row| (space, row)));
         }
+        let refs: BTreeSet<CacheRef> = claimed
+            .iter()
+            .filter_map(|(_, row)| row.cache_ref.clone())
+            .collect();
         let tx = Mutex::new(tx);
-        let (applied, _) = cache::refresh(&self.redis, claimed, &self.ttl, |refs| {
-            let tx = &tx;
-            async move {
-                let mut tx = tx.lock().await;
-                Ok::<_, DrainError>(sink::read_current(&mut tx, &refs).await?)
+        let (applied, _) =
+            cache::refresh(&self.redis, refs.into_iter().collect(), &self.ttl, |refs| {
+                let tx = &tx;
+                async move {
+                    let mut tx = tx.lock().await;
+                    Ok::<_, DrainError>(sink::read_current(&mut tx, &refs).await?)
+                }
+            })
+            .await?;
+        // The rows of keys Redis refused stay queued; the others are done.
+        let refused: HashSet<&CacheRef> = applied.failed.iter().map(|f| &f.item).collect();
+        let mut done: HashMap<Keyspace, Vec<i64>> = HashMap::new();
+        for (space, row) in &claimed {
+            if row.cache_ref.as_ref().is_none_or(|r| !refused.contains(r)) {
+                done.entry(*space).or_default().push(row.id);
             }
-        })
-        .await?;
-        tx.into_inner().commit().await?;
+        }
+        let mut tx = tx.into_inner();
+        cache_outbox::delete_claimed(&mut tx, &done).await?;
+        tx.commit().await?;
         metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
         Ok(())
     }

@@ -64,15 +64,14 @@ pub struct DeadLetterError {
 }
 
 impl Classify for DeadLetterError {
-    /// Permanent when the broker refuses this message for good (too large, invalid): the dead
-    /// letter is then sent without the source's bytes.
+    /// Permanent when the broker refuses this message for good (too large): the dead letter is
+    /// then sent without the source's bytes.
     fn class(&self) -> ErrorClass {
         match self.error.rdkafka_error_code() {
-            Some(
-                RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage,
-            ) => ErrorClass::Permanent,
+            // (InvalidMessage, a CRC error, is retriable in Kafka: transient here.)
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+                ErrorClass::Permanent
+            }
             _ => ErrorClass::Transient,
         }
     }

@@ -14,9 +14,10 @@ use crate::domain::TopicPartition;
 use crate::metrics;
 use crate::source::{Assignment, Source};
 
-/// When a partition's buffer is full: whichever bound it reaches first.
+/// A size in messages and in bytes of keys and values, reached when either is: a batch's
+/// largest size, and a buffer's size at which its partition pauses.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct PauseAt {
+pub(super) struct Bounds {
     pub messages: usize,
     pub bytes: usize,
 }
@@ -85,8 +86,8 @@ impl PartitionState {
         true
     }
 
-    fn is_full(&self, pause_at: PauseAt) -> bool {
-        self.buffer.len() >= pause_at.messages || self.buffered_bytes >= pause_at.bytes
+    fn reaches(&self, bounds: Bounds) -> bool {
+        self.buffer.len() >= bounds.messages || self.buffered_bytes >= bounds.bytes
     }
 
     fn due_at(&self, linger: Duration) -> Option<Instant> {
@@ -108,9 +109,8 @@ impl PartitionState {
         self.buffered_bytes = 0;
     }
 
-    fn is_ready(&self, max_events: usize, linger: Duration, now: Instant) -> bool {
-        !self.in_flight
-            && (self.buffer.len() >= max_events || self.due_at(linger).is_some_and(|t| t <= now))
+    fn is_ready(&self, batch: Bounds, linger: Duration, now: Instant) -> bool {
+        !self.in_flight && (self.reaches(batch) || self.due_at(linger).is_some_and(|t| t <= now))
     }
 
     fn take_batch(&mut self) -> Vec<OwnedMessage> {
@@ -158,13 +158,13 @@ impl Partitions {
     }
 
     /// Buffers a message of an owned partition; pauses the partition when its buffer is full.
-    pub fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: PauseAt) {
+    pub fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: Bounds) {
         let partition = TopicPartition::new(message.topic(), message.partition());
         let Some(state) = self.states.get_mut(&partition) else {
             return;
         };
         state.accept(message);
-        if state.is_full(pause_at) && !state.paused {
+        if state.reaches(pause_at) && !state.paused {
             state.paused = set_paused(consumer, &partition, true);
         }
     }
@@ -196,17 +196,27 @@ impl Partitions {
     }
 
     /// Takes the batches that are full or have lingered long enough, marking them in flight.
-    pub fn take_ready(&mut self, max_events: usize, linger: Duration) -> Vec<ReadyBatch> {
+    /// A batch holds at most `batch` messages and bytes (and at least one message).
+    pub fn take_ready(&mut self, batch: Bounds, linger: Duration) -> Vec<ReadyBatch> {
         let now = Instant::now();
         self.states
             .iter_mut()
-            .filter(|(_, state)| state.is_ready(max_events, linger, now))
+            .filter(|(_, state)| state.is_ready(batch, linger, now))
             .map(|(partition, state)| {
                 state.in_flight = true;
                 let mut messages = state.take_batch();
-                if messages.len() > max_events {
+                let mut bytes = 0;
+                let cut = messages
+                    .iter()
+                    .position(|m| {
+                        bytes += message_bytes(m);
+                        bytes > batch.bytes
+                    })
+                    .map_or(messages.len(), |over| over.max(1))
+                    .min(batch.messages);
+                if cut < messages.len() {
                     // Keep the rest (arrived while the previous batch was written) for the next.
-                    state.buffer = messages.split_off(max_events);
+                    state.buffer = messages.split_off(cut);
                     state.buffered_bytes = state.buffer.iter().map(message_bytes).sum();
                     state.oldest = Some(now);
                 }
@@ -294,24 +304,51 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_cut_at_its_bytes_and_keeps_at_least_one_message() {
+        let partition = TopicPartition::new("t", 0);
+        let mut partitions = Partitions::default();
+        partitions.apply(vec![Assignment::Assigned(vec![
+            crate::source::AssignedPartition {
+                partition: partition.clone(),
+                stored: None,
+            },
+        ])]);
+        let state = partitions.states.get_mut(&partition).unwrap();
+        (0..5).for_each(|offset| assert!(state.accept(message(offset))));
+        let offsets = |partitions: &mut Partitions, bytes| -> Vec<i64> {
+            let batch = Bounds { messages: 4, bytes };
+            let ready = partitions.take_ready(batch, Duration::ZERO);
+            partitions.states.get_mut(&partition).unwrap().in_flight = false;
+            ready[0].messages.iter().map(|m| m.offset()).collect()
+        };
+        assert_eq!(offsets(&mut partitions, 250), [0, 1], "100 bytes each");
+        assert_eq!(
+            offsets(&mut partitions, 50),
+            [2],
+            "one message however large"
+        );
+        assert_eq!(offsets(&mut partitions, usize::MAX), [3, 4]);
+    }
+
+    #[test]
     fn a_buffer_is_full_at_either_bound() {
         let mut state = PartitionState::starting_at(None, 1);
-        let pause_at = PauseAt {
+        let pause_at = Bounds {
             messages: 10,
             bytes: 250,
         };
         state.accept(message(0));
         state.accept(message(1));
-        assert!(!state.is_full(pause_at));
+        assert!(!state.reaches(pause_at));
         state.accept(message(2));
-        assert!(state.is_full(pause_at), "300 bytes");
+        assert!(state.reaches(pause_at), "300 bytes");
         state.take_batch();
-        assert!(!state.is_full(pause_at));
-        let by_count = PauseAt {
+        assert!(!state.reaches(pause_at));
+        let by_count = Bounds {
             messages: 1,
             bytes: usize::MAX,
         };
         state.accept(message(3));
-        assert!(state.is_full(by_count));
+        assert!(state.reaches(by_count));
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{BatchPath, Processed};
 use super::cache_drainer::CacheDrainer;
 use super::dead_letter::DeadLetterSink;
-use super::partitions::{sleep_until, PartitionState, Partitions, PauseAt, ReadyBatch};
+use super::partitions::{sleep_until, Bounds, PartitionState, Partitions, ReadyBatch};
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -149,6 +149,7 @@ impl Worker {
         let kafka = &self.settings.kafka;
         let consumer = source::subscribe(
             kafka,
+            &self.settings.limits,
             &[kafka.orders_topic.as_str(), kafka.config_topic.as_str()],
             sink::connect_worker_sized(&self.settings.database, 1)?,
             self.health.clone(),
@@ -177,9 +178,14 @@ impl Worker {
     async fn run_until_stopped(&self, consumer: &Source, shutdown: &CancellationToken) {
         let linger = Duration::from_millis(self.settings.kafka.batch_linger_ms);
         let max_events = self.settings.kafka.batch_max_events;
-        let pause_at = PauseAt {
+        let max_bytes = self.settings.limits.max_buffered_bytes;
+        let batch = Bounds {
+            messages: max_events,
+            bytes: max_bytes / PAUSE_AT_BATCHES,
+        };
+        let pause_at = Bounds {
             messages: PAUSE_AT_BATCHES * max_events,
-            bytes: self.settings.limits.max_buffered_bytes,
+            bytes: max_bytes,
         };
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
@@ -211,7 +217,7 @@ impl Worker {
                     }
                 }
             }
-            for batch in partitions.take_ready(max_events, linger) {
+            for batch in partitions.take_ready(batch, linger) {
                 metrics::events_consumed(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {

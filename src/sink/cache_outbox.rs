@@ -88,42 +88,58 @@ pub async fn delete_applied(
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    for (space, ids) in applied {
+    delete_claimed(&mut tx, applied).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes outbox rows by id, per keyspace (under each tenant's context), in `tx`.
+pub async fn delete_claimed(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &HashMap<Keyspace, Vec<i64>>,
+) -> Result<(), SinkError> {
+    for (space, ids) in ids {
         let table = match space {
             Keyspace::Tenant(tenant) => {
-                set_tenant(&mut tx, *tenant).await?;
+                set_tenant(tx, *tenant).await?;
                 "cache_outbox"
             }
             Keyspace::Reference => "shared_cache_outbox",
         };
         sqlx::query(&format!("DELETE FROM {table} WHERE id = ANY($1)"))
             .bind(ids)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
+/// One outbox row locked by [`claim`]: its id and what it refers to (`None`: a kind this
+/// version does not know, to be deleted).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub cache_ref: Option<CacheRef>,
+}
+
 /// Claims up to `max` of a tenant's (or, with `None`, the shared) outbox rows of consumer
-/// group `group` older than `min_age`, deleting them in `tx` (whose context is the tenant's),
-/// and returns what they refer to. Rolled back, the rows are queued again.
+/// group `group` older than `min_age`, locking them in `tx` (whose context is the tenant's;
+/// other drainers skip them). The caller deletes, with [`delete_claimed`], the rows whose work
+/// is done; the rest stay queued when `tx` ends.
 pub async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     tenant: Option<Uuid>,
     min_age: Duration,
     max: i64,
-) -> Result<Vec<CacheRef>, SinkError> {
-    let rows: Vec<(String, String)> = match tenant {
+) -> Result<Vec<Claimed>, SinkError> {
+    let rows: Vec<(i64, String, String)> = match tenant {
         Some(tenant) => {
             sqlx::query_as(
-                "DELETE FROM cache_outbox
-                  WHERE id IN (SELECT id FROM cache_outbox
-                                WHERE consumer_group = $1 AND tenant_id = $2
-                                  AND created_at < now() - make_interval(secs => $3)
-                                ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-                 RETURNING kind, key_id",
+                "SELECT id, kind, key_id FROM cache_outbox
+                  WHERE consumer_group = $1 AND tenant_id = $2
+                    AND created_at < now() - make_interval(secs => $3)
+                  ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED",
             )
             .bind(group)
             .bind(tenant)
@@ -134,12 +150,10 @@ pub async fn claim(
         }
         None => {
             sqlx::query_as(
-                "DELETE FROM shared_cache_outbox
-                  WHERE id IN (SELECT id FROM shared_cache_outbox
-                                WHERE consumer_group = $1
-                                  AND created_at < now() - make_interval(secs => $2)
-                                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                 RETURNING kind, key_id",
+                "SELECT id, kind, key_id FROM shared_cache_outbox
+                  WHERE consumer_group = $1
+                    AND created_at < now() - make_interval(secs => $2)
+                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
             )
             .bind(group)
             .bind(min_age.as_secs_f64())
@@ -148,22 +162,19 @@ pub async fn claim(
             .await?
         }
     };
-    let mut refs: Vec<CacheRef> = rows
+    Ok(rows
         .into_iter()
-        .filter_map(|(kind, key_id)| {
-            let r = cache_ref_of(tenant, &kind, key_id);
-            if r.is_none() {
+        .map(|(id, kind, key_id)| {
+            let cache_ref = cache_ref_of(tenant, &kind, key_id);
+            if cache_ref.is_none() {
                 tracing::warn!(
                     kind,
                     "Dropped an outbox row of a kind this version does not know."
                 );
             }
-            r
+            Claimed { id, cache_ref }
         })
-        .collect();
-    refs.sort();
-    refs.dedup();
-    Ok(refs)
+        .collect())
 }
 
 /// What an outbox row's `kind` and `key_id` refer to; `None` for a kind this version does not

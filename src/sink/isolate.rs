@@ -78,6 +78,7 @@ pub(super) async fn write_isolating(
 ) -> Result<(Vec<QueuedCache>, Vec<RejectedRow>), SinkError> {
     let mut cache = Vec::new();
     let mut rejected = Vec::new();
+    let mut timed_out = std::collections::HashSet::new();
     // Runs of targets still to write, in order; each target is its versions still to try.
     let targets: Vec<VecDeque<usize>> = attempt_order(rows).into_iter().map(Into::into).collect();
     let mut runs: VecDeque<Vec<VecDeque<usize>>> = VecDeque::from([targets]);
@@ -98,6 +99,12 @@ pub(super) async fn write_isolating(
             Err(error) if error.rejects_row() => {
                 savepoint.rollback().await?;
                 if let [versions] = run.as_mut_slice() {
+                    // A lone row that timed out is tried once more before it is blamed: a
+                    // passing stall (a checkpoint, say) does not repeat, its own work does.
+                    if error.is_statement_timeout() && timed_out.insert(versions[0]) {
+                        runs.push_front(run);
+                        continue;
+                    }
                     let index = versions.pop_front().expect("a version was tried");
                     rejected.extend(RejectedRow::of(index, &error));
                     runs.push_front(run); // the target's next older version

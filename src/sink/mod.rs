@@ -64,8 +64,16 @@ impl SinkError {
     pub fn rejects_row(&self) -> bool {
         let sqlstate = self.sqlstate();
         let sqlstate = sqlstate.as_deref();
-        sqlstate == Some(STATEMENT_TIMEOUT)
+        self.is_statement_timeout()
             || matches!(sqlstate.and_then(|s| s.get(..2)), Some("22" | "23"))
+    }
+
+    /// The statement ran past `statement_timeout` (not a cancel by an operator, also 57014).
+    pub fn is_statement_timeout(&self) -> bool {
+        self.sqlstate().as_deref() == Some(STATEMENT_TIMEOUT)
+            && self
+                .database_message()
+                .is_some_and(|m| m.contains("statement timeout"))
     }
 
     fn answered(&self) -> Option<&dyn sqlx::error::DatabaseError> {
@@ -99,11 +107,11 @@ mod tests {
     /// An error as Postgres returns it, with a SQLSTATE.
     #[derive(Debug, thiserror::Error)]
     #[error("SQLSTATE {0}")]
-    struct Answered(&'static str);
+    struct Answered(&'static str, &'static str);
 
     impl sqlx::error::DatabaseError for Answered {
         fn message(&self) -> &str {
-            "answered"
+            self.1
         }
 
         fn code(&self) -> Option<Cow<'_, str>> {
@@ -128,7 +136,11 @@ mod tests {
     }
 
     fn answered(sqlstate: &'static str) -> SinkError {
-        SinkError::Database(sqlx::Error::Database(Box::new(Answered(sqlstate))))
+        answered_with(sqlstate, "answered")
+    }
+
+    fn answered_with(sqlstate: &'static str, message: &'static str) -> SinkError {
+        SinkError::Database(sqlx::Error::Database(Box::new(Answered(sqlstate, message))))
     }
 
     #[test]
@@ -136,11 +148,18 @@ mod tests {
         // 22: data exception (numeric overflow, invalid text); 23: constraint violations;
         // 57014: the statement ran past statement_timeout (blamed on a row only when it fails
         // alone).
-        for sqlstate in ["22003", "22P02", "23505", "23514", "23503", "57014"] {
+        for sqlstate in ["22003", "22P02", "23505", "23514", "23503"] {
             let error = answered(sqlstate);
             assert!(error.is_permanent(), "{sqlstate}");
             assert_eq!(error.sqlstate().as_deref(), Some(sqlstate));
         }
+        let timeout = "canceling statement due to statement timeout";
+        assert!(answered_with("57014", timeout).is_permanent());
+        let cancel = "canceling statement due to user request";
+        assert!(
+            answered_with("57014", cancel).is_transient(),
+            "an operator's cancel"
+        );
         // Serialization failure, deadlock, lock timeout, undefined table, no grant, connection
         // failure, too many connections: retried.
         for sqlstate in [

@@ -10,7 +10,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, LimitSettings};
 use crate::domain::TopicPartition;
 use crate::health::Health;
 
@@ -47,6 +47,7 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 /// through `offsets_pool` (see [`SourceContext`]).
 pub fn subscribe(
     settings: &KafkaSettings,
+    limits: &LimitSettings,
     topics: &[&str],
     offsets_pool: PgPool,
     health: Health,
@@ -67,6 +68,14 @@ pub fn subscribe(
         // An idle partition's fetch returns after this long at most (librdkafka's default is
         // 500 ms, which would dominate end-to-end latency at low rates).
         .set("fetch.wait.max.ms", "50")
+        // librdkafka's prefetch queue (all partitions together) holds at most one partition's
+        // buffer bound in bytes, instead of its default 64 MiB.
+        .set(
+            "queued.max.messages.kbytes",
+            (limits.max_buffered_bytes / 1024)
+                .clamp(1024, 2_097_151)
+                .to_string(),
+        )
         .create_with_context(context)?;
     consumer.subscribe(topics)?;
     Ok(consumer)

@@ -276,7 +276,8 @@ async fn a_key_redis_refuses_holds_back_only_itself() {
         .collect();
     support::wait_for_cache(&admin, &others, Duration::from_secs(30)).await;
     let queued: Vec<(String, String)> = sqlx::query_as(
-        "SELECT kind, key_id FROM cache_outbox WHERE consumer_group = $1 AND tenant_id = $2",
+        "SELECT DISTINCT kind, key_id FROM cache_outbox
+          WHERE consumer_group = $1 AND tenant_id = $2",
     )
     .bind(&settings.kafka.group_id)
     .bind(tenant)

@@ -275,6 +275,8 @@ impl<'a> Replayer<'a> {
         })
         .await
         .context("writing Redis")?;
+        // A key Redis refuses (of the wrong type, say) stops the replay, naming it.
+        applied.failures().context("writing Redis")?;
         summary.missing_rows += (total - found) as u64;
         summary.keys_written += applied.written as u64;
         summary.skipped_older += applied.skipped_older as u64;
