@@ -5,6 +5,10 @@
 //! fingerprint, looked up among the schemas folder's files). Each writer schema is fetched,
 //! parsed and checked against the reader schema once ([`SchemaStore`], [`Decoder`]). Every
 //! failure but an unreachable registry is permanent: the message is dead-lettered.
+//!
+//! Decoding time is linear in a value's bytes: a writer schema whose arrays cost nothing per
+//! element is refused ([`cost`]), each array holds at most `limits.max_items` elements, and a
+//! value over `limits.max_message_bytes` is not decoded at all.
 
 mod cost;
 mod decoder;

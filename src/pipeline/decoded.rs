@@ -16,6 +16,9 @@ use crate::retry::Classify;
 use crate::sink::RejectedRow;
 use crate::validate::Validate;
 
+/// Bytes of values decoded between two yields to the worker's main loop.
+const DECODE_BUDGET_BYTES: usize = 256 * 1024;
+
 pub(super) struct Decoded<'m, E> {
     /// The message of each event, index by index.
     messages: Vec<&'m OwnedMessage>,
@@ -27,13 +30,24 @@ pub(super) struct Decoded<'m, E> {
 impl<'m, E: Validate> Decoded<'m, E> {
     /// Decodes and validates each message; permanent failures become dead letters. Fails only
     /// when a failure is transient (the schema registry is unreachable).
+    ///
+    /// Decoding runs on the task that also receives messages and handles rebalances, so it
+    /// yields to it after every [`DECODE_BUDGET_BYTES`] of values: one message's decoding,
+    /// bounded by `limits.max_message_bytes` (and time linear in bytes, see
+    /// [`crate::decode`]), is the longest that task waits.
     pub async fn decode(decoder: &Decoder, batch: &'m [OwnedMessage]) -> Result<Self, DecodeError> {
         let mut decoded = Self {
             messages: Vec::with_capacity(batch.len()),
             events: Vec::with_capacity(batch.len()),
             dead: Vec::new(),
         };
+        let mut since_yield = 0;
         for message in batch {
+            since_yield += message.payload().map_or(0, <[u8]>::len);
+            if since_yield >= DECODE_BUDGET_BYTES {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             match decode_event::<E>(decoder, message.payload()).await {
                 Ok(event) => {
                     decoded.messages.push(message);
