@@ -55,15 +55,7 @@ async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commi
         .map(|i| poisoned(expected.tenants[i % 3], &format!("poison-{i}"), 1))
         .collect();
     poison.push(poisoned(tenant, &order_id, 1_000));
-    for (i, event) in poison.iter().enumerate() {
-        let at = (i + 1) * messages.len() / (poison.len() + 1);
-        let message = Generated {
-            key: event.order_id.clone().into_bytes(),
-            value: encoder.encode(event, false),
-            malformed: Some(REJECTED_BY_POSTGRES),
-        };
-        messages.insert(at, message);
-    }
+    support::spread_among(&mut messages, &poison, &encoder, REJECTED_BY_POSTGRES);
     let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
     support::run_until_consumed(&settings, &admin, &sent.ends, &expected.tenants).await;
 
@@ -72,12 +64,7 @@ async fn a_row_postgres_rejects_is_dead_lettered_and_the_rest_of_its_batch_commi
     support::assert_cache(&redis, &expected).await;
 
     // Each poison message is dead-lettered once, with its bytes, its SQLSTATE and its source.
-    let poisoned_at: HashMap<(i32, i64), &Generated> = messages
-        .iter()
-        .zip(&sent.positions)
-        .filter(|(m, _)| m.malformed.is_some())
-        .map(|(m, p)| (*p, m))
-        .collect();
+    let poisoned_at = support::malformed_by_position(&messages, &sent);
     assert_eq!(poisoned_at.len(), poison.len());
     let dead = support::read_topic(
         &settings.kafka.brokers,

@@ -3,7 +3,6 @@
 //! `rejected_by_postgres` with SQLSTATE 57014; the rest of its batch commits and the partition
 //! moves on, instead of the batch timing out and being retried forever. Broker: tansu.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -12,7 +11,7 @@ use tenantstream::testing::dead_letter::{
     REJECTED_BY_POSTGRES,
 };
 use tenantstream::testing::domain::{self, OrderEvent};
-use tenantstream::testing::traffic::{self, Generated, TrafficSpec};
+use tenantstream::testing::traffic::{self, TrafficSpec};
 use uuid::Uuid;
 
 use crate::support;
@@ -54,26 +53,13 @@ async fn a_row_that_alone_runs_past_the_statement_timeout_is_dead_lettered() {
             ..domain::sample_order()
         })
         .collect();
-    for (i, event) in slow.iter().enumerate() {
-        let at = (i + 1) * messages.len() / (slow.len() + 1);
-        let message = Generated {
-            key: event.order_id.clone().into_bytes(),
-            value: encoder.encode(event, false),
-            malformed: Some(REJECTED_BY_POSTGRES),
-        };
-        messages.insert(at, message);
-    }
+    support::spread_among(&mut messages, &slow, &encoder, REJECTED_BY_POSTGRES);
     let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
     support::run_until_consumed(&settings, &admin, &sent.ends, &expected.tenants).await;
 
     support::assert_rows(&admin, &expected).await;
     support::assert_cache(&redis, &expected).await;
-    let slow_at: HashMap<(i32, i64), &Generated> = messages
-        .iter()
-        .zip(&sent.positions)
-        .filter(|(m, _)| m.malformed.is_some())
-        .map(|(m, p)| (*p, m))
-        .collect();
+    let slow_at = support::malformed_by_position(&messages, &sent);
     let dead = support::read_topic(
         &settings.kafka.brokers,
         &settings.kafka.dead_letter_topic,
