@@ -25,7 +25,7 @@ log=$(mktemp)
 setsid cargo test -- --test-threads 4 >"$log" 2>&1 &
 tests=$!
 # An interrupted run stops the tests too (they are out of reach of the terminal's Ctrl-C).
-trap 'kill -- -"$tests" 2>/dev/null' EXIT INT TERM
+trap 'kill -- -"$tests" 2>/dev/null || true' EXIT INT TERM
 tail -n +1 -f --pid="$tests" "$log" &
 follower=$!
 set +e
