@@ -19,9 +19,9 @@ pub mod decode {
 /// Postgres: connections, tenant context, offsets and batch writes.
 pub mod sink {
     pub use crate::sink::{
-        connect_worker, ensure_rls_applies, load_stored_offsets, migrate, set_tenant, write_batch,
-        write_each, Batch, BatchOutcome, BatchWrite, Isolated, PartitionKey, RejectedRow, Rows,
-        SinkError,
+        connect_worker, ensure_rls_applies, known_tenants, load_stored_offsets, migrate,
+        set_tenant, write_batch, write_each, Batch, BatchOutcome, BatchWrite, Isolated,
+        PartitionKey, RejectedRow, Rows, SinkError,
     };
 }
 

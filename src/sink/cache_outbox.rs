@@ -3,7 +3,8 @@
 //! the row's own statement, and lose it once Redis has it.
 //!
 //! Life of an outbox row: queued by the upsert that wrote its row ([`tenant_upsert_tail`],
-//! [`shared_upsert_tail`], same statement, so no extra round trip); after the batch's Redis write
+//! [`shared_upsert_tail`], or for orders inside the database function `write_order_batch`;
+//! same statement, so no extra round trip); after the batch's Redis write
 //! succeeded its id travels in the ledger and is deleted by the next upsert of the same tenant
 //! (the same tail) or by the drainer's sweep ([`delete_applied`]); left behind by a crash or a
 //! Redis outage, it is claimed by the drainer ([`claim`], found through [`pending_tenants`]).
@@ -28,7 +29,7 @@ pub(super) enum OutboxKind {
 }
 
 impl OutboxKind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Order => "order",
             Self::Profile => "profile",

@@ -1,14 +1,16 @@
-//! Order rows: per tenant, one set-based upsert with the version guard that also registers the
-//! tenant (when unknown tenants are registered) and queues the rows' cache work.
+//! Order rows: a batch's orders of every tenant in one round trip. The database function
+//! `write_order_batch` (its migration explains it) sets each tenant's context in turn and runs one
+//! set-based upsert with the version guard for that tenant's rows, which also registers the
+//! tenant (when unknown tenants are registered) and queues the rows' cache work. Row-level
+//! security checks every row against its own tenant's context, as when the client set it, but a
+//! batch no longer pays two round trips per tenant.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
 
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::cache_outbox::{tenant_upsert_tail, OutboxKind};
-use super::tenant::set_tenant;
+use super::cache_outbox::OutboxKind;
 use super::SinkError;
 use crate::domain::{CacheItem, QueuedCache, TenantPolicy, ValidOrder};
 
@@ -21,13 +23,43 @@ pub(super) async fn write_orders(
     tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
-    let mut queued = Vec::new();
-    for (tenant, latest) in latest_per_order(orders) {
-        set_tenant(tx, tenant).await?;
-        let done = applied.get(&tenant).map_or(&[][..], Vec::as_slice);
-        queued.extend(upsert_orders(tx, group, tenant, &latest, tenant_policy, done).await?);
-    }
-    Ok(queued)
+    let columns = Columns::grouped(latest_per_order(orders), applied);
+    let queued: Vec<(i64, Uuid, String, i64, String)> = sqlx::query_as(
+        "SELECT * FROM write_order_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                         $14, $15, $16, $17, $18)",
+    )
+    .bind(group)
+    .bind(OutboxKind::Order.as_str())
+    .bind(tenant_policy.registers_unknown())
+    .bind(&columns.tenants)
+    .bind(&columns.firsts)
+    .bind(&columns.lasts)
+    .bind(&columns.order_ids)
+    .bind(&columns.versions)
+    .bind(&columns.statuses)
+    .bind(&columns.customers)
+    .bind(&columns.currencies)
+    .bind(&columns.totals)
+    .bind(&columns.items)
+    .bind(&columns.occurred)
+    .bind(&columns.event_ids)
+    .bind(&columns.applied_ids)
+    .bind(&columns.applied_firsts)
+    .bind(&columns.applied_lasts)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(queued
+        .into_iter()
+        .map(|(outbox_id, tenant, order_id, version, json)| QueuedCache {
+            outbox_id,
+            item: CacheItem::Order {
+                tenant,
+                order_id,
+                version,
+                json,
+            },
+        })
+        .collect())
 }
 
 /// Per tenant, the newest event of each order in the batch. Older events of the same order in
@@ -51,95 +83,69 @@ fn latest_per_order(orders: &[ValidOrder]) -> BTreeMap<Uuid, Vec<&ValidOrder>> {
     by_tenant
 }
 
-/// Register the tenant if asked ($11), upsert the orders whose version is newer than the
-/// stored row, queue a cache refresh for each row written and delete the applied outbox rows
-/// ($13), in one statement.
-static UPSERT_ORDERS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH registered AS (
-             INSERT INTO tenants (tenant_id) SELECT $1 WHERE $11
-             ON CONFLICT (tenant_id) DO NOTHING
-         ),
-         upserted AS (
-             INSERT INTO orders AS o (tenant_id, order_id, version, status, customer_id, currency,
-                                      total_cents, items, occurred_at, last_event_id, updated_at)
-             SELECT $1, i.order_id, i.version, i.status, i.customer_id, i.currency, i.total_cents,
-                    i.items::jsonb, to_timestamp(i.occurred_ms / 1000.0), i.event_id, now()
-               FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::int8[],
-                           $8::text[], $9::int8[], $10::uuid[])
-                    AS i(order_id, version, status, customer_id, currency, total_cents,
-                         items, occurred_ms, event_id)
-             ON CONFLICT (tenant_id, order_id) DO UPDATE
-                SET version = EXCLUDED.version, status = EXCLUDED.status,
-                    customer_id = EXCLUDED.customer_id, currency = EXCLUDED.currency,
-                    total_cents = EXCLUDED.total_cents, items = EXCLUDED.items,
-                    occurred_at = EXCLUDED.occurred_at, last_event_id = EXCLUDED.last_event_id,
-                    updated_at = now()
-              WHERE o.version < EXCLUDED.version
-             RETURNING o.order_id AS key_id, o.version, order_cache_json(o) AS value
-         ),
-         {}",
-        tenant_upsert_tail(OutboxKind::Order, "$12", "$1", "$13")
-    )
-});
+/// The parameters of `write_order_batch`: the rows as one array per column, tenant by tenant,
+/// with each tenant's range of positions (1-based, inclusive, as SQL arrays count) in the rows
+/// and in the applied outbox ids.
+#[derive(Debug, Default, PartialEq)]
+struct Columns<'a> {
+    tenants: Vec<Uuid>,
+    firsts: Vec<i32>,
+    lasts: Vec<i32>,
+    order_ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    statuses: Vec<&'a str>,
+    customers: Vec<&'a str>,
+    currencies: Vec<&'a str>,
+    totals: Vec<i64>,
+    items: Vec<String>,
+    occurred: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    applied_ids: Vec<i64>,
+    applied_firsts: Vec<i32>,
+    applied_lasts: Vec<i32>,
+}
 
-async fn upsert_orders(
-    tx: &mut Transaction<'_, Postgres>,
-    group: &str,
-    tenant: Uuid,
-    orders: &[&ValidOrder],
-    tenant_policy: TenantPolicy,
-    applied_outbox_ids: &[i64],
-) -> Result<Vec<QueuedCache>, SinkError> {
-    let mut order_ids = Vec::with_capacity(orders.len());
-    let mut versions = Vec::with_capacity(orders.len());
-    let mut statuses = Vec::with_capacity(orders.len());
-    let mut customers = Vec::with_capacity(orders.len());
-    let mut currencies = Vec::with_capacity(orders.len());
-    let mut totals = Vec::with_capacity(orders.len());
-    let mut items = Vec::with_capacity(orders.len());
-    let mut occurred = Vec::with_capacity(orders.len());
-    let mut event_ids = Vec::with_capacity(orders.len());
-    for order in orders {
-        let e = &order.event;
-        order_ids.push(e.order_id.as_str());
-        versions.push(e.version);
-        statuses.push(e.event_type.status());
-        customers.push(e.customer_id.as_str());
-        currencies.push(e.currency.as_str());
-        totals.push(e.total_cents);
-        items.push(serde_json::to_string(&e.items).expect("line items serialize"));
-        occurred.push(e.occurred_at);
-        event_ids.push(order.event_id);
+impl<'a> Columns<'a> {
+    fn grouped(
+        by_tenant: BTreeMap<Uuid, Vec<&'a ValidOrder>>,
+        applied: &HashMap<Uuid, Vec<i64>>,
+    ) -> Self {
+        let mut columns = Columns::default();
+        for (tenant, orders) in by_tenant {
+            columns.tenants.push(tenant);
+            columns.firsts.push(position(columns.order_ids.len() + 1));
+            for order in orders {
+                let e = &order.event;
+                columns.order_ids.push(&e.order_id);
+                columns.versions.push(e.version);
+                columns.statuses.push(e.event_type.status());
+                columns.customers.push(&e.customer_id);
+                columns.currencies.push(&e.currency);
+                columns.totals.push(e.total_cents);
+                columns
+                    .items
+                    .push(serde_json::to_string(&e.items).expect("line items serialize"));
+                columns.occurred.push(e.occurred_at);
+                columns.event_ids.push(order.event_id);
+            }
+            columns.lasts.push(position(columns.order_ids.len()));
+            columns
+                .applied_firsts
+                .push(position(columns.applied_ids.len() + 1));
+            if let Some(ids) = applied.get(&tenant) {
+                columns.applied_ids.extend(ids);
+            }
+            columns
+                .applied_lasts
+                .push(position(columns.applied_ids.len()));
+        }
+        columns
     }
-    let queued: Vec<(i64, String, i64, String)> = sqlx::query_as(&UPSERT_ORDERS)
-        .bind(tenant)
-        .bind(&order_ids)
-        .bind(&versions)
-        .bind(&statuses)
-        .bind(&customers)
-        .bind(&currencies)
-        .bind(&totals)
-        .bind(&items)
-        .bind(&occurred)
-        .bind(&event_ids)
-        .bind(tenant_policy.registers_unknown())
-        .bind(group)
-        .bind(applied_outbox_ids)
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(queued
-        .into_iter()
-        .map(|(outbox_id, order_id, version, json)| QueuedCache {
-            outbox_id,
-            item: CacheItem::Order {
-                tenant,
-                order_id,
-                version,
-                json,
-            },
-        })
-        .collect())
+}
+
+/// A position in a SQL array; a batch is bounded far below `i32::MAX` rows.
+fn position(index: usize) -> i32 {
+    i32::try_from(index).expect("a batch holds fewer than 2^31 rows")
 }
 
 #[cfg(test)]
@@ -170,5 +176,33 @@ mod tests {
             .collect();
         kept.sort();
         assert_eq!(kept, vec![("o-1".into(), 5), ("o-2".into(), 1)]);
+    }
+
+    #[test]
+    fn columns_give_each_tenant_its_range_of_rows_and_of_applied_ids() {
+        let event = |tenant: u128, order: &str| {
+            let mut e = sample_order();
+            e.tenant_id = Uuid::from_u128(tenant).to_string();
+            e.order_id = order.into();
+            e.validate().unwrap()
+        };
+        let orders = [event(2, "b-1"), event(1, "a-1"), event(2, "b-2")];
+        let applied = HashMap::from([
+            (Uuid::from_u128(2), vec![7, 8]),
+            (Uuid::from_u128(9), vec![1]),
+        ]);
+        let columns = Columns::grouped(latest_per_order(&orders), &applied);
+        assert_eq!(columns.tenants, [Uuid::from_u128(1), Uuid::from_u128(2)]);
+        assert_eq!((columns.firsts, columns.lasts), (vec![1, 2], vec![1, 3]));
+        assert_eq!(columns.order_ids[0], "a-1");
+        let mut second: Vec<&str> = columns.order_ids[1..].to_vec();
+        second.sort();
+        assert_eq!(second, ["b-1", "b-2"]);
+        // Tenant 1 has no applied ids (an empty range); tenant 9 is not in the batch.
+        assert_eq!(columns.applied_ids, [7, 8]);
+        assert_eq!(
+            (columns.applied_firsts, columns.applied_lasts),
+            (vec![1, 1], vec![0, 2])
+        );
     }
 }

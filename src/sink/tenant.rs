@@ -17,21 +17,13 @@ pub async fn set_tenant(tx: &mut Transaction<'_, Postgres>, tenant: Uuid) -> Res
     Ok(())
 }
 
-/// The tenants among `tenants` that exist in `tenants` (each checked under its own context).
+/// The tenants among `tenants` that exist in `tenants`, each looked up under its own context,
+/// in one round trip (the database function `registered_tenants`; the contexts it sets end with
+/// the statement's own transaction).
 pub async fn known_tenants(pool: &PgPool, tenants: &[Uuid]) -> Result<HashSet<Uuid>, SinkError> {
-    let mut tx = pool.begin().await?;
-    let mut known = HashSet::new();
-    for tenant in tenants {
-        set_tenant(&mut tx, *tenant).await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-                .bind(tenant)
-                .fetch_one(&mut *tx)
-                .await?;
-        if exists {
-            known.insert(*tenant);
-        }
-    }
-    tx.commit().await?;
-    Ok(known)
+    let known: Vec<Uuid> = sqlx::query_scalar("SELECT registered_tenants($1)")
+        .bind(tenants)
+        .fetch_all(pool)
+        .await?;
+    Ok(known.into_iter().collect())
 }

@@ -1,8 +1,11 @@
 //! Row-level security as the worker role: a tenant context sees and writes only its own rows,
 //! no context sees and writes nothing, and the role owns no table and cannot bypass RLS.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::{PgPool, Postgres, Transaction};
-use tenantstream::testing::sink;
+use tenantstream::testing::domain::{self, CacheItem, OrderEvent, TenantPolicy, ValidOrder};
+use tenantstream::testing::sink::{self, Batch, BatchOutcome, PartitionKey};
 use uuid::Uuid;
 
 use crate::support;
@@ -182,4 +185,137 @@ async fn worker_role_owns_nothing_and_cannot_bypass() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("bypasses"), "{refused}");
+}
+
+fn order(tenant: Uuid, order_id: &str) -> ValidOrder {
+    OrderEvent {
+        tenant_id: tenant.to_string(),
+        order_id: order_id.into(),
+        ..domain::sample_order()
+    }
+    .validate()
+    .unwrap()
+}
+
+/// Order ids visible under `tenant`'s context, as the worker.
+async fn orders_seen_by(pool: &PgPool, tenant: Uuid) -> Vec<String> {
+    let mut tx = in_context(pool, Some(tenant)).await;
+    sqlx::query_scalar("SELECT order_id FROM orders ORDER BY order_id")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap()
+}
+
+async fn outbox_seen_by(pool: &PgPool, tenant: Uuid) -> Vec<i64> {
+    let mut tx = in_context(pool, Some(tenant)).await;
+    sqlx::query_scalar("SELECT id FROM cache_outbox ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap()
+}
+
+fn batch<'a>(
+    key: &'a PartitionKey,
+    rows: &'a [ValidOrder],
+    expected: Option<i64>,
+    next_offset: i64,
+    applied: &'a HashMap<Uuid, Vec<i64>>,
+) -> Batch<'a> {
+    Batch {
+        key,
+        expected,
+        next_offset,
+        rows: rows.into(),
+        tenant_policy: TenantPolicy::RegisterUnknown,
+        applied,
+    }
+}
+
+/// A batch of many tenants goes in one round trip (`write_order_batch` sets each tenant's
+/// context in the database); isolation must stay what it was: each row under its own tenant,
+/// the function runs as its caller (so RLS applies to every statement in it), and no context
+/// is left behind for the rest of the transaction.
+#[tokio::test]
+async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
+    let pool = worker_pool().await;
+    let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let rows: Vec<ValidOrder> = [(0, "x-1"), (1, "x-1"), (2, "y-1"), (0, "x-2"), (1, "y-2")]
+        .iter()
+        .map(|(t, id)| order(tenants[*t], id))
+        .collect();
+    let key = PartitionKey {
+        group: format!("rls-{}", Uuid::new_v4()),
+        topic: "orders".into(),
+        partition: 0,
+    };
+    let none = HashMap::new();
+    let BatchOutcome::Committed(written) =
+        sink::write_batch(&pool, &batch(&key, &rows, None, 5, &none))
+            .await
+            .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(written.written, 5);
+    assert_eq!(orders_seen_by(&pool, tenants[0]).await, ["x-1", "x-2"]);
+    assert_eq!(orders_seen_by(&pool, tenants[1]).await, ["x-1", "y-2"]);
+    assert_eq!(orders_seen_by(&pool, tenants[2]).await, ["y-1"]);
+    // Each queued cache row is the tenant's own, and the ones Redis has are deleted by the
+    // next batch of the same tenant only.
+    let first_outbox = outbox_seen_by(&pool, tenants[0]).await;
+    assert_eq!(first_outbox.len(), 2);
+    for item in &written.cache {
+        let CacheItem::Order { tenant, .. } = item.item else {
+            panic!("{item:?}")
+        };
+        assert!(outbox_seen_by(&pool, tenant)
+            .await
+            .contains(&item.outbox_id));
+    }
+    let applied = HashMap::from([(tenants[0], first_outbox.clone())]);
+    let again = [order(tenants[0], "x-3"), order(tenants[2], "y-3")];
+    sink::write_batch(&pool, &batch(&key, &again, Some(5), 7, &applied))
+        .await
+        .unwrap();
+    let outbox = outbox_seen_by(&pool, tenants[0]).await;
+    assert_eq!(
+        outbox.len(),
+        1,
+        "x-3's row is queued, x-1's and x-2's deleted"
+    );
+    assert!(!outbox.iter().any(|id| first_outbox.contains(id)));
+    assert_eq!(outbox_seen_by(&pool, tenants[1]).await.len(), 2);
+
+    // No context outlives the call, and the function is not a definer's: RLS applies inside.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT * FROM write_order_batch('g', 'order', true, $1, '{1}', '{1}', '{z-1}', '{1}',
+                  '{created}', '{c}', '{EUR}', '{1}', '{\"[]\"}', '{0}', $2, '{}', '{1}', '{0}')",
+    )
+    .bind(vec![tenants[2]])
+    .bind(vec![Uuid::new_v4()])
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the function left a tenant context set");
+    tx.rollback().await.unwrap();
+    let definers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_proc
+          WHERE proname IN ('write_order_batch', 'registered_tenants') AND prosecdef",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(definers, 0);
+
+    // Strict tenants: each id is looked up under its own context, in one round trip.
+    let stranger = Uuid::new_v4();
+    let known = sink::known_tenants(&pool, &[tenants[0], stranger, tenants[2]])
+        .await
+        .unwrap();
+    assert_eq!(known, HashSet::from([tenants[0], tenants[2]]));
 }
