@@ -4,11 +4,13 @@
 //! role, with the same batch size and partition concurrency, and no Kafka, decoding or Redis.
 //!
 //! Run: `cargo bench --bench pipeline` (needs the local Postgres and Redis).
-//! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (50), BENCH_PARTITIONS (4).
+//! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (tenant counts to run, one after the
+//! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS (the worker's default).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tenantstream::testing::decode::{Decoder, Encoder, SchemaStore};
 use tenantstream::testing::domain::{Event, OrderEvent, TenantPolicy, ValidOrder};
 use tenantstream::testing::sink::{self, Batch, PartitionKey};
@@ -28,10 +30,24 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let events = knob("BENCH_EVENTS", 100_000);
-    let tenants = knob("BENCH_TENANTS", 50);
     let partitions = knob("BENCH_PARTITIONS", 4) as i32;
+    let tenant_counts = std::env::var("BENCH_TENANTS").unwrap_or_else(|_| "20,500,5000".into());
+    println!("== tenantstream pipeline benchmark ==");
+    for tenants in tenant_counts.split(',') {
+        let tenants = tenants
+            .trim()
+            .parse()
+            .with_context(|| format!("BENCH_TENANTS: {tenants:?} is not a tenant count"))?;
+        run(events, tenants, partitions).await?;
+    }
+    Ok(())
+}
 
-    let (admin, _mock, settings) = support::setup("bench", partitions).await?;
+/// One run at `tenants` tenants: throughput, latency at half of it, and the ceiling.
+async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<()> {
+    let (admin, _mock, mut settings) = support::setup("bench", partitions).await?;
+    let linger = settings.kafka.batch_linger_ms as usize;
+    settings.kafka.batch_linger_ms = knob("BENCH_LINGER_MS", linger) as u64;
     let encoder = Encoder::for_event::<ValidOrder>(&settings.schemas)?;
     let spec = TrafficSpec {
         count: events,
@@ -171,10 +187,10 @@ async fn main() -> anyhow::Result<()> {
     let ceiling_secs = ceiling_started.elapsed().as_secs_f64();
     let ceiling_rate = ceiling_messages.len() as f64 / ceiling_secs;
 
-    println!("== tenantstream pipeline benchmark ==");
     println!(
-        "traffic                {} events, {tenants} tenants, {partitions} partitions, batch {batch}",
-        messages.len()
+        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms",
+        messages.len(),
+        settings.kafka.batch_linger_ms
     );
     println!(
         "pipeline throughput    {pipeline_rate:.0} events/s ({pipeline_secs:.2}s: Kafka → decode → Postgres → Redis)"
