@@ -59,7 +59,8 @@ pub struct Overrides {
     /// Max events per partition batch.
     #[arg(long, env = "TENANTSTREAM_BATCH_MAX_EVENTS", global = true)]
     pub batch_max_events: Option<usize>,
-    /// Max wait (ms) before a partial batch is written.
+    /// Max wait (ms) before a partial batch is written (0: at once; events that arrive while a
+    /// partition's batch is in flight make its next batch).
     #[arg(long, env = "TENANTSTREAM_BATCH_LINGER_MS", global = true)]
     pub batch_linger_ms: Option<u64>,
     /// Kafka consumer session timeout (ms): how soon a dead worker's partitions move on.

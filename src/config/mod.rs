@@ -41,7 +41,9 @@ pub struct KafkaSettings {
     pub dead_letter_topic: String,
     /// A partition's batch is written when it holds this many events...
     pub batch_max_events: usize,
-    /// ...or when its oldest event has waited this long.
+    /// ...or when its oldest event has waited this long (0, the default: at once). Either way a
+    /// partition has one batch in flight at a time, and the events that arrive meanwhile make
+    /// its next batch, so batches grow with the backlog and cost no latency without one.
     pub batch_linger_ms: u64,
     pub session_timeout_ms: u64,
 }
@@ -161,7 +163,7 @@ impl Default for KafkaSettings {
             config_topic: "config-changes".into(),
             dead_letter_topic: "dead-letters".into(),
             batch_max_events: 1000,
-            batch_linger_ms: 50,
+            batch_linger_ms: 0,
             session_timeout_ms: 10_000,
         }
     }
