@@ -3,11 +3,13 @@
 -- A batch's orders of every tenant in one round trip. The client sends the batch's newest event
 -- per order grouped by tenant, as flat arrays: tenant i's rows are at positions
 -- firsts[i]..lasts[i], and the ids of its outbox rows that Redis already has at
--- applied_firsts[i]..applied_lasts[i] of applied_ids. For each tenant the function sets the
--- transaction-local context and then runs one set-based statement for that tenant's rows, the
--- statement a client would send itself. It runs as its caller (SECURITY INVOKER, the default),
--- so row-level security checks every row against the context just set, exactly as when the
--- client set it: a row filed under another tenant is refused by the policies' WITH CHECK.
+-- applied_firsts[i]..applied_lasts[i] of applied_ids (the client builds all of them in one pass,
+-- so the ranges follow each other and the arrays have one length). For each tenant the function
+-- sets the transaction-local context and then runs the statements a client would send itself
+-- (at most three). It runs as its caller (SECURITY INVOKER, the default), so row-level security
+-- applies to every statement under the context just set, exactly as when the client set it. As
+-- before, the client decides which tenant a row belongs to: every row of tenant i's range is
+-- written with tenant i's id.
 --
 -- Per tenant: register the tenant when asked (an unknown tenant's first order), upsert the orders
 -- whose version is newer than the stored row, queue one cache outbox row per row written and

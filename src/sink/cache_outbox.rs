@@ -6,7 +6,7 @@
 //! [`shared_upsert_tail`], or for orders inside the database function `write_order_batch`;
 //! same statement, so no extra round trip); after the batch's Redis write
 //! succeeded its id travels in the ledger and is deleted by the next upsert of the same tenant
-//! (the same tail) or by the drainer's sweep ([`delete_applied`]); left behind by a crash or a
+//! (the same tail; for orders, a `DELETE` in `write_order_batch` just before it) or by the drainer's sweep ([`delete_applied`]); left behind by a crash or a
 //! Redis outage, it is claimed by the drainer ([`claim`], found through [`pending_tenants`]).
 
 use std::collections::HashMap;

@@ -1,9 +1,10 @@
-//! Order rows: a batch's orders of every tenant in one round trip. The database function
-//! `write_order_batch` (its migration explains it) sets each tenant's context in turn and runs one
-//! set-based upsert with the version guard for that tenant's rows, which also registers the
-//! tenant (when unknown tenants are registered) and queues the rows' cache work. Row-level
-//! security checks every row against its own tenant's context, as when the client set it, but a
-//! batch no longer pays two round trips per tenant.
+//! Order rows: a batch's orders of up to [`TENANTS_PER_CALL`] tenants in one round trip. The
+//! database function `write_order_batch` (its migration explains it) sets each tenant's context
+//! in turn, registers the tenant (when unknown tenants are registered), deletes its applied
+//! outbox rows and runs one set-based upsert with the version guard for that tenant's rows, which
+//! also queues the rows' cache work. Row-level security applies to every statement, under the
+//! context just set, as when the client set it, but a batch no longer pays two round trips per
+//! tenant.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,7 +24,28 @@ pub(super) async fn write_orders(
     tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
-    let columns = Columns::grouped(latest_per_order(orders), applied);
+    let by_tenant: Vec<_> = latest_per_order(orders).into_iter().collect();
+    let mut queued = Vec::new();
+    for tenants in by_tenant.chunks(TENANTS_PER_CALL) {
+        let columns = Columns::grouped(tenants, applied);
+        queued.extend(write_order_batch(tx, group, tenant_policy, &columns).await?);
+    }
+    Ok(queued)
+}
+
+/// Tenants per call of `write_order_batch`. A call is one statement, so `statement_timeout`
+/// covers all its tenants' writes: at about 0.3 ms per tenant (measured on the development
+/// machine) this keeps a call near 30 ms, far inside the smallest timeout allowed (300 ms), so a
+/// timeout still points at a row's own work, while a batch of 1,000 tenants needs 10 round
+/// trips instead of 2,000.
+const TENANTS_PER_CALL: usize = 100;
+
+async fn write_order_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &str,
+    tenant_policy: TenantPolicy,
+    columns: &Columns<'_>,
+) -> Result<Vec<QueuedCache>, SinkError> {
     let queued: Vec<(i64, Uuid, String, i64, String)> = sqlx::query_as(
         "SELECT * FROM write_order_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                          $14, $15, $16, $17, $18)",
@@ -107,11 +129,12 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn grouped(
-        by_tenant: BTreeMap<Uuid, Vec<&'a ValidOrder>>,
+        by_tenant: &[(Uuid, Vec<&'a ValidOrder>)],
         applied: &HashMap<Uuid, Vec<i64>>,
     ) -> Self {
         let mut columns = Columns::default();
         for (tenant, orders) in by_tenant {
+            let tenant = *tenant;
             columns.tenants.push(tenant);
             columns.firsts.push(position(columns.order_ids.len() + 1));
             for order in orders {
@@ -191,7 +214,8 @@ mod tests {
             (Uuid::from_u128(2), vec![7, 8]),
             (Uuid::from_u128(9), vec![1]),
         ]);
-        let columns = Columns::grouped(latest_per_order(&orders), &applied);
+        let grouped: Vec<_> = latest_per_order(&orders).into_iter().collect();
+        let columns = Columns::grouped(&grouped, &applied);
         assert_eq!(columns.tenants, [Uuid::from_u128(1), Uuid::from_u128(2)]);
         assert_eq!((columns.firsts, columns.lasts), (vec![1, 2], vec![1, 3]));
         assert_eq!(columns.order_ids[0], "a-1");

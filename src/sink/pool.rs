@@ -30,7 +30,8 @@ pub fn connect_worker_sized(
     max_connections: u32,
 ) -> Result<PgPool, SinkError> {
     // A lock wait ends first (a transient failure), so a statement timeout is the statement's
-    // own work, which the batch isolates like a row rejection.
+    // own work, which the batch isolates like a row rejection (one statement writes at most
+    // a bounded number of tenants' orders: see `orders::TENANTS_PER_CALL`).
     let statement = settings.statement_timeout_ms;
     let options = connect_options(settings.url.expose())?.options([
         ("statement_timeout", format!("{statement}ms")),

@@ -286,6 +286,35 @@ async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
     assert!(!outbox.iter().any(|id| first_outbox.contains(id)));
     assert_eq!(outbox_seen_by(&pool, tenants[1]).await.len(), 2);
 
+    // A batch of more tenants than one call takes (100) is split over several calls: every
+    // row still lands under its own tenant.
+    let many: Vec<ValidOrder> = (0..250)
+        .map(|i| order(Uuid::new_v4(), &format!("m-{i}")))
+        .collect();
+    let BatchOutcome::Committed(written) =
+        sink::write_batch(&pool, &batch(&key, &many, Some(7), 257, &none))
+            .await
+            .unwrap()
+    else {
+        panic!("fenced");
+    };
+    assert_eq!(written.written, 250);
+    let admin = support::admin_pool().await;
+    let ids: Vec<Uuid> = many.iter().map(|o| o.tenant_id).collect();
+    let mut placed: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT tenant_id, order_id FROM orders WHERE tenant_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+    placed.sort();
+    let mut expected: Vec<(Uuid, String)> = many
+        .iter()
+        .map(|o| (o.tenant_id, o.event.order_id.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(placed, expected);
+
     // No context outlives the call, and the function is not a definer's: RLS applies inside.
     let mut tx = pool.begin().await.unwrap();
     sqlx::query(
