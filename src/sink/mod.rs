@@ -1,8 +1,8 @@
 //! Postgres: the source of truth for rows and for consumer progress, and the only SQL.
 //!
 //! Guarantee: one transaction per partition batch writes the rows (set-based, per tenant under
-//! `set_config('app.tenant_id', …, true)`; for orders, all tenants in one round trip through the
-//! database function `write_order_batch`), the cache outbox rows and the partition's next offset.
+//! `set_config('app.tenant_id', …, true)`; for orders, up to 100 tenants per round trip through
+//! the database function `write_order_batch`), the cache outbox rows and the partition's next offset.
 //! The offset write is a compare-and-set on the offset this worker last saw, taken first in the
 //! transaction: a worker that lost its partition to another cannot commit over the new owner.
 //! A row Postgres rejects for its data is found by writing the batch's events one by one
