@@ -200,8 +200,9 @@ fn pipeline_chunks(items: &[CacheItem]) -> Vec<&[CacheItem]> {
 }
 
 /// Reads the current rows behind `refs` and applies them, reading again those whose
-/// generation moved meanwhile. Keys Redis refuses are in [`Applied::failed`]. `read` reads rows (under the right tenant contexts); its error
-/// type is the caller's. Returns what was applied and how many refs had a row.
+/// generation moved meanwhile. Keys Redis refuses are in [`Applied::failed`]. `read` reads rows
+/// (under the right tenant contexts); its error type is the caller's. Returns what was applied
+/// and how many refs had a row.
 pub async fn refresh<F, Fut, E>(
     redis: &Client,
     refs: Vec<CacheRef>,

@@ -4,10 +4,11 @@
 //!
 //! Life of an outbox row: queued by the upsert that wrote its row ([`tenant_upsert_tail`],
 //! [`shared_upsert_tail`], or for orders inside the database function `write_order_batch`;
-//! same statement, so no extra round trip); after the batch's Redis write
-//! succeeded its id travels in the ledger and is deleted by the next upsert of the same tenant
-//! (the same tail; for orders, a `DELETE` in `write_order_batch` just before it) or by the drainer's sweep ([`delete_applied`]); left behind by a crash or a
-//! Redis outage, it is claimed by the drainer ([`claim`], found through [`pending_tenants`]).
+//! same statement, so no extra round trip); after the batch's Redis write succeeded its id
+//! travels in the ledger and is deleted by the next upsert of the same tenant (the same tail;
+//! for orders, a `DELETE` in `write_order_batch` just before it) or by the drainer's sweep
+//! ([`delete_applied`]); left behind by a crash or a Redis outage, it is claimed by the drainer
+//! ([`claim`], found through [`pending_tenants`]).
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //! tried. An event that a newer, accepted version of its row supersedes in the same batch is
 //! therefore never rejected, only stale.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -78,7 +78,7 @@ pub(super) async fn write_isolating(
 ) -> Result<(Vec<QueuedCache>, Vec<RejectedRow>), SinkError> {
     let mut cache = Vec::new();
     let mut rejected = Vec::new();
-    let mut timed_out = std::collections::HashSet::new();
+    let mut timed_out = HashSet::new();
     // Runs of targets still to write, in order; each target is its versions still to try.
     let targets: Vec<VecDeque<usize>> = attempt_order(rows).into_iter().map(Into::into).collect();
     let mut runs: VecDeque<Vec<VecDeque<usize>>> = VecDeque::from([targets]);
