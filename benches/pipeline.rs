@@ -1,28 +1,45 @@
-//! End-to-end benchmark: events/s and latency percentiles of the whole pipeline (mock Kafka →
-//! decode → Postgres under RLS → Redis), next to the ceiling it is compared with: the same
-//! events written straight to Postgres by the same set-based statements, as the same RLS-bound
-//! role, with the same batch size and partition concurrency, and no Kafka, decoding or Redis.
+//! End-to-end benchmark of the whole pipeline (mock Kafka → decode → Postgres under RLS →
+//! Redis), for each tenant count:
 //!
-//! Run: `cargo bench --bench pipeline` (needs the local Postgres and Redis).
+//! 1. Throughput: a backlog of BENCH_EVENTS order events drained from a fresh consumer group,
+//!    events/s from the worker holding its partitions to the last offset stored; with the CPU
+//!    seconds per 100,000 events and the peak RSS of this process above what it held before
+//!    the worker started.
+//! 2. Latency at half that throughput, from the moment a message is produced to its key being
+//!    visible in Redis (seen by a keyspace-notification subscriber on a Redis of the
+//!    benchmark's own): half the traffic from the other tenants every 100 ms, half from one
+//!    neighbour tenant, first sent smoothly, then as one burst per second (noisy neighbour).
+//! 3. The ceiling: the same events written straight to Postgres by the worker's own statements,
+//!    as the same RLS-bound role, with the same batch size and partition concurrency, and no
+//!    Kafka, decoding or Redis.
+//!
+//! Run: `cargo bench --bench pipeline` (needs the local Postgres and `redis-server`).
 //! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (tenant counts to run, one after the
-//! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS (the worker's default).
+//! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS and BENCH_BATCH (the
+//! worker's defaults).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use fred::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rdkafka::producer::FutureProducer;
 use tenantstream::testing::decode::{Decoder, Encoder, SchemaStore};
 use tenantstream::testing::domain::{Event, OrderEvent, TenantPolicy, ValidOrder};
 use tenantstream::testing::sink::{self, Batch, PartitionKey};
-use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
+use tenantstream::testing::traffic::{self, EndOffsets, TrafficSpec, WireFormat};
 use tenantstream::testing::{kafka, probe};
-use tenantstream::{Clock, Health, Worker};
+use tenantstream::{Health, Secret, Settings, Worker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod support;
 
-use support::knob;
+use support::{knob, OwnRedis};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -45,10 +62,15 @@ async fn main() -> anyhow::Result<()> {
 
 /// One run at `tenants` tenants: throughput, latency at half of it, and the ceiling.
 async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<()> {
+    // Keyspace notifications for string commands: every SET of an order key is announced.
+    let redis_server = OwnRedis::start(&["--notify-keyspace-events", "K$"])?;
     let (admin, _mock, mut settings) = support::setup("bench", partitions).await?;
-    let linger = settings.kafka.batch_linger_ms as usize;
-    settings.kafka.batch_linger_ms = knob("BENCH_LINGER_MS", linger) as u64;
-    let encoder = Encoder::for_event::<ValidOrder>(&settings.schemas)?;
+    settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
+    let kafka_defaults = settings.kafka.clone();
+    settings.kafka.batch_linger_ms =
+        knob("BENCH_LINGER_MS", kafka_defaults.batch_linger_ms as usize) as u64;
+    settings.kafka.batch_max_events = knob("BENCH_BATCH", kafka_defaults.batch_max_events);
+    let encoder = Arc::new(Encoder::for_event::<ValidOrder>(&settings.schemas)?);
     let spec = TrafficSpec {
         count: events,
         tenants,
@@ -59,9 +81,11 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
     };
 
     // 1. Throughput: the backlog is in Kafka before the worker starts.
-    let (messages, _) = traffic::generate(&spec, &encoder);
+    let (messages, expected) = traffic::generate(&spec, &encoder);
     let producer = kafka::producer(&settings.kafka)?;
     let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None).await?;
+    let rss_before = rss_bytes();
+    let peak_rss = PeakRss::sample_every(Duration::from_millis(20));
     let shutdown = CancellationToken::new();
     let health = Health::default();
     let worker = Worker::connect(settings.clone(), health.clone()).await?;
@@ -71,82 +95,304 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let started = Instant::now();
-    probe::wait_until_consumed(
-        &admin,
-        &settings,
-        &settings.kafka.orders_topic,
-        &sent.ends,
-        &shutdown,
-    )
-    .await?;
+    let cpu_started = cpu_seconds();
+    let topic = settings.kafka.orders_topic.clone();
+    probe::wait_until_consumed(&admin, &settings, &topic, &sent.ends, &shutdown).await?;
     let pipeline_secs = started.elapsed().as_secs_f64();
+    let cpu_per_100k = (cpu_seconds() - cpu_started) * 100_000.0 / messages.len() as f64;
+    let peak_rss = peak_rss.stop();
     let pipeline_rate = messages.len() as f64 / pipeline_secs;
 
-    // 2. Latency at half that rate: small bursts stamped with the time they are sent.
+    // 2. Latency at half that rate, first with a smooth neighbour, then a bursty one.
     let rate = (pipeline_rate / 2.0).max(100.0);
-    let burst = (rate / 10.0).ceil() as usize; // every 100 ms
-    let mut latency_tenants = Vec::new();
+    let load = Load {
+        producer,
+        topic: topic.clone(),
+        encoder: encoder.clone(),
+        others: expected.tenants.clone(),
+        neighbour: Uuid::new_v4(),
+        rate,
+        seed: spec.seed,
+    };
+    let seen = KeyWatcher::start(settings.redis.url.expose()).await?;
     let mut ends = sent.ends.clone();
-    let latency_started = Instant::now();
-    for round in 0..50u64 {
-        let burst_spec = TrafficSpec {
-            count: burst,
-            tenants: 2,
-            duplicates: 0.0,
-            reorder: 0.0,
-            start_ms: Some(Clock::system().now_ms()),
-            seed: spec.seed ^ (round + 1),
-            ..spec.clone()
-        };
-        let (burst_messages, expected) = traffic::generate(&burst_spec, &encoder);
-        latency_tenants.extend(expected.tenants);
-        let burst_sent = traffic::send(
-            &producer,
-            &settings.kafka.orders_topic,
-            &burst_messages,
-            0,
-            None,
-        )
-        .await?;
-        for (p, end) in burst_sent.ends {
-            let e = ends.entry(p).or_insert(0);
-            *e = (*e).max(end);
-        }
-        let next = latency_started + Duration::from_millis(100 * (round + 1));
-        tokio::time::sleep_until(next.into()).await;
+    let mut latencies = Vec::new();
+    for (run, bursty) in [false, true].into_iter().enumerate() {
+        let sent_at = load.send(bursty, run, &seen, &mut ends).await?;
+        probe::wait_until_consumed(&admin, &settings, &topic, &ends, &shutdown).await?;
+        // The last batch's keys are written just after its offset is stored.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        latencies.push(sent_at.latencies(&seen)?);
     }
-    probe::wait_until_consumed(
-        &admin,
-        &settings,
-        &settings.kafka.orders_topic,
-        &ends,
-        &shutdown,
-    )
-    .await?;
     shutdown.cancel();
     running.await??;
-    let (p50, p95, p99): (f64, f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
-           FROM (SELECT extract(epoch FROM updated_at - occurred_at) * 1000 AS ms
-                   FROM orders WHERE tenant_id = ANY($1)) l",
-    )
-    .bind(&latency_tenants)
-    .fetch_one(&admin)
-    .await?;
+    let [smooth, bursty]: [Latencies; 2] = latencies.try_into().ok().expect("two runs");
 
     // 3. Ceiling: the same traffic shape (fresh tenants), decoded up front, written straight
     //    to Postgres with the worker's statements, batch size and partition concurrency.
+    let ceiling_rate = ceiling(&settings, &spec, &encoder, partitions).await?;
+
+    let batch = settings.kafka.batch_max_events;
+    println!(
+        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms",
+        messages.len(),
+        settings.kafka.batch_linger_ms
+    );
+    println!(
+        "pipeline throughput    {pipeline_rate:.0} events/s ({pipeline_secs:.2}s: Kafka → decode → Postgres → Redis)"
+    );
+    println!(
+        "Postgres ceiling       {ceiling_rate:.0} events/s (same statements and batches as the RLS role, no Kafka/decode/Redis)"
+    );
+    println!(
+        "ratio                  {:.2} of the ceiling",
+        pipeline_rate / ceiling_rate
+    );
+    println!(
+        "resources              {cpu_per_100k:.1} CPU s per 100k events (this process: worker + mock broker), peak RSS {:.0} MiB over {:.0} MiB before the worker",
+        peak_rss.saturating_sub(rss_before) as f64 / MIB,
+        rss_before as f64 / MIB
+    );
+    println!(
+        "to cache-visible at {rate:.0} ev/s, smooth: others {}; neighbour {}",
+        smooth.others, smooth.neighbour
+    );
+    println!(
+        "noisy neighbour (half the traffic, a burst per second): others {}; neighbour {}",
+        bursty.others, bursty.neighbour
+    );
+    println!(
+        "others' p99 with the bursty neighbour: {:.2}× the smooth one",
+        bursty.others.p99 / smooth.others.p99
+    );
+    Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Traffic at a fixed rate for the latency runs.
+struct Load {
+    producer: FutureProducer,
+    topic: String,
+    encoder: Arc<Encoder>,
+    /// The other tenants (those of the throughput run).
+    others: Vec<Uuid>,
+    neighbour: Uuid,
+    /// Events/s of both together.
+    rate: f64,
+    seed: u64,
+}
+
+/// How long each latency run sends, in 100 ms rounds.
+const ROUNDS: usize = 30;
+
+/// When each order of a latency run was sent, by (tenant, order id), and by whom.
+struct SentAt {
+    others: HashMap<(Uuid, String), u64>,
+    neighbour: HashMap<(Uuid, String), u64>,
+}
+
+impl Load {
+    /// Sends one latency run: every 100 ms a tenth of a second's traffic of the other tenants,
+    /// and the neighbour's half either alongside (smooth) or a second's worth at once (bursty).
+    /// Each order is new, so its key is written once the pipeline has it.
+    async fn send(
+        &self,
+        bursty: bool,
+        run: usize,
+        seen: &KeyWatcher,
+        ends: &mut EndOffsets,
+    ) -> anyhow::Result<SentAt> {
+        seen.clear();
+        let per_round = ((self.rate / 2.0) / 10.0).ceil() as usize;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ run as u64);
+        let mut sends = Vec::new();
+        let started = Instant::now();
+        for round in 0..ROUNDS {
+            let mut others = self.others.clone();
+            others.shuffle(&mut rng);
+            let neighbour_count = match (bursty, round % 10) {
+                (false, _) => per_round,
+                (true, 0) => per_round * 10,
+                (true, _) => 0,
+            };
+            // Order numbers far apart, so that no round names an order of the throughput run
+            // (numbered from 0) or of another round.
+            let first_order = (1 + run * ROUNDS + round) * 1_000_000;
+            let parts = [
+                (false, others, per_round),
+                (true, vec![self.neighbour], neighbour_count),
+            ];
+            for (is_neighbour, tenant_ids, count) in parts {
+                if count == 0 {
+                    continue;
+                }
+                let spec = TrafficSpec {
+                    count,
+                    tenants: tenant_ids.len(),
+                    tenant_ids,
+                    first_order,
+                    malformed: 0.0,
+                    duplicates: 0.0,
+                    reorder: 0.0,
+                    seed: rand::Rng::gen(&mut rng),
+                    ..Default::default()
+                };
+                let (messages, expected) = traffic::generate(&spec, &self.encoder);
+                let (producer, topic) = (self.producer.clone(), self.topic.clone());
+                sends.push(tokio::spawn(async move {
+                    let at = now_micros();
+                    let sent = traffic::send(&producer, &topic, &messages, 0, None).await?;
+                    let orders: Vec<(Uuid, String)> = expected.orders.into_keys().collect();
+                    anyhow::Ok((is_neighbour, at, orders, sent.ends))
+                }));
+            }
+            tokio::time::sleep_until(
+                (started + Duration::from_millis(100 * (round as u64 + 1))).into(),
+            )
+            .await;
+        }
+        let mut sent_at = SentAt {
+            others: HashMap::new(),
+            neighbour: HashMap::new(),
+        };
+        for send in futures::future::join_all(sends).await {
+            let (is_neighbour, at, orders, sent_ends) = send??;
+            let into = if is_neighbour {
+                &mut sent_at.neighbour
+            } else {
+                &mut sent_at.others
+            };
+            into.extend(orders.into_iter().map(|order| (order, at)));
+            for (partition, end) in sent_ends {
+                let e = ends.entry(partition).or_insert(0);
+                *e = (*e).max(end);
+            }
+        }
+        Ok(sent_at)
+    }
+}
+
+impl SentAt {
+    fn latencies(&self, seen: &KeyWatcher) -> anyhow::Result<Latencies> {
+        Ok(Latencies {
+            others: Percentiles::of(seen, &self.others)?,
+            neighbour: Percentiles::of(seen, &self.neighbour)?,
+        })
+    }
+}
+
+struct Latencies {
+    others: Percentiles,
+    neighbour: Percentiles,
+}
+
+/// Milliseconds from a message's production to its key's last write in Redis.
+struct Percentiles {
+    count: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(seen: &KeyWatcher, sent: &HashMap<(Uuid, String), u64>) -> anyhow::Result<Self> {
+        let written = seen.written.lock().expect("not poisoned");
+        let mut ms: Vec<f64> = Vec::with_capacity(sent.len());
+        for (order, at) in sent {
+            let Some(visible) = written.get(order) else {
+                anyhow::bail!("order {order:?} never became visible in Redis");
+            };
+            ms.push(visible.saturating_sub(*at) as f64 / 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        Ok(Self {
+            count: ms.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} / p99 {:.1} / max {:.1} ms ({} orders)",
+            self.p50, self.p99, self.max, self.count
+        )
+    }
+}
+
+/// Records when each order key was last written, from Redis keyspace notifications.
+struct KeyWatcher {
+    written: Arc<Mutex<HashMap<(Uuid, String), u64>>>,
+    _client: Client,
+}
+
+impl KeyWatcher {
+    async fn start(url: &str) -> anyhow::Result<Self> {
+        let client = Builder::from_config(Config::from_url(url)?)
+            // A notification the subscriber misses would count as a key never written.
+            .with_performance_config(|c| c.broadcast_channel_capacity = 1 << 20)
+            .build()?;
+        client.init().await?;
+        let mut events = client.keyspace_event_rx();
+        client.psubscribe("__keyspace@0__:t:*").await?;
+        let written: Arc<Mutex<HashMap<(Uuid, String), u64>>> = Arc::default();
+        let record = written.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                let at = now_micros();
+                if let Some(order) = event.key.as_str().and_then(order_of_key) {
+                    record.lock().expect("not poisoned").insert(order, at);
+                }
+            }
+        });
+        Ok(Self {
+            written,
+            _client: client,
+        })
+    }
+
+    fn clear(&self) {
+        self.written.lock().expect("not poisoned").clear();
+    }
+}
+
+/// The tenant and order of an order key, `t:{<tenant>}:g<generation>:order:<id>`.
+fn order_of_key(key: &str) -> Option<(Uuid, String)> {
+    let rest = key.strip_prefix("t:{")?;
+    let (tenant, rest) = rest.split_once('}')?;
+    let (_, order) = rest.split_once(":order:")?;
+    Some((Uuid::parse_str(tenant).ok()?, order.to_owned()))
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The same traffic shape as `spec` (fresh tenants), written straight to Postgres with the
+/// worker's statements, batch size and partition concurrency: events/s.
+async fn ceiling(
+    settings: &Settings,
+    spec: &TrafficSpec,
+    encoder: &Encoder,
+    partitions: i32,
+) -> anyhow::Result<f64> {
     let ceiling_spec = TrafficSpec {
         seed: spec.seed.wrapping_add(7),
         ..spec.clone()
     };
-    let (ceiling_messages, _) = traffic::generate(&ceiling_spec, &encoder);
+    let (messages, _) = traffic::generate(&ceiling_spec, encoder);
     let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None)?);
     let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE, &settings.limits)?;
     let mut lanes: Vec<Vec<ValidOrder>> = vec![Vec::new(); partitions as usize];
-    for message in &ceiling_messages {
+    for message in &messages {
         let event: OrderEvent = decoder.decode(&message.value).await?;
         // Producers key by order id, so one order's events stay in one lane, as in Kafka.
         let lane = fxhash(&message.key) % partitions as usize;
@@ -155,7 +401,7 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
     let pool = sink::connect_worker(&settings.database).await?;
     let group = format!("ceiling-{}", Uuid::new_v4());
     let batch = settings.kafka.batch_max_events;
-    let ceiling_started = Instant::now();
+    let started = Instant::now();
     let writers = lanes.into_iter().enumerate().map(|(partition, lane)| {
         let pool = pool.clone();
         let key = PartitionKey {
@@ -184,28 +430,7 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
     for writer in futures::future::join_all(writers).await {
         writer??;
     }
-    let ceiling_secs = ceiling_started.elapsed().as_secs_f64();
-    let ceiling_rate = ceiling_messages.len() as f64 / ceiling_secs;
-
-    println!(
-        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms",
-        messages.len(),
-        settings.kafka.batch_linger_ms
-    );
-    println!(
-        "pipeline throughput    {pipeline_rate:.0} events/s ({pipeline_secs:.2}s: Kafka → decode → Postgres → Redis)"
-    );
-    println!(
-        "Postgres ceiling       {ceiling_rate:.0} events/s ({ceiling_secs:.2}s: same upserts as the RLS role, no Kafka/decode/Redis)"
-    );
-    println!(
-        "ratio                  {:.2} of the ceiling",
-        pipeline_rate / ceiling_rate
-    );
-    println!(
-        "latency at {rate:.0} ev/s  p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms (occurred_at → batch transaction)"
-    );
-    Ok(())
+    Ok(messages.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// A stable hash for spreading keys over lanes.
@@ -213,4 +438,59 @@ fn fxhash(bytes: &[u8]) -> usize {
     bytes.iter().fold(0usize, |h, b| {
         (h.rotate_left(5) ^ usize::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
     })
+}
+
+/// CPU seconds (user and system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th
+    // and 13th, in clock ticks of 1/100 s.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// This process's resident memory in bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The highest RSS seen by a thread that samples it until stopped.
+struct PeakRss {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn sample_every(every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_bytes()));
+        let (stopping, peaking) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                peaking.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        });
+        Self { stop, peak, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
 }

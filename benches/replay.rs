@@ -7,9 +7,8 @@
 //! Knobs: BENCH_EVENTS (default 200000), BENCH_TENANTS (50), BENCH_PARTITIONS (12; the mock
 //! cluster keeps about 5 MB per partition, so fewer partitions would drop the oldest events).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context;
 use fred::prelude::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -23,41 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::knob;
-
-/// A redis-server of the benchmark's own, so FLUSHALL touches nothing else.
-struct OwnRedis(std::process::Child, u16);
-
-impl OwnRedis {
-    fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting redis-server")?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self(child, port))
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{knob, OwnRedis};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -67,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     let events = knob("BENCH_EVENTS", 200_000);
     let tenants = knob("BENCH_TENANTS", 50);
     let partitions = knob("BENCH_PARTITIONS", 12) as i32;
-    let redis_server = OwnRedis::start()?;
+    let redis_server = OwnRedis::start(&[])?;
     let (admin, _mock, mut settings) = support::setup("bench-replay", partitions).await?;
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
 

@@ -1,6 +1,8 @@
 //! Setup shared by the benchmarks: knobs, the bench database, a mock cluster with the topics.
 #![allow(dead_code)]
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -51,4 +53,41 @@ pub async fn setup(
     mock.create_topic(&settings.kafka.config_topic, partitions, 1)?;
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
     Ok((admin, mock, settings))
+}
+
+/// A redis-server of the benchmark's own (its port is `.1`), so FLUSHALL or a server setting
+/// touches nothing else.
+pub struct OwnRedis(std::process::Child, pub u16);
+
+impl OwnRedis {
+    /// Starts one on a free loopback port, with `extra` arguments (e.g. server settings).
+    pub fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self(child, port))
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

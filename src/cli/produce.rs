@@ -67,7 +67,7 @@ impl ProduceArgs {
             reorder: self.reorder,
             format: self.format,
             seed: self.seed.unwrap_or_else(rand::random),
-            start_ms: None,
+            ..Default::default()
         })
     }
 }

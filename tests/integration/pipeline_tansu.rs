@@ -23,7 +23,7 @@ async fn tansu_end_to_end_rows_cache_offsets_and_dead_letters() {
         reorder: 0.2,
         format: WireFormat::Mixed,
         seed: rand::random(),
-        start_ms: None,
+        ..Default::default()
     };
     let (messages, expected) = traffic::generate(&spec, &support::order_encoder(&settings));
     let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;

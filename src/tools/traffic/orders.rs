@@ -29,6 +29,11 @@ pub struct TrafficSpec {
     pub seed: u64,
     /// occurred_at of the first events (ms since epoch); `None`: now.
     pub start_ms: Option<i64>,
+    /// The tenants to use; empty: `tenants` tenant ids drawn from the seed.
+    pub tenant_ids: Vec<Uuid>,
+    /// The number of the first order (`ord-0000000` by default), so that traffic generated for
+    /// the same tenants in several parts names new orders.
+    pub first_order: usize,
 }
 
 impl Default for TrafficSpec {
@@ -42,6 +47,8 @@ impl Default for TrafficSpec {
             format: WireFormat::Confluent,
             seed: 42,
             start_ms: None,
+            tenant_ids: Vec::new(),
+            first_order: 0,
         }
     }
 }
@@ -151,9 +158,14 @@ fn garbage(rng: &mut StdRng) -> Vec<u8> {
 /// Builds the traffic and the end state a correct worker must reach.
 pub fn generate(spec: &TrafficSpec, encoder: &Encoder) -> (Vec<Generated>, Expected) {
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let tenants: Vec<Uuid> = (0..spec.tenants.max(1))
+    let drawn: Vec<Uuid> = (0..spec.tenants.max(1))
         .map(|_| uuid_from(&mut rng))
         .collect();
+    let tenants = if spec.tenant_ids.is_empty() {
+        drawn
+    } else {
+        spec.tenant_ids.clone()
+    };
     let malformed_count = (spec.count as f64 * spec.malformed).round() as usize;
     let valid_target = spec.count.saturating_sub(malformed_count);
     // Duplicates are extra copies, so the distinct events are fewer than the valid messages.
@@ -167,7 +179,8 @@ pub fn generate(spec: &TrafficSpec, encoder: &Encoder) -> (Vec<Generated>, Expec
     let mut planned = 0usize;
     while planned < event_target {
         let tenant = tenants[per_order.len() % tenants.len()];
-        let mut events = order_events(&mut rng, tenant, per_order.len(), start_ms);
+        let order_no = spec.first_order + per_order.len();
+        let mut events = order_events(&mut rng, tenant, order_no, start_ms);
         let room = event_target - planned;
         events.truncate(room.max(1));
         planned += events.len();
