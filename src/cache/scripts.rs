@@ -2,6 +2,8 @@
 //! script call that applies each [`CacheItem`]. Every script touches keys of one keyspace only,
 //! so Redis Cluster routes it by the keyspace's hash tag.
 
+use std::sync::OnceLock;
+
 use fred::prelude::Value;
 use fred::types::{ClusterHash, CustomCommand};
 
@@ -19,7 +21,8 @@ use crate::domain::CacheItem;
 /// order id (at most 200 characters, 1,200 bytes escaped). Quotes inside strings are escaped, so
 /// the pattern cannot match inside the order id. Only a value without it there (written by
 /// something else) is decoded whole.
-pub(super) const SET_IF_NEWER: &str = r#"
+pub(super) static SET_IF_NEWER: Script = Script::new(
+    r#"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
   return -1
 end
@@ -43,7 +46,8 @@ else
   redis.call('SET', KEYS[2], ARGV[2])
 end
 return 1
-"#;
+"#,
+);
 
 /// How much of a cached order [`SET_IF_NEWER`] reads to find its version.
 #[cfg(test)]
@@ -56,7 +60,8 @@ const VERSION_PREFIX_BYTES: usize = 2048;
 /// KEYS: generation, versions hash, target, [index set]. ARGV: generation, versions field,
 /// version, TTL, 'hash' or 'string', '1' when there is a value, value, hash field or index member.
 /// Returns 1 written, 0 skipped as older, -1 when the generation moved.
-pub(super) const APPLY_ENTRY: &str = r#"
+pub(super) static APPLY_ENTRY: Script = Script::new(
+    r#"
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
   return -1
 end
@@ -103,12 +108,14 @@ if ttl > 0 then
   end
 end
 return 1
-"#;
+"#,
+);
 
 /// Retires a keyspace's keys in O(1): increments its generation. With a version (> 0), only once
 /// per version (a suspension applied again, by the drainer or a replay, does not bump again).
 /// KEYS: generation, last bumped version. ARGV: version or 0. Returns the generation.
-pub(super) const BUMP_GENERATION: &str = r#"
+pub(super) static BUMP_GENERATION: Script = Script::new(
+    r#"
 local version = tonumber(ARGV[1])
 if version > 0 then
   local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
@@ -118,19 +125,45 @@ if version > 0 then
   redis.call('SET', KEYS[2], ARGV[1])
 end
 return redis.call('INCR', KEYS[1])
-"#;
+"#,
+);
+
+/// A Lua script, which Redis runs by its SHA1 once it has loaded it (EVALSHA): each call then
+/// sends 40 bytes instead of the script, and Redis does not hash the script again.
+pub(super) struct Script {
+    pub body: &'static str,
+    sha: OnceLock<String>,
+}
+
+impl Script {
+    const fn new(body: &'static str) -> Self {
+        Self {
+            body,
+            sha: OnceLock::new(),
+        }
+    }
+
+    pub(super) fn sha(&self) -> &str {
+        self.sha.get_or_init(|| fred::util::sha1_hash(self.body))
+    }
+}
 
 /// A script call: the script, its keys and its arguments.
 pub(super) struct ScriptCall {
-    pub script: &'static str,
+    pub script: &'static Script,
     pub keys: Vec<String>,
     pub args: Vec<Value>,
 }
 
 impl ScriptCall {
-    /// The call as EVAL arguments (script, numkeys, keys, args).
-    pub(super) fn into_eval_args(self) -> Vec<Value> {
-        eval_args(self.script, self.keys, self.args)
+    /// The call as EVALSHA arguments (SHA1, numkeys, keys, args).
+    pub(super) fn evalsha_args(&self) -> Vec<Value> {
+        let mut all: Vec<Value> = Vec::with_capacity(2 + self.keys.len() + self.args.len());
+        all.push(self.script.sha().into());
+        all.push((self.keys.len() as i64).into());
+        all.extend(self.keys.iter().map(|k| Value::from(k.as_str())));
+        all.extend(self.args.iter().cloned());
+        all
     }
 }
 
@@ -158,7 +191,7 @@ pub(super) fn apply_item(item: &CacheItem, generation: i64, ttl: &Ttl) -> Script
             version,
             json,
         } => ScriptCall {
-            script: SET_IF_NEWER,
+            script: &SET_IF_NEWER,
             keys: vec![gen_key, order_key(tenant, generation, order_id)],
             args: vec![
                 generation.into(),
@@ -168,19 +201,19 @@ pub(super) fn apply_item(item: &CacheItem, generation: i64, ttl: &Ttl) -> Script
             ],
         },
         CacheItem::Profile { json, .. } => ScriptCall {
-            script: APPLY_ENTRY,
+            script: &APPLY_ENTRY,
             keys: vec![gen_key, versions, space.key(generation, "profile")],
             args: entry("profile".into(), "string", &Some(json.clone()), ""),
         },
         CacheItem::Entry {
             map, key, value, ..
         } => ScriptCall {
-            script: APPLY_ENTRY,
+            script: &APPLY_ENTRY,
             keys: vec![gen_key, versions, space.key(generation, map.name())],
             args: entry(format!("{}:{key}", map.name()), "hash", value, key),
         },
         CacheItem::Category { id, value, .. } => ScriptCall {
-            script: APPLY_ENTRY,
+            script: &APPLY_ENTRY,
             keys: vec![
                 gen_key,
                 versions,
@@ -192,19 +225,10 @@ pub(super) fn apply_item(item: &CacheItem, generation: i64, ttl: &Ttl) -> Script
     }
 }
 
-/// EVAL as a custom command, because fred pipelines have no Lua interface; the first key
-/// (argument 2: script, numkeys, key) picks the cluster node.
-pub(super) fn eval() -> CustomCommand {
-    CustomCommand::new("EVAL", ClusterHash::Offset(2), false)
-}
-
-pub(super) fn eval_args(script: &str, keys: Vec<String>, args: Vec<Value>) -> Vec<Value> {
-    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-    all.push(script.into());
-    all.push((keys.len() as i64).into());
-    all.extend(keys.into_iter().map(Value::from));
-    all.extend(args);
-    all
+/// EVALSHA as a custom command, because fred pipelines have no Lua interface; the first key
+/// (argument 2: SHA1, numkeys, key) picks the cluster node.
+pub(super) fn evalsha() -> CustomCommand {
+    CustomCommand::new("EVALSHA", ClusterHash::Offset(2), false)
 }
 
 #[cfg(test)]
@@ -257,7 +281,7 @@ mod tests {
         // json_build_object's layout, up to the version (order_cache_json).
         let head = format!(r#"{{"tenant_id" : "{TENANT}", "order_id" : {escaped}, "version" : 7"#);
         assert!(head.len() <= VERSION_PREFIX_BYTES, "{}", head.len());
-        assert!(SET_IF_NEWER.contains("GETRANGE', KEYS[2], 0, 2047"));
+        assert!(SET_IF_NEWER.body.contains("GETRANGE', KEYS[2], 0, 2047"));
         assert_eq!(VERSION_PREFIX_BYTES - 1, 2047);
     }
 }

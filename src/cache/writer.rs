@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use fred::prelude::*;
 
 use super::ledger::CacheLedger;
-use super::scripts::{apply_item, eval, eval_args, BUMP_GENERATION};
+use super::scripts::{apply_item, evalsha, Script, ScriptCall, BUMP_GENERATION};
 use super::CacheError;
 use crate::config::RedisSettings;
 use crate::domain::{CacheItem, CacheRef, Keyspace, QueuedCache};
@@ -126,13 +126,14 @@ pub async fn apply_read_after(
     let mut applied = Applied::default();
     let mut moved = Vec::new();
     for chunk in pipeline_chunks(items) {
-        let pipeline = redis.pipeline();
-        for item in chunk {
-            let generation = generations.get(&item.keyspace()).copied().unwrap_or(0);
-            let call = apply_item(item, generation, ttl);
-            let () = pipeline.custom(eval(), call.into_eval_args()).await?;
-        }
-        let results: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
+        let calls: Vec<ScriptCall> = chunk
+            .iter()
+            .map(|item| {
+                let generation = generations.get(&item.keyspace()).copied().unwrap_or(0);
+                apply_item(item, generation, ttl)
+            })
+            .collect();
+        let results = run_scripts(redis, &calls).await?;
         if let Some(outage) = results
             .iter()
             .find_map(|r| r.as_ref().err().filter(|e| is_outage(e)))
@@ -239,18 +240,74 @@ pub async fn bump_generations(redis: &Client, bumps: &[(Keyspace, i64)]) -> Resu
     if bumps.is_empty() {
         return Ok(());
     }
-    let pipeline = redis.pipeline();
-    for (space, version) in bumps {
-        let keys = vec![space.generation_key(), space.bumped_for_key()];
-        let () = pipeline
-            .custom(
-                eval(),
-                eval_args(BUMP_GENERATION, keys, vec![(*version).into()]),
-            )
-            .await?;
+    let calls: Vec<ScriptCall> = bumps
+        .iter()
+        .map(|(space, version)| ScriptCall {
+            script: &BUMP_GENERATION,
+            keys: vec![space.generation_key(), space.bumped_for_key()],
+            args: vec![(*version).into()],
+        })
+        .collect();
+    let results = run_scripts(redis, &calls).await?;
+    if results.len() != calls.len() {
+        return Err(CacheError::other(format!(
+            "{} answers to {} generation bumps",
+            results.len(),
+            calls.len()
+        )));
     }
-    let _: Vec<i64> = pipeline.all().await?;
+    for result in results {
+        result?;
+    }
     Ok(())
+}
+
+/// Runs script calls in one pipeline, by SHA1 (EVALSHA). Redis forgets its scripts when it
+/// restarts (or on SCRIPT FLUSH): the calls it answers NOSCRIPT did nothing, and are run again
+/// once their scripts are loaded. One answer per call, in order; fewer only when the
+/// connection failed midway, which the caller checks.
+async fn run_scripts(
+    redis: &Client,
+    calls: &[ScriptCall],
+) -> Result<Vec<Result<i64, fred::error::Error>>, CacheError> {
+    let pipeline = redis.pipeline();
+    for call in calls {
+        let () = pipeline.custom(evalsha(), call.evalsha_args()).await?;
+    }
+    let mut results: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
+    let unknown: Vec<usize> = (0..results.len())
+        .filter(|&i| results[i].as_ref().is_err_and(is_noscript))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(results);
+    }
+    let mut scripts: Vec<&Script> = unknown.iter().map(|&i| calls[i].script).collect();
+    scripts.sort_by_key(|s| s.sha().to_owned());
+    scripts.dedup_by_key(|s| s.sha().to_owned());
+    for script in scripts {
+        let _sha: String = if redis.is_clustered() {
+            redis.script_load_cluster(script.body).await?
+        } else {
+            redis.script_load(script.body).await?
+        };
+    }
+    let pipeline = redis.pipeline();
+    for &i in &unknown {
+        let () = pipeline.custom(evalsha(), calls[i].evalsha_args()).await?;
+    }
+    let again: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
+    if again.len() != unknown.len() {
+        results.truncate(unknown[0]);
+        return Ok(results);
+    }
+    for (i, result) in unknown.into_iter().zip(again) {
+        results[i] = result;
+    }
+    Ok(results)
+}
+
+fn is_noscript(error: &fred::error::Error) -> bool {
+    error.details().starts_with("NOSCRIPT")
 }
 
 /// The current generation of each keyspace (absent: 0).
