@@ -65,9 +65,11 @@ pub fn subscribe(
             settings.session_timeout_ms.to_string(),
         )
         .set("statistics.interval.ms", "5000")
-        // An idle partition's fetch returns after this long at most (librdkafka's default is
-        // 500 ms, which would dominate end-to-end latency at low rates).
-        .set("fetch.wait.max.ms", "50")
+        // How long a broker may hold a fetch that finds no data. Kafka answers as soon as data
+        // arrives, but librdkafka's mock cluster (and any broker without long polling) answers
+        // an empty fetch only after this wait, so it adds up to this much latency there: 10 ms
+        // rather than librdkafka's 500 ms. An idle worker sends at most 100 fetches/s per broker.
+        .set("fetch.wait.max.ms", "10")
         // librdkafka's prefetch queue (all partitions together) holds at most one partition's
         // buffer bound in bytes, instead of its default 64 MiB.
         .set(
