@@ -20,8 +20,8 @@ pub mod decode {
 pub mod sink {
     pub use crate::sink::{
         connect_worker, ensure_rls_applies, known_tenants, load_stored_offsets, migrate,
-        set_tenant, write_batch, write_each, Batch, BatchOutcome, BatchWrite, Isolated,
-        PartitionKey, RejectedRow, Rows, SinkError,
+        read_current, set_tenant, write_batch, write_each, Batch, BatchOutcome, BatchWrite,
+        Isolated, PartitionKey, RejectedRow, Rows, SinkError,
     };
 }
 

@@ -11,16 +11,24 @@ use super::SinkError;
 use crate::domain::{CacheItem, CacheRef, ConfigTarget, TenantMap, TenantStatus};
 
 /// The current cache values behind `refs`, each tenant's read under its own context in `tx`.
-/// Refs without a row yield nothing.
+/// Refs without a row yield nothing. Orders of every tenant are read in one round trip
+/// (`read_orders`, which sets each tenant's context server-side); a tenant's configuration
+/// rows in a round trip of their own (few: configuration changes are rare).
 pub async fn read_current(
     tx: &mut Transaction<'_, Postgres>,
     refs: &[CacheRef],
 ) -> Result<Vec<CacheItem>, SinkError> {
+    let mut orders: BTreeMap<Uuid, Vec<&str>> = BTreeMap::new();
     let mut by_tenant: BTreeMap<Option<Uuid>, Vec<&CacheRef>> = BTreeMap::new();
     for r in refs {
-        by_tenant.entry(r.tenant()).or_default().push(r);
+        match r {
+            CacheRef::Order { tenant, order_id } => {
+                orders.entry(*tenant).or_default().push(order_id)
+            }
+            _ => by_tenant.entry(r.tenant()).or_default().push(r),
+        }
     }
-    let mut items = Vec::new();
+    let mut items = order_items(tx, &orders).await?;
     for (tenant, refs) in by_tenant {
         match tenant {
             Some(tenant) => {
@@ -33,45 +41,61 @@ pub async fn read_current(
     Ok(items)
 }
 
-/// One tenant's refs, read under its context (already set in `tx`).
+/// The orders of every tenant in `orders`, in one call of `read_orders`.
+async fn order_items(
+    tx: &mut Transaction<'_, Postgres>,
+    orders: &BTreeMap<Uuid, Vec<&str>>,
+) -> Result<Vec<CacheItem>, SinkError> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tenants = Vec::with_capacity(orders.len());
+    let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
+    let mut order_ids: Vec<&str> = Vec::new();
+    for (tenant, ids) in orders {
+        tenants.push(*tenant);
+        // 1-based, inclusive: Postgres array positions.
+        firsts.push(order_ids.len() as i32 + 1);
+        order_ids.extend(ids);
+        lasts.push(order_ids.len() as i32);
+    }
+    let rows: Vec<(Uuid, String, i64, String)> =
+        sqlx::query_as("SELECT * FROM read_orders($1, $2, $3, $4)")
+            .bind(&tenants)
+            .bind(&firsts)
+            .bind(&lasts)
+            .bind(&order_ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, order_id, version, json)| CacheItem::Order {
+            tenant,
+            order_id,
+            version,
+            json,
+        })
+        .collect())
+}
+
+/// One tenant's configuration refs, read under its context (already set in `tx`).
 async fn tenant_items(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
     refs: &[&CacheRef],
 ) -> Result<Vec<CacheItem>, SinkError> {
-    let mut order_ids = Vec::new();
     let mut profile = false;
     let mut entries: BTreeMap<TenantMap, Vec<&str>> = BTreeMap::new();
     for r in refs {
         match r {
-            CacheRef::Order { order_id, .. } => order_ids.push(order_id.as_str()),
             CacheRef::Config(ConfigTarget::Profile { .. }) => profile = true,
             CacheRef::Config(ConfigTarget::Entry { map, key, .. }) => {
                 entries.entry(*map).or_default().push(key)
             }
-            CacheRef::Config(ConfigTarget::Category { .. }) => {}
+            CacheRef::Order { .. } | CacheRef::Config(ConfigTarget::Category { .. }) => {}
         }
     }
     let mut items = Vec::new();
-    if !order_ids.is_empty() {
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT o.order_id, o.version, order_cache_json(o) FROM orders o
-              WHERE o.tenant_id = $1 AND o.order_id = ANY($2)",
-        )
-        .bind(tenant)
-        .bind(&order_ids)
-        .fetch_all(&mut **tx)
-        .await?;
-        items.extend(
-            rows.into_iter()
-                .map(|(order_id, version, json)| CacheItem::Order {
-                    tenant,
-                    order_id,
-                    version,
-                    json,
-                }),
-        );
-    }
     if profile {
         let row: Option<(i64, String, String)> = sqlx::query_as(
             "SELECT t.profile_version, t.status, tenant_profile_json(t) FROM tenants t

@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tenantstream::testing::domain::{self, CacheItem, OrderEvent, TenantPolicy, ValidOrder};
+use tenantstream::testing::domain::{
+    self, CacheItem, CacheRef, OrderEvent, TenantPolicy, ValidOrder,
+};
 use tenantstream::testing::sink::{self, Batch, BatchOutcome, PartitionKey};
 use uuid::Uuid;
 
@@ -334,7 +336,7 @@ async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
     tx.rollback().await.unwrap();
     let definers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_proc
-          WHERE proname IN ('write_order_batch', 'registered_tenants') AND prosecdef",
+          WHERE proname IN ('write_order_batch', 'registered_tenants', 'read_orders') AND prosecdef",
     )
     .fetch_one(&pool)
     .await
@@ -347,4 +349,65 @@ async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
         .await
         .unwrap();
     assert_eq!(known, HashSet::from([tenants[0], tenants[2]]));
+}
+
+#[tokio::test]
+async fn orders_of_many_tenants_are_read_in_one_call_each_under_its_own_context() {
+    let pool = worker_pool().await;
+    let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let rows: Vec<ValidOrder> = [(0, "x-1"), (1, "x-1"), (2, "y-1")]
+        .iter()
+        .map(|(t, id)| order(tenants[*t], id))
+        .collect();
+    let key = PartitionKey {
+        group: format!("rls-read-{}", Uuid::new_v4()),
+        topic: "orders".into(),
+        partition: 0,
+    };
+    sink::write_batch(&pool, &batch(&key, &rows, None, 3, &HashMap::new()))
+        .await
+        .unwrap();
+    let order_ref = |t: usize, id: &str| CacheRef::Order {
+        tenant: tenants[t],
+        order_id: id.into(),
+    };
+    // y-1 is tenant 2's: asked for as tenant 0's, nothing comes back.
+    let refs = [
+        order_ref(0, "x-1"),
+        order_ref(1, "x-1"),
+        order_ref(0, "y-1"),
+        order_ref(2, "y-1"),
+        order_ref(2, "missing"),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    let items = sink::read_current(&mut tx, &refs).await.unwrap();
+    let mut found: Vec<(Uuid, String)> = items
+        .iter()
+        .map(|item| match item {
+            CacheItem::Order {
+                tenant,
+                order_id,
+                json,
+                ..
+            } => {
+                assert!(json.contains(&tenant.to_string()), "{json}");
+                (*tenant, order_id.clone())
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    found.sort();
+    let mut expected = vec![
+        (tenants[0], "x-1".to_owned()),
+        (tenants[1], "x-1".to_owned()),
+        (tenants[2], "y-1".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the read left a tenant context set");
+    tx.rollback().await.unwrap();
 }
