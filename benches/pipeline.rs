@@ -2,9 +2,9 @@
 //! Redis), for each tenant count:
 //!
 //! 1. Throughput: a backlog of BENCH_EVENTS order events drained from a fresh consumer group,
-//!    events/s from the worker holding its partitions to the last offset stored; with the CPU
-//!    seconds per 100,000 events and the peak RSS of this process above what it held before
-//!    the worker started.
+//!    events/s from the worker holding its partitions to the last offset stored; with the
+//!    worker's CPU seconds per 100,000 events and its peak RSS. The worker runs as a process of
+//!    its own (`tenantstream run`), as in production.
 //! 2. Latency at half that throughput, from the moment a message is produced to its key being
 //!    visible in Redis (seen by a keyspace-notification subscriber on a Redis of the
 //!    benchmark's own): half the traffic from the other tenants every 100 ms, half from one
@@ -16,10 +16,9 @@
 //! Run: `cargo bench --bench pipeline` (needs the local Postgres and `redis-server`).
 //! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (tenant counts to run, one after the
 //! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS and BENCH_BATCH (the
-//! worker's defaults).
+//! worker's defaults), BENCH_BROKERS (a broker process instead of the in-process mock cluster).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,10 +29,10 @@ use rand::SeedableRng;
 use rdkafka::producer::FutureProducer;
 use tenantstream::testing::decode::{Decoder, Encoder, SchemaStore};
 use tenantstream::testing::domain::{Event, OrderEvent, TenantPolicy, ValidOrder};
+use tenantstream::testing::probe;
 use tenantstream::testing::sink::{self, Batch, PartitionKey};
 use tenantstream::testing::traffic::{self, EndOffsets, TrafficSpec, WireFormat};
-use tenantstream::testing::{kafka, probe};
-use tenantstream::{Health, Secret, Settings, Worker};
+use tenantstream::{Secret, Settings};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -82,25 +81,19 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
 
     // 1. Throughput: the backlog is in Kafka before the worker starts.
     let (messages, expected) = traffic::generate(&spec, &encoder);
-    let producer = kafka::producer(&settings.kafka)?;
+    let producer = support::producer(&settings)?;
     let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None).await?;
-    let rss_before = rss_bytes();
-    let peak_rss = PeakRss::sample_every(Duration::from_millis(20));
-    let shutdown = CancellationToken::new();
-    let health = Health::default();
-    let worker = Worker::connect(settings.clone(), health.clone()).await?;
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = WorkerProcess::start(&settings)?;
     // Time the pipeline, not the consumer group join.
-    while !health.is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    worker.wait_ready().await?;
     let started = Instant::now();
-    let cpu_started = cpu_seconds();
+    let cpu_started = worker.cpu_seconds();
     let topic = settings.kafka.orders_topic.clone();
+    let shutdown = CancellationToken::new();
     probe::wait_until_consumed(&admin, &settings, &topic, &sent.ends, &shutdown).await?;
     let pipeline_secs = started.elapsed().as_secs_f64();
-    let cpu_per_100k = (cpu_seconds() - cpu_started) * 100_000.0 / messages.len() as f64;
-    let peak_rss = peak_rss.stop();
+    let cpu_per_100k = (worker.cpu_seconds() - cpu_started) * 100_000.0 / messages.len() as f64;
+    let peak_rss = worker.peak_rss_bytes();
     let pipeline_rate = messages.len() as f64 / pipeline_secs;
 
     // 2. Latency at half that rate, first with a smooth neighbour, then a bursty one.
@@ -124,8 +117,7 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
         tokio::time::sleep(Duration::from_millis(500)).await;
         latencies.push(sent_at.latencies(&seen)?);
     }
-    shutdown.cancel();
-    running.await??;
+    worker.stop()?;
     let [smooth, bursty]: [Latencies; 2] = latencies.try_into().ok().expect("two runs");
 
     // 3. Ceiling: the same traffic shape (fresh tenants), decoded up front, written straight
@@ -134,9 +126,10 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
 
     let batch = settings.kafka.batch_max_events;
     println!(
-        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms",
+        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms, {}",
         messages.len(),
-        settings.kafka.batch_linger_ms
+        settings.kafka.batch_linger_ms,
+        support::broker_name(&settings)
     );
     println!(
         "pipeline throughput    {pipeline_rate:.0} events/s ({pipeline_secs:.2}s: Kafka → decode → Postgres → Redis)"
@@ -149,9 +142,8 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
         pipeline_rate / ceiling_rate
     );
     println!(
-        "resources              {cpu_per_100k:.1} CPU s per 100k events (this process: worker + mock broker), peak RSS {:.0} MiB over {:.0} MiB before the worker",
-        peak_rss.saturating_sub(rss_before) as f64 / MIB,
-        rss_before as f64 / MIB
+        "worker process         {cpu_per_100k:.2} CPU s per 100k events, peak RSS {:.0} MiB",
+        peak_rss as f64 / MIB
     );
     println!(
         "to cache-visible at {rate:.0} ev/s, smooth: others {}; neighbour {}",
@@ -440,57 +432,112 @@ fn fxhash(bytes: &[u8]) -> usize {
     })
 }
 
-/// CPU seconds (user and system) this process has used.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime and stime are the 12th
-    // and 13th, in clock ticks of 1/100 s.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+/// The worker as a process of its own (`tenantstream run`, configured through its environment
+/// variables), so that its CPU time and peak RSS are its own: the traffic, the mock broker and
+/// this benchmark's bookkeeping live in the benchmark's process.
+struct WorkerProcess {
+    child: std::process::Child,
+    readyz: String,
 }
 
-/// This process's resident memory in bytes.
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
-/// The highest RSS seen by a thread that samples it until stopped.
-struct PeakRss {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl PeakRss {
-    fn sample_every(every: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(rss_bytes()));
-        let (stopping, peaking) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                peaking.fetch_max(rss_bytes(), Ordering::Relaxed);
-                std::thread::sleep(every);
-            }
-        });
-        Self { stop, peak, thread }
+impl WorkerProcess {
+    fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let k = &settings.kafka;
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+            .arg("run")
+            .env("KAFKA_BROKERS", &k.brokers)
+            .env("TENANTSTREAM_GROUP_ID", &k.group_id)
+            .env("TENANTSTREAM_ORDERS_TOPIC", &k.orders_topic)
+            .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
+            .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
+            .env(
+                "TENANTSTREAM_BATCH_MAX_EVENTS",
+                k.batch_max_events.to_string(),
+            )
+            .env(
+                "TENANTSTREAM_BATCH_LINGER_MS",
+                k.batch_linger_ms.to_string(),
+            )
+            .env("DATABASE_URL", settings.database.url.expose())
+            .env(
+                "TENANTSTREAM_ADMIN_DATABASE_URL",
+                settings.database.admin_url.expose(),
+            )
+            .env("REDIS_URL", settings.redis.url.expose())
+            .env("TENANTSTREAM_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting `tenantstream run`")?;
+        Ok(Self {
+            child,
+            readyz: format!("http://127.0.0.1:{port}/readyz"),
+        })
     }
 
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.peak.load(Ordering::Relaxed)
+    /// Waits until the worker holds its partitions and its dependencies answer.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let ready = reqwest::get(&self.readyz)
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "the worker was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// CPU seconds (user and system) the worker has used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // After the command name (in parentheses), utime and stime are the 12th and 13th
+        // fields, in clock ticks of 1/100 s.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// The worker's peak resident memory so far (VmHWM).
+    fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.child.try_wait()?.is_none(),
+            "the worker exited during the benchmark"
+        );
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench replay` (needs the local Postgres; starts its own redis-server).
 //! Knobs: BENCH_EVENTS (default 200000), BENCH_TENANTS (50), BENCH_PARTITIONS (12; the mock
-//! cluster keeps about 5 MB per partition, so fewer partitions would drop the oldest events).
+//! cluster keeps about 5 MB per partition, so fewer partitions would drop the oldest events),
+//! BENCH_BROKERS (a broker process instead of the in-process mock cluster).
 
 use std::time::Instant;
 
@@ -59,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
         &config_spec,
         &Encoder::for_event::<ValidConfig>(&settings.schemas)?,
     );
-    let producer = kafka::producer(&settings.kafka)?;
+    let producer = support::producer(&settings)?;
     let order_ends = traffic::send(&producer, &settings.kafka.orders_topic, &orders, 0, None)
         .await?
         .ends;
@@ -120,7 +121,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let rate = |s: &replay::ReplaySummary| s.events_read as f64 / s.seconds;
 
-    println!("replay benchmark: {total} events ({events} orders, {} config changes), {tenants} tenants, {partitions} partitions", config.len());
+    println!(
+        "replay benchmark: {total} events ({events} orders, {} config changes), {tenants} tenants, {partitions} partitions, {}",
+        config.len(),
+        support::broker_name(&settings)
+    );
     println!("  bare consumer (ceiling):   {ceiling:>9.0} events/s");
     println!(
         "  replay --dry-run:          {:>9.0} events/s  ({:.2} of ceiling)",

@@ -1,12 +1,15 @@
-//! Setup shared by the benchmarks: knobs, the bench database, a mock cluster with the topics.
+//! Setup shared by the benchmarks: knobs, the bench database, a broker with the topics (the
+//! mock cluster, or a broker process at BENCH_BROKERS), a Redis of their own.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-use tenantstream::testing::sink;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer};
+use tenantstream::testing::{kafka, sink};
 use tenantstream::{Secret, Settings};
 use uuid::Uuid;
 
@@ -26,14 +29,17 @@ pub fn probing() -> bool {
     std::env::args().any(|a| a == "--list")
 }
 
-/// The migrated bench database (owner pool), a mock cluster with the orders and configuration
+/// The migrated bench database (owner pool), the broker with the orders and configuration
 /// topics (`partitions` each) and the dead-letter topic, and settings pointing at both.
+///
+/// The broker is librdkafka's in-process mock cluster, or the broker process at BENCH_BROKERS
+/// (e.g. tansu on 127.0.0.1:9092), where the topics get names of their own.
 pub async fn setup(
     name: &str,
     partitions: i32,
 ) -> anyhow::Result<(
     sqlx::PgPool,
-    MockCluster<'static, DefaultProducerContext>,
+    Option<MockCluster<'static, DefaultProducerContext>>,
     Settings,
 )> {
     sink::migrate(ADMIN_URL)
@@ -43,16 +49,74 @@ pub async fn setup(
         .max_connections(2)
         .connect(ADMIN_URL)
         .await?;
-    let mock = MockCluster::new(1)?;
     let mut settings = Settings::default();
-    settings.kafka.brokers = mock.bootstrap_servers();
-    settings.kafka.group_id = format!("{name}-{}", Uuid::new_v4());
+    let run = Uuid::new_v4();
+    settings.kafka.group_id = format!("{name}-{run}");
     settings.database.url = Secret::new(WORKER_URL);
     settings.database.admin_url = Secret::new(ADMIN_URL);
-    mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
-    mock.create_topic(&settings.kafka.config_topic, partitions, 1)?;
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+    let mock = match std::env::var("BENCH_BROKERS") {
+        Ok(brokers) => {
+            settings.kafka.brokers = brokers;
+            for topic in [
+                &mut settings.kafka.orders_topic,
+                &mut settings.kafka.config_topic,
+                &mut settings.kafka.dead_letter_topic,
+            ] {
+                *topic = format!("{topic}-{run}");
+            }
+            create_topics(&settings, partitions).await?;
+            None
+        }
+        Err(_) => {
+            let mock = MockCluster::new(1)?;
+            settings.kafka.brokers = mock.bootstrap_servers();
+            mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
+            mock.create_topic(&settings.kafka.config_topic, partitions, 1)?;
+            mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+            Some(mock)
+        }
+    };
     Ok((admin, mock, settings))
+}
+
+/// Which broker the run uses, for its report.
+pub fn broker_name(settings: &Settings) -> String {
+    match std::env::var("BENCH_BROKERS") {
+        Ok(_) => format!("broker process at {}", settings.kafka.brokers),
+        Err(_) => "in-process mock cluster".to_owned(),
+    }
+}
+
+async fn create_topics(settings: &Settings, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(&settings.kafka)
+        .create()
+        .context("admin client")?;
+    let k = &settings.kafka;
+    let new = [
+        NewTopic::new(&k.orders_topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&k.config_topic, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&k.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &options).await? {
+        result.map_err(|(topic, e)| anyhow::anyhow!("creating topic {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The producer of the benchmark's traffic. On a broker process it writes one record per
+/// batch: tansu 0.6.0 answers a fetch from an offset inside a multi-record batch with the next
+/// batch, and the worker resumes paused partitions at such offsets (real Kafka returns the
+/// containing batch). On the mock cluster, the crate's producer.
+pub fn producer(settings: &Settings) -> anyhow::Result<FutureProducer> {
+    if std::env::var("BENCH_BROKERS").is_err() {
+        return Ok(kafka::producer(&settings.kafka)?);
+    }
+    Ok(kafka::client_config(&settings.kafka)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("acks", "all")
+        .create()?)
 }
 
 /// A redis-server of the benchmark's own (its port is `.1`), so FLUSHALL or a server setting
