@@ -83,6 +83,7 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
     let (messages, expected) = traffic::generate(&spec, &encoder);
     let producer = support::producer(&settings)?;
     let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None).await?;
+    support::ensure_nothing_dropped(&settings, &settings.kafka.orders_topic, partitions)?;
     let worker = WorkerProcess::start(&settings)?;
     // Time the pipeline, not the consumer group join.
     worker.wait_ready().await?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer};
 use tenantstream::testing::{kafka, sink};
@@ -77,6 +78,32 @@ pub async fn setup(
         }
     };
     Ok((admin, mock, settings))
+}
+
+/// Fails when the mock cluster has dropped the oldest messages of a partition of `topic`: it
+/// keeps at most 5 MB (and 100,000 message sets) per partition, and a benchmark that read only
+/// the rest would overstate its rate. (Not checked on a broker process: tansu's watermarks are
+/// not exact.)
+pub fn ensure_nothing_dropped(
+    settings: &Settings,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    if std::env::var("BENCH_BROKERS").is_ok() {
+        return Ok(());
+    }
+    let consumer: BaseConsumer = kafka::client_config(&settings.kafka)
+        .set("group.id", "bench-watermarks")
+        .create()?;
+    for partition in 0..partitions {
+        let (low, _) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        anyhow::ensure!(
+            low == 0,
+            "the mock cluster dropped the first {low} messages of {topic} [{partition}] (it keeps \
+             5 MB per partition): use more partitions (BENCH_PARTITIONS) or fewer events"
+        );
+    }
+    Ok(())
 }
 
 /// Which broker the run uses, for its report.
