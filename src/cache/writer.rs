@@ -168,17 +168,19 @@ pub async fn apply_read_after(
 /// Whether an error is Redis (or the way to it) failing, rather than an answer about one key.
 fn is_outage(error: &fred::error::Error) -> bool {
     use fred::error::ErrorKind;
-    matches!(
-        error.kind(),
-        ErrorKind::IO
-            | ErrorKind::Timeout
-            | ErrorKind::Canceled
-            | ErrorKind::Cluster
-            | ErrorKind::Backpressure
-            | ErrorKind::Routing
-            | ErrorKind::Auth
-            | ErrorKind::Unknown
-    )
+    // Still unknown after loading its script: Redis is not answering as itself.
+    is_noscript(error)
+        || matches!(
+            error.kind(),
+            ErrorKind::IO
+                | ErrorKind::Timeout
+                | ErrorKind::Canceled
+                | ErrorKind::Cluster
+                | ErrorKind::Backpressure
+                | ErrorKind::Routing
+                | ErrorKind::Auth
+                | ErrorKind::Unknown
+        )
 }
 
 /// `items` cut into pipelines of at most [`PIPELINE_CHUNK`] items and [`PIPELINE_BYTES`] of
@@ -295,9 +297,13 @@ async fn run_scripts(
     for &i in &unknown {
         let () = pipeline.custom(evalsha(), calls[i].evalsha_args()).await?;
     }
-    let again: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
+    let mut again: Vec<Result<i64, fred::error::Error>> = pipeline.try_all().await;
     if again.len() != unknown.len() {
-        results.truncate(unknown[0]);
+        // The connection failed (fred then answers one error): report it for the whole call.
+        let error = again.pop().and_then(Result::err).unwrap_or_else(|| {
+            fred::error::Error::new(fred::error::ErrorKind::IO, "a partial answer from Redis")
+        });
+        results[unknown[0]] = Err(error);
         return Ok(results);
     }
     for (i, result) in unknown.into_iter().zip(again) {
