@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let config_ends = traffic::send(&producer, &settings.kafka.config_topic, &config, 0, None)
         .await?
         .ends;
+    support::ensure_nothing_dropped(&settings, &settings.kafka.orders_topic, partitions)?;
     let shutdown = CancellationToken::new();
     let worker = Worker::connect(settings.clone(), Health::default()).await?;
     let running = tokio::spawn(worker.run(shutdown.clone()));
