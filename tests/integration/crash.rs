@@ -131,6 +131,13 @@ async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
         .success());
     let status = worker.0.wait().unwrap();
     assert!(status.success(), "SIGTERM exit status {status:?}");
+    // The log went to a file: text without terminal colour codes.
+    let logged = std::fs::read(&log).unwrap();
+    assert!(!logged.is_empty(), "the worker logged nothing");
+    assert!(
+        !logged.contains(&0x1b),
+        "ANSI escape codes in a log written to a file"
+    );
 
     assert_eq!(kills, 3);
     support::assert_rows(&admin, &expected).await;
