@@ -85,23 +85,47 @@ pub struct ReplaySummary {
     /// Each partition's offsets, as planned at start.
     pub ranges: Vec<PartitionRange>,
     pub seconds: f64,
+    /// A dry run: the keys were counted, not written.
+    pub dry_run: bool,
+    /// `--tenant`: the tenant the replay was limited to.
+    pub tenant: Option<Uuid>,
 }
 
 impl std::fmt::Display for ReplaySummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rate = self.events_read as f64 / self.seconds.max(1e-9);
+        let dry = if self.dry_run { " (dry run)" } else { "" };
         writeln!(
             f,
-            "replayed {} events in {:.1} s ({rate:.0} events/s)",
+            "replayed {} events in {:.1} s ({rate:.0} events/s){dry}",
             self.events_read, self.seconds
         )?;
-        writeln!(f, "  keys written:        {}", self.keys_written)?;
-        writeln!(f, "  skipped as older:    {}", self.skipped_older)?;
-        writeln!(f, "  dead (undecodable):  {}", self.dead)?;
+        if self.dry_run {
+            writeln!(f, "  keys it would write: {}", self.keys_written)?;
+        } else {
+            writeln!(f, "  keys written:        {}", self.keys_written)?;
+            writeln!(f, "  skipped as older:    {}", self.skipped_older)?;
+        }
+        writeln!(f, "  dead letters:        {}", self.dead)?;
         writeln!(f, "  other tenants:       {}", self.filtered)?;
         writeln!(f, "  no row in Postgres:  {}", self.missing_rows)?;
         writeln!(f, "  keyspaces flushed:   {}", self.keyspaces_flushed)?;
-        write!(f, "  rows rewritten:      {}", self.rows_rewritten)
+        write!(f, "  rows rewritten:      {}", self.rows_rewritten)?;
+        if let Some(tenant) = self.tenant.filter(|_| self.tenant_events() == 0) {
+            write!(
+                f,
+                "\nwarning: no event of tenant {tenant} in the replayed offsets (check the id, \
+                 and --from and --topic)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl ReplaySummary {
+    /// Events of the tenant the replay was limited to (or of every tenant), decoded or not.
+    fn tenant_events(&self) -> u64 {
+        self.events_read.saturating_sub(self.filtered)
     }
 }
 
@@ -110,7 +134,11 @@ impl std::fmt::Display for ReplaySummary {
 pub async fn run(settings: &Settings, options: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
     let replay = Replayer::connect(settings, options).await?;
-    let mut summary = ReplaySummary::default();
+    let mut summary = ReplaySummary {
+        dry_run: options.dry_run,
+        tenant: options.tenant,
+        ..Default::default()
+    };
     let topics = ordered_topics(settings, options)?;
     if options.flush && (options.from != StartFrom::Earliest || topics.len() < 2) {
         anyhow::bail!(
@@ -208,5 +236,34 @@ mod tests {
         };
         let err = ordered_topics(&settings, &bad).unwrap_err().to_string();
         assert!(err.contains("dead-letters"), "{err}");
+    }
+
+    #[test]
+    fn the_summary_says_what_a_dry_run_would_write_and_warns_of_an_absent_tenant() {
+        let tenant = Uuid::new_v4();
+        let dry = ReplaySummary {
+            events_read: 10,
+            filtered: 10,
+            keys_written: 0,
+            dry_run: true,
+            tenant: Some(tenant),
+            ..Default::default()
+        };
+        let text = dry.to_string();
+        assert!(text.contains("keys it would write: 0"), "{text}");
+        assert!(!text.contains("keys written"), "{text}");
+        assert!(
+            text.contains(&format!("no event of tenant {tenant}")),
+            "{text}"
+        );
+        let found = ReplaySummary {
+            filtered: 7,
+            keys_written: 3,
+            dry_run: false,
+            ..dry
+        };
+        let text = found.to_string();
+        assert!(text.contains("keys written:        3"), "{text}");
+        assert!(!text.contains("warning"), "{text}");
     }
 }
