@@ -52,9 +52,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// `tenantstream migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    sink::migrate(settings.database.admin_url.expose())
+    let url = &settings.database.admin_url;
+    let done = sink::migrate(url.expose())
         .await
-        .with_context(|| format!("migrating {}", settings.database.admin_url))?;
-    println!("migrations applied to {}", settings.database.admin_url);
+        .with_context(|| format!("migrating {url}"))?;
+    println!("{}", migrate_report(&done, &url.to_string()));
     Ok(())
+}
+
+/// What `migrate` did, in words: database created, migrations applied, or already up to date.
+fn migrate_report(done: &sink::Migrated, url: &str) -> String {
+    let mut lines = Vec::new();
+    if done.created_database {
+        lines.push(format!("created the database at {url}"));
+    }
+    lines.push(match done.applied {
+        0 => format!("{url} is up to date: all {} migrations applied", done.total),
+        n => format!(
+            "applied {n} migration{} to {url}; all {} are applied",
+            if n == 1 { "" } else { "s" },
+            done.total
+        ),
+    });
+    lines.join("\n")
 }

@@ -29,7 +29,7 @@ pub use isolate::{write_each, Isolated, RejectedRow};
 pub use offsets::{count_stored_offsets, load_stored_offsets, PartitionKey};
 pub use pool::{
     check_reachable, connect_owner, connect_worker, connect_worker_sized, ensure_rls_applies,
-    migrate,
+    migrate, Migrated,
 };
 pub use tenant::{known_tenants, set_tenant};
 

@@ -81,12 +81,24 @@ pub async fn check_reachable(url: &str) -> Result<(), SinkError> {
     Ok(())
 }
 
+/// What [`migrate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    /// The database did not exist and was created.
+    pub created_database: bool,
+    /// Migrations applied by this run.
+    pub applied: usize,
+    /// Migrations the binary knows (all applied once it returns).
+    pub total: usize,
+}
+
 /// Runs the migrations as the owner, creating the database first if it does not exist.
-pub async fn migrate(admin_url: &str) -> Result<(), SinkError> {
+pub async fn migrate(admin_url: &str) -> Result<Migrated, SinkError> {
     use sqlx::migrate::MigrateDatabase;
+    let mut created_database = false;
     if !Postgres::database_exists(admin_url).await? {
         match Postgres::create_database(admin_url).await {
-            Ok(()) => {}
+            Ok(()) => created_database = true,
             // Another process created it between the check and the create.
             Err(sqlx::Error::Database(e))
                 if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
@@ -94,10 +106,31 @@ pub async fn migrate(admin_url: &str) -> Result<(), SinkError> {
         }
     }
     let pool = connect_owner(admin_url).await?;
-    sqlx::migrate!("./migrations")
+    let migrator = sqlx::migrate!("./migrations");
+    let before = applied_migrations(&pool).await?;
+    migrator
         .run(&pool)
         .await
         .map_err(|e| SinkError::Setup(format!("migration failed: {e}")))?;
+    let after = applied_migrations(&pool).await?;
     pool.close().await;
-    Ok(())
+    Ok(Migrated {
+        created_database,
+        applied: after.saturating_sub(before),
+        total: migrator.iter().count(),
+    })
+}
+
+/// Migrations recorded as applied (none before the first run creates sqlx's table).
+async fn applied_migrations(pool: &PgPool) -> Result<usize, SinkError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(0);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await?;
+    Ok(count as usize)
 }

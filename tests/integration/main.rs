@@ -12,6 +12,7 @@ mod fencing;
 mod fuzz_decode;
 mod hostile_inputs;
 mod layout;
+mod migrate;
 mod mock_pipeline;
 mod offset_gaps;
 mod pipeline_tansu;
