@@ -18,9 +18,10 @@ struct AppState {
     metrics: PrometheusHandle,
 }
 
-/// Binds `addr` and serves until `shutdown`. Returns the bound address (port 0 picks one).
+/// Binds `addr` (host:port; a host name is resolved) and serves until `shutdown`. Returns the
+/// bound address (port 0 picks one).
 pub async fn serve(
-    addr: SocketAddr,
+    addr: &str,
     health: Health,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,

@@ -31,7 +31,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = cancelled_on_signals();
     let health = Health::default();
     health.failed(Component::Startup, "connecting to dependencies");
-    let listen = settings.http.listen.parse().context("http.listen")?;
+    let listen = &settings.http.listen;
     let (addr, http_task) = http::serve(
         listen,
         health.clone(),

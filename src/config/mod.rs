@@ -354,8 +354,14 @@ impl Settings {
         if !self.redis.url.expose().starts_with("redis") {
             return invalid("redis.url", "must be a redis:// or redis-cluster:// URL");
         }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return invalid("http.listen", "must be an address such as 127.0.0.1:9898");
+        // host:port, where the host may be a name (localhost:9898) that resolves.
+        let resolves = std::net::ToSocketAddrs::to_socket_addrs(self.http.listen.as_str())
+            .is_ok_and(|mut addrs| addrs.next().is_some());
+        if !resolves {
+            return invalid(
+                "http.listen",
+                "must be host:port, such as 127.0.0.1:9898 or localhost:9898",
+            );
         }
         if let Some(url) = &self.schemas.registry_url {
             if !url.starts_with("http://") && !url.starts_with("https://") {
@@ -376,6 +382,22 @@ mod tests {
         s.kafka.batch_max_events = 0;
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("kafka.batch_max_events"), "{err}");
+    }
+
+    #[test]
+    fn http_listen_takes_a_host_name_or_an_address_with_a_port() {
+        let with = |listen: &str| {
+            let mut s = Settings::default();
+            s.http.listen = listen.into();
+            s.validate().map_err(|e| e.to_string())
+        };
+        assert!(with("localhost:9898").is_ok());
+        assert!(with("127.0.0.1:0").is_ok());
+        assert!(with("[::1]:9898").is_ok());
+        for bad in ["localhost", "127.0.0.1", "localhost:port"] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains("http.listen"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -46,7 +46,8 @@ fn spawn_worker(settings: &Settings, log: &std::path::Path) -> WorkerProcess {
         .env("DATABASE_URL", settings.database.url.expose())
         .env("REDIS_URL", settings.redis.url.expose())
         .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
-        .env("TENANTSTREAM_HTTP_LISTEN", "127.0.0.1:0")
+        // A host name, resolved when binding.
+        .env("TENANTSTREAM_HTTP_LISTEN", "localhost:0")
         .env("TENANTSTREAM_BATCH_MAX_EVENTS", "40")
         .env("TENANTSTREAM_BATCH_LINGER_MS", "5")
         .env("TENANTSTREAM_SESSION_TIMEOUT_MS", "6000")
