@@ -111,6 +111,18 @@ impl std::fmt::Display for ReplaySummary {
         writeln!(f, "  no row in Postgres:  {}", self.missing_rows)?;
         writeln!(f, "  keyspaces flushed:   {}", self.keyspaces_flushed)?;
         write!(f, "  rows rewritten:      {}", self.rows_rewritten)?;
+        // The offsets `--from` resolved to, so that a wrong answer of the broker shows.
+        let mut topics: Vec<&str> = self.ranges.iter().map(|r| r.topic.as_str()).collect();
+        topics.dedup();
+        for topic in topics {
+            let ranges: Vec<String> = self
+                .ranges
+                .iter()
+                .filter(|r| r.topic == topic)
+                .map(|r| format!("[{}] {}..{}", r.partition, r.start, r.end))
+                .collect();
+            write!(f, "\n  offsets read, {topic}: {}", ranges.join(" "))?;
+        }
         if let Some(tenant) = self.tenant.filter(|_| self.tenant_events() == 0) {
             write!(
                 f,
@@ -265,5 +277,20 @@ mod tests {
         let text = found.to_string();
         assert!(text.contains("keys written:        3"), "{text}");
         assert!(!text.contains("warning"), "{text}");
+        let range = |partition, start, end| PartitionRange {
+            topic: "orders".into(),
+            partition,
+            start,
+            end,
+        };
+        let from_time = ReplaySummary {
+            ranges: vec![range(0, 120, 400), range(1, 7, 7)],
+            ..found
+        };
+        let text = from_time.to_string();
+        assert!(
+            text.contains("offsets read, orders: [0] 120..400 [1] 7..7"),
+            "{text}"
+        );
     }
 }
