@@ -20,8 +20,18 @@ pub use args::Overrides;
 ///
 /// Every flag can also be set by its environment variable (shown in each command's --help) or in
 /// a TOML file given with --config; flags win over the environment, which wins over the file.
+/// `--version`: the package version, the git commit built (see build.rs) and the build date.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TENANTSTREAM_COMMIT"),
+    ", built ",
+    env!("TENANTSTREAM_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(version = VERSION, propagate_version = true)]
 pub struct Cli {
     #[command(flatten)]
     overrides: Overrides,

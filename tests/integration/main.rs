@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cli;
 mod config_pipeline;
 mod crash;
 mod decoding;
@@ -12,7 +13,6 @@ mod fencing;
 mod fuzz_decode;
 mod hostile_inputs;
 mod layout;
-mod migrate;
 mod mock_pipeline;
 mod offset_gaps;
 mod pipeline_tansu;

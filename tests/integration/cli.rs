@@ -1,5 +1,5 @@
-//! `tenantstream migrate` says what it did (Postgres only, no broker): on a database that does
-//! not exist, that it created it and applied every migration; run again, that it is up to date.
+//! The command line as an operator meets it (the binary itself; Postgres only, no broker):
+//! `migrate` says what it did, `--version` names the commit it was built from.
 
 use std::process::Command;
 
@@ -53,5 +53,26 @@ async fn migrate_reports_the_database_it_created_and_the_migrations_it_applied()
             "is up to date: all {migrations} migrations applied"
         )),
         "{second}"
+    );
+}
+
+#[test]
+fn version_names_the_commit_and_the_build_date() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .arg("--version")
+        .output()
+        .expect("run tenantstream --version");
+    let version = String::from_utf8_lossy(&output.stdout).into_owned();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git rev-parse");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert_eq!(head.len(), 12, "a git checkout");
+    assert!(version.starts_with("tenantstream 0."), "{version}");
+    assert!(
+        version.contains(&format!("(commit {head}, built 20")),
+        "{version}"
     );
 }
