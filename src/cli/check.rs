@@ -71,26 +71,38 @@ async fn check_redis(settings: &Settings) -> anyhow::Result<String> {
     Ok(format!("{} answers PING", settings.redis.url))
 }
 
+/// The broker answers and has every topic the worker reads or writes. A missing topic fails
+/// the check: `run` would wait on it, and a broker that creates topics on first use would give
+/// them its default partition count.
 async fn check_kafka(settings: &Settings) -> anyhow::Result<String> {
     let kafka = settings.kafka.clone();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = source::client_config(&kafka).create()?;
         let metadata = consumer.fetch_metadata(None, Duration::from_secs(5))?;
-        let topics: Vec<String> = [
+        let needed = [
             &kafka.orders_topic,
             &kafka.config_topic,
             &kafka.dead_letter_topic,
-        ]
-        .into_iter()
-        .map(|topic| {
-            let present = metadata.topics().iter().any(|m| m.name() == topic);
-            format!("{topic}: {}", if present { "present" } else { "missing" })
-        })
-        .collect();
-        Ok(format!(
-            "{} answers; topics {}",
+        ];
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|topic| !metadata.topics().iter().any(|m| m.name() == topic.as_str()))
+            .map(|topic| topic.as_str())
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{} answers, but these topics are missing: {}. Create them (for example \
+             `kafka-topics.sh --bootstrap-server {} --create --topic {} --partitions 12`), or \
+             point --orders-topic, --config-topic and --dead-letter-topic at existing ones",
             kafka.brokers,
-            topics.join(", ")
+            missing.join(", "),
+            kafka.brokers,
+            missing[0]
+        );
+        Ok(format!(
+            "{} answers; topics {} present",
+            kafka.brokers,
+            needed.map(String::as_str).join(", ")
         ))
     })
     .await?

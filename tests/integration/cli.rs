@@ -1,9 +1,12 @@
 //! The command line as an operator meets it (the binary itself; Postgres only, no broker):
-//! `migrate` says what it did, `--version` names the commit it was built from.
+//! `migrate` says what it did, `--version` names the commit it was built from, `check` fails on
+//! missing topics (on librdkafka's mock cluster).
 
 use std::process::Command;
 
 use uuid::Uuid;
+
+use crate::support;
 
 fn migrate(admin_url: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
@@ -75,4 +78,61 @@ fn version_names_the_commit_and_the_build_date() {
         version.contains(&format!("(commit {head}, built 20")),
         "{version}"
     );
+}
+
+/// Runs `tenantstream check` against the test database, the local Redis and `brokers`.
+fn check(settings: &tenantstream::Settings) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .arg("check")
+        .env_clear()
+        .env("KAFKA_BROKERS", &settings.kafka.brokers)
+        .env("TENANTSTREAM_ORDERS_TOPIC", &settings.kafka.orders_topic)
+        .env("TENANTSTREAM_CONFIG_TOPIC", &settings.kafka.config_topic)
+        .env(
+            "TENANTSTREAM_DEAD_LETTER_TOPIC",
+            &settings.kafka.dead_letter_topic,
+        )
+        .env("DATABASE_URL", settings.database.url.expose())
+        .env("REDIS_URL", settings.redis.url.expose())
+        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
+        .output()
+        .expect("run tenantstream check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// On librdkafka's mock cluster: a topic the worker needs that is missing fails the check,
+/// naming the topics and how to create them; with every topic there, it passes.
+#[tokio::test]
+async fn check_fails_on_missing_topics_and_names_them() {
+    support::admin_pool().await; // the test database, migrated
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let settings = support::settings(&mock.bootstrap_servers(), "check");
+    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
+        .unwrap();
+
+    let (passed, stdout) = check(&settings);
+    assert!(!passed, "{stdout}");
+    let kafka = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL kafka") || l.starts_with("ok   kafka"))
+        .unwrap_or_default();
+    assert!(kafka.starts_with("FAIL kafka:"), "{stdout}");
+    let missing = format!(
+        "these topics are missing: {}, {}",
+        settings.kafka.config_topic, settings.kafka.dead_letter_topic
+    );
+    assert!(kafka.contains(&missing), "{kafka}");
+    assert!(kafka.contains("--create --topic"), "{kafka}");
+    assert!(!kafka.contains(&format!("missing: {}", settings.kafka.orders_topic)));
+
+    mock.create_topic(&settings.kafka.config_topic, 2, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    let (passed, stdout) = check(&settings);
+    assert!(passed, "{stdout}");
+    assert!(stdout.contains("ok   kafka:"), "{stdout}");
 }
