@@ -14,12 +14,6 @@ use crate::config::{ConfigError, Settings};
 
 pub use args::Overrides;
 
-/// Kafka-native worker for multi-tenant SaaS: Avro order and configuration events into
-/// Postgres under tenant row-level security, Redis cache refresh, dead letters, Prometheus
-/// metrics, and topic replay to rebuild caches.
-///
-/// Every flag can also be set by its environment variable (shown in each command's --help) or in
-/// a TOML file given with --config; flags win over the environment, which wins over the file.
 /// `--version`: the package version, the git commit built (see build.rs) and the build date.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -30,6 +24,12 @@ const VERSION: &str = concat!(
     ")"
 );
 
+/// Kafka-native worker for multi-tenant SaaS: Avro order and configuration events into
+/// Postgres under tenant row-level security, Redis cache refresh, dead letters, Prometheus
+/// metrics, and topic replay to rebuild caches.
+///
+/// Every flag can also be set by its environment variable (shown in each command's --help) or in
+/// a TOML file given with --config; flags win over the environment, which wins over the file.
 #[derive(Parser)]
 #[command(version = VERSION, propagate_version = true)]
 pub struct Cli {

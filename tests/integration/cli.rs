@@ -1,6 +1,6 @@
 //! The command line as an operator meets it (the binary itself; Postgres only, no broker):
-//! `migrate` says what it did, `--version` names the commit it was built from, `check` fails on
-//! missing topics (on librdkafka's mock cluster).
+//! `--help` describes the worker, `migrate` says what it did, `--version` names the commit it
+//! was built from, `check` fails on missing topics (on librdkafka's mock cluster).
 
 use std::process::Command;
 
@@ -57,6 +57,20 @@ async fn migrate_reports_the_database_it_created_and_the_migrations_it_applied()
         )),
         "{second}"
     );
+}
+
+#[test]
+fn help_describes_the_worker_and_where_flags_come_from() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .arg("--help")
+        .output()
+        .expect("run tenantstream --help");
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        help.starts_with("Kafka-native worker for multi-tenant SaaS"),
+        "{help}"
+    );
+    assert!(help.contains("flags win over the environment"), "{help}");
 }
 
 #[test]
