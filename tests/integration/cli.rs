@@ -94,21 +94,10 @@ fn version_names_the_commit_and_the_build_date() {
     );
 }
 
-/// Runs `tenantstream check` against the test database, the local Redis and `brokers`.
+/// Runs `tenantstream check` against the test database, the local Redis and the brokers of
+/// `settings`.
 fn check(settings: &tenantstream::Settings) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
-        .arg("check")
-        .env_clear()
-        .env("KAFKA_BROKERS", &settings.kafka.brokers)
-        .env("TENANTSTREAM_ORDERS_TOPIC", &settings.kafka.orders_topic)
-        .env("TENANTSTREAM_CONFIG_TOPIC", &settings.kafka.config_topic)
-        .env(
-            "TENANTSTREAM_DEAD_LETTER_TOPIC",
-            &settings.kafka.dead_letter_topic,
-        )
-        .env("DATABASE_URL", settings.database.url.expose())
-        .env("REDIS_URL", settings.redis.url.expose())
-        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
+    let output = support::binary("check", settings)
         .output()
         .expect("run tenantstream check");
     (

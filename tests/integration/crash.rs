@@ -31,21 +31,7 @@ fn spawn_worker(settings: &Settings, log: &std::path::Path) -> WorkerProcess {
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_tenantstream"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KAFKA_BROKERS", &settings.kafka.brokers)
-        .env("TENANTSTREAM_GROUP_ID", &settings.kafka.group_id)
-        .env("TENANTSTREAM_ORDERS_TOPIC", &settings.kafka.orders_topic)
-        .env("TENANTSTREAM_CONFIG_TOPIC", &settings.kafka.config_topic)
-        .env(
-            "TENANTSTREAM_DEAD_LETTER_TOPIC",
-            &settings.kafka.dead_letter_topic,
-        )
-        .env("DATABASE_URL", settings.database.url.expose())
-        .env("REDIS_URL", settings.redis.url.expose())
-        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
+    support::binary("run", settings)
         // A host name, resolved when binding.
         .env("TENANTSTREAM_HTTP_LISTEN", "localhost:0")
         .env("TENANTSTREAM_BATCH_MAX_EVENTS", "40")

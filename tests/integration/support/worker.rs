@@ -45,3 +45,23 @@ pub async fn run_until_consumed(
     wait_for_cache(admin, tenants, Duration::from_secs(30)).await;
     worker.stop().await;
 }
+
+/// The `tenantstream` binary running `command` with nothing of the test's environment but
+/// PATH, set up for `settings`: brokers, consumer group, topics, Postgres, Redis, schemas.
+pub fn binary(command: &str, settings: &Settings) -> std::process::Command {
+    let k = &settings.kafka;
+    let mut binary = std::process::Command::new(env!("CARGO_BIN_EXE_tenantstream"));
+    binary
+        .arg(command)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BROKERS", &k.brokers)
+        .env("TENANTSTREAM_GROUP_ID", &k.group_id)
+        .env("TENANTSTREAM_ORDERS_TOPIC", &k.orders_topic)
+        .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
+        .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
+        .env("DATABASE_URL", settings.database.url.expose())
+        .env("REDIS_URL", settings.redis.url.expose())
+        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir);
+    binary
+}
