@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use super::orders::position;
 use super::tenant::set_tenant;
 use super::SinkError;
 use crate::domain::{CacheItem, CacheRef, ConfigTarget, TenantMap, TenantStatus};
@@ -55,9 +56,9 @@ async fn order_items(
     for (tenant, ids) in orders {
         tenants.push(*tenant);
         // 1-based, inclusive: Postgres array positions.
-        firsts.push(order_ids.len() as i32 + 1);
+        firsts.push(position(order_ids.len() + 1));
         order_ids.extend(ids);
-        lasts.push(order_ids.len() as i32);
+        lasts.push(position(order_ids.len()));
     }
     let rows: Vec<(Uuid, String, i64, String)> =
         sqlx::query_as("SELECT * FROM read_orders($1, $2, $3, $4)")

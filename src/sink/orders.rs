@@ -166,8 +166,9 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// A position in a SQL array; a batch is bounded far below `i32::MAX` rows.
-fn position(index: usize) -> i32 {
+/// A position in a SQL array (for the 1-based ranges the batch functions take); a batch is
+/// bounded far below `i32::MAX` rows.
+pub(super) fn position(index: usize) -> i32 {
     i32::try_from(index).expect("a batch holds fewer than 2^31 rows")
 }
 
