@@ -1,75 +1,151 @@
 //! Readiness: which dependencies currently fail, and why. Every part of the worker reports to
 //! one [`Health`]; `/readyz` reads it.
+//!
+//! Health also keeps the logs of a failing dependency quiet and honest: the first failure of an
+//! episode is logged at once, then one line per [`LOG_EVERY`] with the number of failures since
+//! the last line, and the recovery once, with the episode's length and failure count.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// What readiness is made of: each dependency the worker needs, and its own startup. In the
-/// order `/readyz` lists them (by name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Component {
-    Kafka,
-    Postgres,
-    Redis,
-    SchemaRegistry,
-    /// Connecting to every dependency at start.
-    Startup,
-}
+pub use crate::metrics::Component;
+use crate::metrics::{self, Stage};
 
-impl Component {
-    /// The name in `/readyz` and in metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kafka => "kafka",
-            Self::Postgres => "postgres",
-            Self::Redis => "redis",
-            Self::SchemaRegistry => "schema_registry",
-            Self::Startup => "startup",
-        }
-    }
-}
+/// While a dependency keeps failing, at most one log line per this interval.
+pub const LOG_EVERY: Duration = Duration::from_secs(30);
 
-impl fmt::Display for Component {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The log target of dependency failures and recoveries (`RUST_LOG=tenantstream::dependency=…`).
+const TARGET: &str = "tenantstream::dependency";
 
 /// The failing components, each with its last reason; cheap to clone and share.
 #[derive(Clone, Default)]
 pub struct Health {
-    failing: Arc<Mutex<BTreeMap<Component, String>>>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    failing: BTreeMap<Component, String>,
+    episodes: BTreeMap<Component, Episode>,
+}
+
+/// A run of failures of one component, from its first failure to its recovery.
+struct Episode {
+    since: Instant,
+    failures: u64,
+    /// Failures since the last log line.
+    unlogged: u64,
+    logged_at: Instant,
 }
 
 impl Health {
+    /// `component` is not ready, for `reason` (a state, such as "not yet assigned partitions",
+    /// or a failure already reported through [`Health::transient`]). Not logged.
     pub fn failed(&self, component: Component, reason: impl ToString) {
-        self.lock().insert(component, reason.to_string());
+        self.lock().failing.insert(component, reason.to_string());
     }
 
+    /// `component` is ready again. Ends its failure episode, if any, with one log line.
     pub fn recovered(&self, component: Component) {
-        self.lock().remove(&component);
+        let mut state = self.lock();
+        state.failing.remove(&component);
+        if let Some(episode) = state.episodes.remove(&component) {
+            tracing::info!(
+                target: TARGET,
+                component = component.as_str(),
+                failures = episode.failures,
+                failing_for_ms = episode.since.elapsed().as_millis() as u64,
+                "{component} recovered."
+            );
+        }
+    }
+
+    /// A dependency failed at `stage` and the work is retried after `retry_in`: not ready,
+    /// counted in `tenantstream_transient_errors_total`, and logged (see the module doc).
+    pub fn transient(
+        &self,
+        component: Component,
+        stage: Stage,
+        error: &dyn fmt::Display,
+        retry_in: Duration,
+    ) {
+        self.failed(component, error);
+        self.failure_without_readiness(component, stage, error, Some(retry_in));
+    }
+
+    /// A failure that does not make the worker unready (one broker of several unreachable,
+    /// say): counted and logged like [`Health::transient`].
+    pub fn failure_without_readiness(
+        &self,
+        component: Component,
+        stage: Stage,
+        error: &dyn fmt::Display,
+        retry_in: Option<Duration>,
+    ) {
+        metrics::transient_error(component, stage);
+        let now = Instant::now();
+        let mut state = self.lock();
+        let episode = state.episodes.entry(component).or_insert(Episode {
+            since: now,
+            failures: 0,
+            unlogged: 0,
+            logged_at: now,
+        });
+        episode.failures += 1;
+        episode.unlogged += 1;
+        let retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
+        if episode.failures == 1 {
+            episode.unlogged = 0;
+            tracing::warn!(
+                target: TARGET,
+                component = component.as_str(),
+                stage = stage.as_str(),
+                %error,
+                retry_in_ms,
+                "{component} failing; retrying. Repeats are counted and logged every {}s.",
+                LOG_EVERY.as_secs()
+            );
+        } else if now.duration_since(episode.logged_at) >= LOG_EVERY {
+            tracing::warn!(
+                target: TARGET,
+                component = component.as_str(),
+                stage = stage.as_str(),
+                %error,
+                retry_in_ms,
+                failures_since_last_line = episode.unlogged,
+                failing_for_ms = now.duration_since(episode.since).as_millis() as u64,
+                "{component} still failing; retrying."
+            );
+            episode.unlogged = 0;
+            episode.logged_at = now;
+        }
     }
 
     pub fn is_failing(&self, component: Component) -> bool {
-        self.lock().contains_key(&component)
+        self.lock().failing.contains_key(&component)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().failing.is_empty()
     }
 
     /// `ready`, or one line per failing component with its reason.
     pub fn report(&self) -> String {
-        let failing = self.lock();
-        if failing.is_empty() {
+        let state = self.lock();
+        if state.failing.is_empty() {
             return "ready\n".into();
         }
-        failing.iter().map(|(c, r)| format!("{c}: {r}\n")).collect()
+        state
+            .failing
+            .iter()
+            .map(|(c, r)| format!("{c}: {r}\n"))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Component, String>> {
-        self.failing.lock().expect("health lock")
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("health lock")
     }
 }
 
@@ -86,5 +162,27 @@ mod tests {
         assert_eq!(health.report(), "redis: connection refused\n");
         health.recovered(Component::Redis);
         assert_eq!(health.report(), "ready\n");
+    }
+
+    #[test]
+    fn an_episode_counts_its_failures_and_ends_with_the_recovery() {
+        let health = Health::default();
+        let error = "connection refused";
+        for _ in 0..5 {
+            health.transient(Component::Kafka, Stage::Consume, &error, Duration::ZERO);
+        }
+        health.failure_without_readiness(Component::Redis, Stage::Cache, &error, None);
+        {
+            let state = health.lock();
+            assert_eq!(state.episodes[&Component::Kafka].failures, 5);
+            // Logged once at the first failure; the next line waits for LOG_EVERY.
+            assert_eq!(state.episodes[&Component::Kafka].unlogged, 4);
+        }
+        assert!(health.is_failing(Component::Kafka));
+        assert!(!health.is_failing(Component::Redis));
+        health.recovered(Component::Kafka);
+        let state = health.lock();
+        assert!(!state.episodes.contains_key(&Component::Kafka));
+        assert!(state.episodes.contains_key(&Component::Redis));
     }
 }

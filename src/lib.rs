@@ -29,7 +29,7 @@ pub mod testing;
 mod tools;
 mod validate;
 
-pub use cli::Cli;
+pub use cli::{describe_error, Cli};
 pub use clock::Clock;
 pub use config::{
     ConfigError, DatabaseSettings, HttpSettings, KafkaSettings, LogFormat, RedisSettings,

@@ -1,7 +1,7 @@
 //! The binary: parses the command line, starts telemetry, runs the command.
 
 use clap::Parser;
-use tenantstream::{telemetry, Cli};
+use tenantstream::{describe_error, telemetry, Cli};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli.run(settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe_error(&error));
             std::process::ExitCode::FAILURE
         }
     }

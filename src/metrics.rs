@@ -11,8 +11,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::health::Component;
-
 pub const EVENTS_CONSUMED: &str = "tenantstream_events_consumed_total";
 pub const EVENTS_PROCESSED: &str = "tenantstream_events_processed_total";
 pub const DEAD_LETTERS: &str = "tenantstream_dead_letters_total";
@@ -44,6 +42,37 @@ pub fn install_recorder() -> PrometheusHandle {
                 .expect("no other metrics recorder is installed")
         })
         .clone()
+}
+
+/// What readiness is made of, and the `component` label: each dependency the worker needs, and
+/// its own startup. In the order `/readyz` lists them (by name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    Kafka,
+    Postgres,
+    Redis,
+    SchemaRegistry,
+    /// Connecting to every dependency at start.
+    Startup,
+}
+
+impl Component {
+    /// The name in `/readyz`, in logs and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
+            Self::SchemaRegistry => "schema_registry",
+            Self::Startup => "startup",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What became of one consumed event.
@@ -190,22 +219,10 @@ pub fn offset_reset(topic: &str, partition: i32, stored: i64, restart: i64) {
     );
 }
 
-/// A dependency failed at `stage`; the work is retried after `retry_in`.
-pub fn transient_error(
-    component: Component,
-    stage: Stage,
-    error: &dyn fmt::Display,
-    retry_in: Duration,
-) {
+/// A dependency failed at `stage` (counted; [`crate::health::Health::transient`] logs it).
+pub fn transient_error(component: Component, stage: Stage) {
     counter!(TRANSIENT_ERRORS, "component" => component.as_str(), "stage" => stage.as_str())
         .increment(1);
-    tracing::warn!(
-        component = component.as_str(),
-        stage = stage.as_str(),
-        %error,
-        retry_in_ms = retry_in.as_millis() as u64,
-        "Transient failure; retrying."
-    );
 }
 
 pub fn batch_fenced(topic: &str, partition: i32, expected: Option<i64>) {

@@ -51,8 +51,9 @@ impl RetryPolicy {
     pub const DRAIN: Self = Self::new(2_000, 10_000);
     /// Replay waiting for the schema registry.
     pub const REPLAY: Self = Self::new(200, 10_000);
-    /// Receiving from Kafka after an error (librdkafka reconnects by itself): a fixed pause.
-    pub const CONSUME: Self = Self::new(100, 100);
+    /// Receiving from Kafka after an error (librdkafka reconnects by itself; a missing topic
+    /// needs an operator): a short first pause, doubling up to 5 s.
+    pub const CONSUME: Self = Self::new(100, 5_000);
     /// Replay receiving from Kafka after an error: a fixed pause.
     pub const REPLAY_CONSUME: Self = Self::new(200, 200);
 

@@ -27,8 +27,25 @@ pub use ledger::CacheLedger;
 pub use writer::{apply_queued, bump_generations, read_generations, refresh, Ttl};
 
 #[derive(Debug, thiserror::Error)]
-#[error("Redis unavailable: {0}")]
+#[error("Redis: {}", describe(.0))]
 pub struct CacheError(#[from] fred::error::Error);
+
+/// A fred error in one line. fred keeps an I/O error only as its Debug text
+/// (`Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`): its message
+/// is what an operator needs.
+fn describe(error: &fred::error::Error) -> String {
+    let details = error.details();
+    let message = details
+        .split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(message, _)| message);
+    match (error.kind(), message) {
+        (fred::error::ErrorKind::IO, Some(message)) => format!("connection failed: {message}"),
+        (fred::error::ErrorKind::IO, None) => format!("connection failed: {details}"),
+        (fred::error::ErrorKind::Timeout, _) => format!("no answer in time: {details}"),
+        _ => details.to_owned(),
+    }
+}
 
 impl CacheError {
     pub(crate) fn other(message: String) -> Self {
@@ -53,10 +70,35 @@ impl Classify for CacheError {
 /// How long one Redis round trip may take before it counts as a failure.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to a single Redis (`redis://`) or a cluster (`redis-cluster://`).
+/// Connects to a single Redis (`redis://`) or a cluster (`redis-cluster://`) and waits until it
+/// answers; an error names the (redacted) URL.
 pub async fn connect(url: &str) -> Result<Client, CacheError> {
-    let config = Config::from_url(url)?;
-    let client = Builder::from_config(config)
+    let client = build(url, true)?;
+    client.init().await.map_err(|error| {
+        let redacted = crate::config::Secret::new(url);
+        CacheError::other(format!(
+            "cannot reach Redis at {redacted}: {}",
+            describe(&error)
+        ))
+    })?;
+    Ok(client)
+}
+
+/// The worker's client: it connects, and reconnects, in the background, so the worker starts
+/// and writes Postgres while Redis is down. Until Redis answers, each command fails after
+/// [`COMMAND_TIMEOUT`] and the cache work it carried stays queued for the drainer, as during an
+/// outage mid-run.
+pub fn connect_in_background(url: &str) -> Result<Client, CacheError> {
+    let client = build(url, false)?;
+    // The connection task runs until the client quits; its outcome is seen through commands.
+    drop(client.connect());
+    Ok(client)
+}
+
+fn build(url: &str, fail_fast: bool) -> Result<Client, CacheError> {
+    let mut config = Config::from_url(url)?;
+    config.fail_fast = fail_fast;
+    Ok(Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(3);
             c.internal_command_timeout = Duration::from_secs(5);
@@ -65,7 +107,5 @@ pub async fn connect(url: &str) -> Result<Client, CacheError> {
         // would hold the batch path (and its Postgres transaction) indefinitely.
         .with_performance_config(|c| c.default_command_timeout = COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()?;
-    client.init().await?;
-    Ok(client)
+        .build()?)
 }

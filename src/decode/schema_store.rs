@@ -59,11 +59,17 @@ pub struct SchemaStore {
 /// A problem with the schemas folder, found at start.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaLoadError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// The schemas folder itself is missing or unreadable.
+    #[error(
+        "cannot read the schemas folder {dir}: {error}; point --schemas-dir \
+         (TENANTSTREAM_SCHEMAS_DIR) at the folder holding the .avsc files and registry.json"
+    )]
+    Folder { dir: PathBuf, error: std::io::Error },
     #[error("invalid schema {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("invalid {path}: {reason}")]
@@ -83,14 +89,14 @@ impl SchemaStore {
     /// Reads every `*.avsc` in `dir` (for single-object fingerprints) and `registry.json`.
     pub fn load(dir: &Path, registry_url: Option<&str>) -> Result<Self, SchemaLoadError> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| SchemaLoadError::Read {
+            std::fs::read_to_string(path).map_err(|error| SchemaLoadError::Read {
                 path: path.to_owned(),
-                source,
+                error,
             })
         };
-        let entries = std::fs::read_dir(dir).map_err(|source| SchemaLoadError::Read {
-            path: dir.to_owned(),
-            source,
+        let entries = std::fs::read_dir(dir).map_err(|error| SchemaLoadError::Folder {
+            dir: dir.to_owned(),
+            error,
         })?;
         let mut by_fingerprint = HashMap::new();
         for entry in entries.flatten() {
@@ -123,7 +129,7 @@ impl SchemaStore {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-            Err(source) => return Err(SchemaLoadError::Read { path, source }),
+            Err(error) => return Err(SchemaLoadError::Read { path, error }),
         };
         let bad = |reason: String| SchemaLoadError::IdMap {
             path: path.clone(),
@@ -156,9 +162,9 @@ impl SchemaStore {
     /// The schema file named `file` in the schemas folder, e.g. the reader schema.
     pub fn local_schema(&self, file: &str) -> Result<WriterSchema, SchemaLoadError> {
         let path = self.dir.join(file);
-        let json = std::fs::read_to_string(&path).map_err(|source| SchemaLoadError::Read {
+        let json = std::fs::read_to_string(&path).map_err(|error| SchemaLoadError::Read {
             path: path.clone(),
-            source,
+            error,
         })?;
         WriterSchema::parse(file, &json).map_err(|reason| SchemaLoadError::Invalid { path, reason })
     }

@@ -289,8 +289,8 @@ impl BatchPath {
         E: Into<BatchError>,
     {
         let report = |error: &BatchError, retry_in| {
-            self.health.failed(error.component(), error);
-            metrics::transient_error(error.component(), stage, error, retry_in);
+            self.health
+                .transient(error.component(), stage, error, retry_in);
         };
         let attempt = || {
             let step = attempt();
@@ -314,9 +314,9 @@ impl BatchPath {
         match cache::apply_queued(&self.redis, &self.cache_ledger, queued, &self.ttl).await {
             Ok(_refused) => self.health.recovered(Component::Redis),
             Err(error) => {
-                self.health.failed(Component::Redis, &error);
                 let retry_in = Duration::ZERO;
-                metrics::transient_error(Component::Redis, Stage::Cache, &error, retry_in);
+                self.health
+                    .transient(Component::Redis, Stage::Cache, &error, retry_in);
                 self.cache_wake.notify_one();
             }
         }

@@ -85,6 +85,7 @@ impl CacheDrainer {
             match self.drain_once().await {
                 Ok(()) => {
                     self.health.recovered(Component::Redis);
+                    self.health.recovered(Component::Postgres);
                     backoff.reset();
                     pause = IDLE;
                 }
@@ -93,7 +94,8 @@ impl CacheDrainer {
                     // batch path reads to leave the cache work to the drainer.
                     self.health.failed(Component::Redis, &error);
                     pause = backoff.advance();
-                    metrics::transient_error(error.component(), Stage::Drain, &error, pause);
+                    self.health
+                        .transient(error.component(), Stage::Drain, &error, pause);
                 }
             }
         }
@@ -147,7 +149,9 @@ impl CacheDrainer {
         // that failed while Redis answers.
         let _: Value = self.redis.ping(None).await.map_err(CacheError::from)?;
         if let Some(error) = first_error {
-            metrics::transient_error(error.component(), Stage::Drain, &error, IDLE);
+            let component = error.component();
+            self.health
+                .failure_without_readiness(component, Stage::Drain, &error, Some(IDLE));
         }
         Ok(())
     }

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use crate::metrics::{self, Stage};
 use crate::retry::{Classify, ErrorClass};
+use crate::source::WorkerProducer;
 
 pub const HEADER_ERROR_CODE: &str = "tenantstream.error.code";
 pub const HEADER_ERROR_STAGE: &str = "tenantstream.error.stage";
@@ -80,12 +81,12 @@ impl Classify for DeadLetterError {
 /// Sends dead letters and waits until the broker has them.
 #[derive(Clone)]
 pub struct DeadLetterSink {
-    producer: FutureProducer,
+    producer: WorkerProducer,
     topic: String,
 }
 
 impl DeadLetterSink {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: WorkerProducer, topic: impl Into<String>) -> Self {
         Self {
             producer,
             topic: topic.into(),

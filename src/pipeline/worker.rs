@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::Consumer;
@@ -40,12 +40,21 @@ const PAUSE_AT_BATCHES: usize = 4;
 pub enum WorkerError {
     #[error("schemas: {0}")]
     Schemas(#[from] SchemaLoadError),
-    #[error("Kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("Postgres: {0}")]
+    #[error("Kafka at {brokers}: {error}")]
+    Kafka { brokers: String, error: KafkaError },
+    #[error(transparent)]
     Postgres(#[from] SinkError),
-    #[error("Redis: {0}")]
+    #[error(transparent)]
     Redis(#[from] CacheError),
+}
+
+impl WorkerError {
+    fn kafka(settings: &Settings, error: KafkaError) -> Self {
+        Self::Kafka {
+            brokers: settings.kafka.brokers.clone(),
+            error,
+        }
+    }
 }
 
 impl Classify for WorkerError {
@@ -55,9 +64,9 @@ impl Classify for WorkerError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Schemas(_) | Self::Postgres(SinkError::Setup(_)) => ErrorClass::Permanent,
-            Self::Kafka(_) | Self::Postgres(SinkError::Database(_)) | Self::Redis(_) => {
-                ErrorClass::Transient
-            }
+            Self::Kafka { .. }
+            | Self::Postgres(SinkError::Database(_) | SinkError::Unreachable { .. })
+            | Self::Redis(_) => ErrorClass::Transient,
         }
     }
 }
@@ -79,11 +88,11 @@ impl Worker {
         )?);
         let orders = Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE, &settings.limits)?;
         let config = Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
-        let pool = sink::connect_worker(&settings.database).await?;
-        sink::ensure_rls_applies(&pool).await?;
-        let redis = cache::connect(settings.redis.url.expose()).await?;
+        let pool = sink::connect_worker_checked(&settings.database).await?;
+        let redis = cache::connect_in_background(settings.redis.url.expose())?;
         let dead_letters = DeadLetterSink::new(
-            source::producer(&settings.kafka)?,
+            source::worker_producer(&settings.kafka, health.clone())
+                .map_err(|error| WorkerError::kafka(&settings, error))?,
             settings.kafka.dead_letter_topic.clone(),
         );
         // Not ready until `run` has joined the group and been assigned its partitions.
@@ -125,8 +134,7 @@ impl Worker {
             }
         };
         let report = |error: &WorkerError, retry_in| {
-            health.failed(Component::Startup, error);
-            metrics::transient_error(Component::Startup, Stage::Startup, error, retry_in);
+            health.transient(Component::Startup, Stage::Startup, error, retry_in);
         };
         match retry::until_ok(&mut backoff, shutdown, report, connect).await {
             None => Ok(None),
@@ -154,7 +162,8 @@ impl Worker {
             sink::connect_worker_sized(&self.settings.database, 1)?,
             self.health.clone(),
             shutdown.clone(),
-        )?;
+        )
+        .map_err(|error| WorkerError::kafka(&self.settings, error))?;
         let drainer = tokio::spawn(
             CacheDrainer {
                 pool: self.path.pool.clone(),
@@ -191,6 +200,8 @@ impl Worker {
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
         let mut consume_backoff = RetryPolicy::CONSUME.backoff();
+        // After a receive error, receiving waits (with backoff) while batches go on.
+        let mut receive_after: Option<Instant> = None;
         loop {
             let next_due = partitions.next_due(linger);
             tokio::select! {
@@ -200,7 +211,8 @@ impl Worker {
                     self.finish_batch(consumer, &mut partitions, done).await;
                 }
                 _ = sleep_until(next_due) => {}
-                received = consumer.recv() => {
+                _ = sleep_until(receive_after) => receive_after = None,
+                received = consumer.recv(), if receive_after.is_none() => {
                     partitions.apply(consumer.context().take_changes());
                     match received {
                         Ok(message) => {
@@ -209,10 +221,10 @@ impl Worker {
                             partitions.accept(consumer, message.detach(), pause_at);
                         }
                         Err(error) => {
-                            self.health.failed(Component::Kafka, &error);
-                            let retry_in = consume_backoff.delay();
-                            metrics::transient_error(Component::Kafka, Stage::Consume, &error, retry_in);
-                            consume_backoff.wait(shutdown).await;
+                            let retry_in = consume_backoff.advance();
+                            let error = self.explain(error);
+                            self.health.transient(Component::Kafka, Stage::Consume, &error, retry_in);
+                            receive_after = Some(Instant::now() + retry_in);
                         }
                     }
                 }
@@ -229,6 +241,21 @@ impl Worker {
         // Stopping: batches being written finish, or are abandoned if they are retrying.
         while let Some(done) = in_flight.next().await {
             self.finish_batch(consumer, &mut partitions, done).await;
+        }
+    }
+
+    /// A receive error in words an operator can act on: a missing topic names the subscribed
+    /// topics and how to find which one is missing.
+    fn explain(&self, error: KafkaError) -> String {
+        use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
+        let kafka = &self.settings.kafka;
+        match error.rdkafka_error_code() {
+            Some(UnknownTopicOrPartition | UnknownTopic) => format!(
+                "{error}: a subscribed topic ({} or {}) does not exist on {}; create it \
+                 (`tenantstream check` names the missing topics and how to create them)",
+                kafka.orders_topic, kafka.config_topic, kafka.brokers
+            ),
+            _ => format!("{error} (brokers {})", kafka.brokers),
         }
     }
 

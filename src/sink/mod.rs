@@ -28,17 +28,37 @@ pub use current_rows::read_current;
 pub use isolate::{write_each, Isolated, RejectedRow};
 pub use offsets::{count_stored_offsets, load_stored_offsets, PartitionKey};
 pub use pool::{
-    check_reachable, connect_owner, connect_worker, connect_worker_sized, ensure_rls_applies,
-    migrate, Migrated,
+    check_reachable, connect_owner, connect_worker, connect_worker_checked, connect_worker_sized,
+    ensure_rls_applies, migrate, Migrated,
 };
 pub use tenant::{known_tenants, set_tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("Postgres unavailable: {0}")]
+    #[error("{}", describe(.0))]
     Database(#[from] sqlx::Error),
+    /// The server at the URL's address did not answer (refused, no route, timed out).
+    #[error("cannot reach Postgres at {at}: {reason}")]
+    Unreachable { at: String, reason: String },
+    /// The configuration or the database must be fixed: the message says how.
     #[error("{0}")]
     Setup(String),
+}
+
+/// A sqlx error in one line, without sqlx's prefixes: Postgres's own message and SQLSTATE, or
+/// what kept the connection from answering.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => match e.code() {
+            Some(code) => format!("Postgres answered: {} (SQLSTATE {code})", e.message()),
+            None => format!("Postgres answered: {}", e.message()),
+        },
+        sqlx::Error::Io(e) => format!("Postgres connection failed: {e}"),
+        sqlx::Error::PoolTimedOut => {
+            "no Postgres connection became free or could be opened in time".into()
+        }
+        other => format!("Postgres: {other}"),
+    }
 }
 
 /// `query_canceled`: here, `statement_timeout`.
@@ -94,7 +114,7 @@ impl Classify for SinkError {
         match self {
             Self::Setup(_) => ErrorClass::Permanent,
             Self::Database(_) if self.rejects_row() => ErrorClass::Permanent,
-            Self::Database(_) => ErrorClass::Transient,
+            Self::Database(_) | Self::Unreachable { .. } => ErrorClass::Transient,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool, Postgres};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use super::SinkError;
 use crate::config::DatabaseSettings;
@@ -42,6 +42,70 @@ pub fn connect_worker_sized(
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(options))
 }
+
+/// The worker's pool, checked before any work: the server answers at the URL's address, the
+/// database and the role exist, the database is migrated, and the role is subject to RLS.
+/// What only an operator can fix (a missing database or role, an unmigrated database) is a
+/// [`SinkError::Setup`] naming the fix; a server that does not answer is
+/// [`SinkError::Unreachable`], naming its address, and worth waiting for.
+pub async fn connect_worker_checked(settings: &DatabaseSettings) -> Result<PgPool, SinkError> {
+    let options = connect_options(settings.url.expose())?;
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    let unreachable = |reason: String| SinkError::Unreachable {
+        at: at.clone(),
+        reason,
+    };
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, options.connect());
+    let mut connection = match connecting.await {
+        Err(_) => {
+            let waited = CONNECT_TIMEOUT.as_secs();
+            return Err(unreachable(format!("no answer within {waited} s")));
+        }
+        Ok(Err(sqlx::Error::Io(e))) => return Err(unreachable(e.to_string())),
+        Ok(Err(sqlx::Error::Database(e))) => {
+            let database = options.get_database().unwrap_or("(default)");
+            let role = options.get_username();
+            return Err(match e.code().as_deref() {
+                Some(INVALID_CATALOG_NAME) => SinkError::Setup(format!(
+                    "database {database:?} does not exist at {at}: run `tenantstream migrate` \
+                     (it creates the database and the worker role), or correct DATABASE_URL"
+                )),
+                Some(INVALID_AUTHORIZATION | INVALID_PASSWORD) => SinkError::Setup(format!(
+                    "Postgres at {at} refuses role {role:?}: {}. Run `tenantstream migrate` \
+                     (it creates the tenantstream_worker role), create the role, or correct \
+                     DATABASE_URL",
+                    e.message()
+                )),
+                _ => SinkError::Database(sqlx::Error::Database(e)),
+            });
+        }
+        Ok(Err(other)) => return Err(other.into()),
+        Ok(Ok(connection)) => connection,
+    };
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('consumer_offsets') IS NOT NULL")
+        .fetch_one(&mut connection)
+        .await?;
+    let _ = connection.close().await;
+    if !migrated {
+        return Err(SinkError::Setup(format!(
+            "the database {} is not migrated (it has no consumer_offsets table): run \
+             `tenantstream migrate`",
+            settings.url
+        )));
+    }
+    let pool = connect_worker(settings).await?;
+    ensure_rls_applies(&pool).await?;
+    Ok(pool)
+}
+
+/// How long a first connection may take to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLSTATE 3D000: the database does not exist.
+const INVALID_CATALOG_NAME: &str = "3D000";
+/// SQLSTATE 28000: no such role, or pg_hba.conf refuses it.
+const INVALID_AUTHORIZATION: &str = "28000";
+/// SQLSTATE 28P01: wrong password.
+const INVALID_PASSWORD: &str = "28P01";
 
 /// Fails unless the pool's role is subject to RLS (not superuser, no BYPASSRLS, owns no table).
 pub async fn ensure_rls_applies(pool: &PgPool) -> Result<(), SinkError> {

@@ -3,6 +3,7 @@
 
 mod rebalance;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaSettings, LimitSettings};
 use crate::domain::TopicPartition;
-use crate::health::Health;
+use crate::health::{Component, Health};
+use crate::metrics::Stage;
 
 pub use rebalance::SourceContext;
 
@@ -83,11 +85,60 @@ pub fn subscribe(
     Ok(consumer)
 }
 
-/// A producer for dead letters (and `produce`): acks from all replicas, retried by librdkafka.
+/// A producer (`produce`, tests): acks from all replicas, retried by librdkafka.
 pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    client_config(settings)
+    producer_config(settings).create()
+}
+
+/// The worker's dead-letter producer: as [`producer`], reporting its errors to `health`.
+pub fn worker_producer(
+    settings: &KafkaSettings,
+    health: Health,
+) -> Result<WorkerProducer, KafkaError> {
+    producer_config(settings).create_with_context(ProducerContext { health })
+}
+
+fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
+        .set("message.timeout.ms", "30000");
+    config
+}
+
+/// The worker's producer.
+pub type WorkerProducer = FutureProducer<ProducerContext>;
+
+/// The worker producer's context: its errors go where the consumer's go.
+pub struct ProducerContext {
+    health: Health,
+}
+
+impl ClientContext for ProducerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        report_client_error(&self.health, error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_client_message(level, fac, log_message);
+    }
+}
+
+/// An error librdkafka reports by itself (it reconnects by itself): counted and logged once per
+/// episode through `health`; when every broker is down, Kafka is not ready.
+fn report_client_error(health: &Health, error: KafkaError, reason: &str) {
+    use rdkafka::types::RDKafkaErrorCode;
+    let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+    let error = format!("{error}: {reason}");
+    if all_down {
+        health.failed(Component::Kafka, &error);
+    }
+    health.failure_without_readiness(Component::Kafka, Stage::Consume, &error, None);
+}
+
+/// librdkafka's own log lines: the failures among them also come through the error callback
+/// ([`report_client_error`]), so they are kept at debug level (`RUST_LOG=librdkafka=debug`).
+fn log_client_message(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    tracing::debug!(target: "librdkafka", ?level, fac, "{log_message}");
 }

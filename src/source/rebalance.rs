@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
@@ -71,8 +72,8 @@ impl SourceContext {
                 &mut backoff,
                 &self.shutdown,
                 |error, retry_in| {
-                    self.health.failed(Component::Postgres, error);
-                    metrics::transient_error(Component::Postgres, Stage::Assign, error, retry_in);
+                    self.health
+                        .transient(Component::Postgres, Stage::Assign, error, retry_in);
                 },
                 || load_stored_offsets(&self.offsets_pool, &self.group, topic, partitions),
             )
@@ -157,14 +158,11 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        use rdkafka::types::RDKafkaErrorCode;
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
-            self.health.failed(Component::Kafka, reason);
-        }
-        tracing::warn!(%error, reason, "Kafka client error.");
+        super::report_client_error(&self.health, error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::log_client_message(level, fac, log_message);
     }
 }
 

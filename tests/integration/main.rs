@@ -21,3 +21,4 @@ mod rejected_rows;
 mod replay;
 mod rls;
 mod slow_rows;
+mod startup;

@@ -1,0 +1,268 @@
+//! `tenantstream run` meeting an environment that is not ready (the binary, real Postgres and
+//! Redis; Kafka on librdkafka's mock cluster, or no broker at all): what only an operator can
+//! fix ends the command at once with the cause and the fix; what heals by itself is waited for,
+//! logged once per interval, and counted; Redis down at start does not hold Postgres back.
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use tenantstream::testing::{kafka, traffic};
+use tenantstream::{Health, Secret, Settings};
+use uuid::Uuid;
+
+use crate::support;
+
+/// Runs `tenantstream run` with `settings` until it exits (at most `limit`); its exit success
+/// and stderr.
+fn run_to_exit(settings: &Settings, limit: Duration) -> (bool, String) {
+    let mut child = spawn_run(settings);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {limit:?} (it should have stopped): {}",
+                stderr_of(&mut child)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), stderr_of(&mut child))
+}
+
+fn spawn_run(settings: &Settings) -> Child {
+    support::binary("run", settings)
+        .env("TENANTSTREAM_HTTP_LISTEN", &settings.http.listen)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tenantstream run")
+}
+
+/// SIGTERM, then the stderr of the stopped process.
+fn terminate(mut child: Child) -> String {
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends the worker cleanly");
+    stderr_of(&mut child)
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut text).unwrap();
+    }
+    text
+}
+
+/// A change of the test's settings that makes one setup mistake.
+type Change<'a> = Box<dyn Fn(&mut Settings) + 'a>;
+
+fn worker_url(database: &str, role: &str) -> Secret {
+    Secret::new(format!("postgres://{role}@127.0.0.1:5432/{database}"))
+}
+
+#[tokio::test]
+async fn setup_mistakes_end_the_command_with_the_cause_and_the_fix() {
+    support::admin_pool().await; // the worker role exists
+    let mock = MockCluster::new(1).unwrap();
+    let settings = support::settings(&mock.bootstrap_servers(), "failfast");
+    let limit = Duration::from_secs(20);
+    let unmigrated = format!(
+        "tenantstream_bare_{}",
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let server = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {unmigrated}"))
+        .execute(&server)
+        .await
+        .unwrap();
+
+    let cases: Vec<(&str, Change, Vec<String>)> = vec![
+        (
+            "a database that does not exist",
+            Box::new(|s| s.database.url = worker_url("no_such_db", "tenantstream_worker")),
+            vec![
+                "database \"no_such_db\" does not exist at 127.0.0.1:5432".into(),
+                "run `tenantstream migrate`".into(),
+            ],
+        ),
+        (
+            "a role that does not exist",
+            Box::new(|s| s.database.url = worker_url("tenantstream_test", "no_such_role")),
+            vec![
+                "refuses role \"no_such_role\"".into(),
+                "create the role, or correct DATABASE_URL".into(),
+            ],
+        ),
+        (
+            "a database that is not migrated",
+            Box::new(|s| s.database.url = worker_url(&unmigrated, "tenantstream_worker")),
+            vec![
+                format!("{unmigrated} is not migrated"),
+                "run `tenantstream migrate`".into(),
+            ],
+        ),
+        (
+            "a schemas folder that does not exist",
+            Box::new(|s| s.schemas.dir = "/no/such/schemas".into()),
+            vec![
+                "cannot read the schemas folder /no/such/schemas".into(),
+                "--schemas-dir".into(),
+            ],
+        ),
+    ];
+    for (case, change, want) in cases {
+        let mut settings = settings.clone();
+        change(&mut settings);
+        let (success, stderr) = run_to_exit(&settings, limit);
+        assert!(!success, "{case}: must exit non-zero");
+        let error = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{case}: no error line in {stderr}"));
+        for text in want {
+            assert!(error.contains(&text), "{case}: {text:?} not in {error}");
+        }
+        // Each cause once.
+        let first_words = &error["error: ".len()..][..20];
+        assert_eq!(error.matches(first_words).count(), 1, "{case}: {error}");
+    }
+    sqlx::query(&format!("DROP DATABASE {unmigrated} WITH (FORCE)"))
+        .execute(&server)
+        .await
+        .unwrap();
+}
+
+/// With nothing listening at the Postgres port and no broker at all, the worker waits, names
+/// the address it cannot reach, logs each dependency's failure once per interval (not once per
+/// retry), counts every failure, and reports itself not ready.
+#[tokio::test]
+async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
+    support::admin_pool().await;
+    let mut settings = support::settings(&format!("127.0.0.1:{}", support::free_port()), "quiet");
+    let http = format!("127.0.0.1:{}", support::free_port());
+    settings.http.listen = http.clone();
+
+    let postgres_port = support::free_port();
+    let mut no_postgres = settings.clone();
+    no_postgres.database.url = Secret::new(format!(
+        "postgres://tenantstream_worker@127.0.0.1:{postgres_port}/tenantstream_test"
+    ));
+    let child = spawn_run(&no_postgres);
+    std::thread::sleep(Duration::from_secs(3));
+    let stderr = terminate(child);
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach Postgres at 127.0.0.1:{postgres_port}: Connection refused"
+        )),
+        "{stderr}"
+    );
+
+    let child = spawn_run(&settings);
+    let watched = Duration::from_secs(12);
+    std::thread::sleep(watched);
+    let client = reqwest::Client::new();
+    let metrics = client
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ready = client
+        .get(format!("http://{http}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let (ready_status, ready_body) = (ready.status(), ready.text().await.unwrap());
+    let stderr = terminate(child);
+
+    let failures = support::sample(
+        &metrics,
+        "tenantstream_transient_errors_total",
+        &[("component", "kafka")],
+    )
+    .unwrap_or(0.0);
+    assert!(failures >= 3.0, "every failure is counted: {metrics}");
+    assert_eq!(ready_status, 503, "{ready_body}");
+    assert!(ready_body.contains("kafka:"), "{ready_body}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let kafka_lines = lines.iter().filter(|l| l.contains("kafka failing")).count();
+    assert_eq!(kafka_lines, 1, "one line for the episode: {stderr}");
+    // Serving, the one failure line, and the three lines of stopping.
+    assert!(
+        lines.len() <= 6,
+        "{} lines in {watched:?} with the broker down ({failures} failures): {stderr}",
+        lines.len()
+    );
+}
+
+/// Redis down when the worker starts: it starts, writes Postgres, keeps the cache work queued,
+/// and fills the cache once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_starts_without_redis_and_fills_the_cache_once_it_answers() {
+    let mock = MockCluster::new(1).unwrap();
+    let mut settings = support::settings(&mock.bootstrap_servers(), "no-redis");
+    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.config_topic, 1, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    let port = support::free_port();
+    settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
+    let admin = support::admin_pool().await;
+    let spec = traffic::TrafficSpec {
+        count: 1_000,
+        tenants: 3,
+        malformed: 0.0,
+        seed: rand::random(),
+        ..Default::default()
+    };
+    let (messages, expected) = traffic::generate(&spec, &support::order_encoder(&settings));
+
+    let health = Health::default();
+    let worker = support::RunningWorker::start(&settings, health.clone()).await;
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let topic = &settings.kafka.orders_topic;
+    let sent = traffic::send(&producer, topic, &messages, 0, None)
+        .await
+        .unwrap();
+    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    support::assert_rows(&admin, &expected).await;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cache_outbox WHERE tenant_id = ANY($1)")
+            .bind(&expected.tenants)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert!(pending > 0, "cache work waits while Redis is down");
+    // A failed Redis call takes up to its timeout to be noticed.
+    let noticed = Instant::now();
+    while health.is_ready() && noticed.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!health.is_ready(), "not ready while Redis is down");
+
+    let redis_server = support::PrivateRedis::single_on(port);
+    support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(60)).await;
+    worker.stop().await;
+    let redis = tenantstream::testing::cache::connect(&redis_server.url)
+        .await
+        .unwrap();
+    support::assert_cache(&redis, &expected).await;
+}
