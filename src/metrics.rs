@@ -166,6 +166,7 @@ pub fn batch_committed(
         e2e.record(now_ms.saturating_sub(*occurred).max(0) as f64 / 1000.0);
     }
     tracing::debug!(
+        target: "tenantstream::batch",
         topic,
         partition,
         next_offset,
@@ -180,6 +181,7 @@ pub fn message_dead_lettered(topic: &str, partition: i32, offset: i64, code: &st
         .increment(1);
     events_processed(topic, Outcome::DeadLettered, 1);
     tracing::warn!(
+        target: "tenantstream::dead_letter",
         topic,
         partition,
         offset,
@@ -196,6 +198,7 @@ pub fn offset_gap(topic: &str, partition: i32, expected: i64, received: i64) {
     let skipped = received.saturating_sub(expected).max(0) as u64;
     counter!(OFFSETS_SKIPPED, "topic" => topic.to_owned()).increment(skipped);
     tracing::warn!(
+        target: "tenantstream::offsets",
         topic,
         partition,
         expected,
@@ -210,6 +213,7 @@ pub fn offset_gap(topic: &str, partition: i32, expected: i64, received: i64) {
 pub fn offset_reset(topic: &str, partition: i32, stored: i64, restart: i64) {
     counter!(OFFSET_RESETS, "topic" => topic.to_owned()).increment(1);
     tracing::error!(
+        target: "tenantstream::offsets",
         topic,
         partition,
         stored,
@@ -228,9 +232,10 @@ pub fn transient_error(component: Component, stage: Stage) {
 pub fn batch_fenced(topic: &str, partition: i32, expected: Option<i64>) {
     counter!(FENCED_BATCHES, "topic" => topic.to_owned()).increment(1);
     tracing::warn!(
+        target: "tenantstream::fencing",
         topic,
         partition,
-        ?expected,
+        expected,
         "Stored offset moved under this worker (partition reassigned); batch discarded."
     );
 }
@@ -245,6 +250,7 @@ pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duratio
     counter!(CACHE_KEYS_WRITTEN, "outcome" => "skipped_older").increment(skipped_older as u64);
     histogram!(CACHE_APPLY_SECONDS).record(elapsed.as_secs_f64());
     tracing::debug!(
+        target: "tenantstream::cache",
         written,
         skipped_older,
         ms = elapsed.as_millis() as u64,

@@ -155,7 +155,13 @@ pub async fn apply_read_after(
                 Ok(_) => moved.push(item.clone()),
                 Err(error) => {
                     let item = item.cache_ref();
-                    tracing::warn!(?item, %error, "Redis refused a cache write; the others go on.");
+                    let tenant = item.tenant().map_or("shared".to_owned(), |t| t.to_string());
+                    tracing::warn!(
+                        target: "tenantstream::cache",
+                        tenant,
+                        %error,
+                        "Redis refused a cache write; it stays queued, the others go on."
+                    );
                     let error = error.to_string();
                     applied.failed.push(FailedItem { item, error });
                 }

@@ -140,5 +140,6 @@ fn report_client_error(health: &Health, error: KafkaError, reason: &str) {
 /// librdkafka's own log lines: the failures among them also come through the error callback
 /// ([`report_client_error`]), so they are kept at debug level (`RUST_LOG=librdkafka=debug`).
 fn log_client_message(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-    tracing::debug!(target: "librdkafka", ?level, fac, "{log_message}");
+    let level = level as i32;
+    tracing::debug!(target: "librdkafka", level, fac, "{log_message}");
 }

@@ -123,7 +123,12 @@ impl SourceContext {
         if let Err(error) = consumer.resume(tpl) {
             tracing::error!(%error, "Resuming assigned partitions failed.");
         }
-        tracing::info!(partitions = ?assigned, "Partitions assigned at stored offsets.");
+        for (topic, partitions) in by_topic_text(assigned.iter().map(|a| {
+            let start = a.stored.map_or("start".to_owned(), |o| o.to_string());
+            (&a.partition, format!("{}@{start}", a.partition.partition))
+        })) {
+            tracing::info!(topic, partitions, "Partitions assigned at stored offsets.");
+        }
         self.health.recovered(Component::Kafka);
         self.push(Assignment::Assigned(assigned));
     }
@@ -134,7 +139,11 @@ impl SourceContext {
             .iter()
             .map(|e| TopicPartition::new(e.topic(), e.partition()))
             .collect();
-        tracing::info!(partitions = ?revoked, "Partitions revoked.");
+        for (topic, partitions) in
+            by_topic_text(revoked.iter().map(|p| (p, p.partition.to_string())))
+        {
+            tracing::info!(topic, partitions, "Partitions revoked.");
+        }
         self.push(Assignment::Revoked(revoked));
         if let Err(error) = consumer.unassign() {
             tracing::error!(%error, "Unassign failed.");
@@ -144,6 +153,22 @@ impl SourceContext {
     fn push(&self, change: Assignment) {
         self.changes.lock().expect("assignment lock").push(change);
     }
+}
+
+/// Per topic, its partitions as one plain text field (`0@1481,1@start`: partition, and where it
+/// starts), so a JSON log holds strings, not Rust debug text.
+fn by_topic_text<'a>(
+    items: impl Iterator<Item = (&'a TopicPartition, String)>,
+) -> std::collections::BTreeMap<&'a str, String> {
+    let mut by_topic: std::collections::BTreeMap<&str, String> = Default::default();
+    for (partition, text) in items {
+        let line = by_topic.entry(partition.topic.as_str()).or_default();
+        if !line.is_empty() {
+            line.push(',');
+        }
+        line.push_str(&text);
+    }
+    by_topic
 }
 
 impl ClientContext for SourceContext {
@@ -177,7 +202,8 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
             other => {
-                tracing::error!(error = ?other, "Rebalance error; releasing partitions.");
+                let error = KafkaError::Global(other.into()).to_string();
+                tracing::error!(error, "Rebalance error; releasing partitions.");
                 self.revoke(consumer, tpl);
             }
         }

@@ -266,3 +266,70 @@ async fn the_worker_starts_without_redis_and_fills_the_cache_once_it_answers() {
         .unwrap();
     support::assert_cache(&redis, &expected).await;
 }
+
+/// `--log-format json`: every line is JSON; partitions are plain text fields, not Rust debug
+/// text; dead letters log under `tenantstream::dead_letter` with their code as a field.
+#[tokio::test]
+async fn json_logs_hold_plain_fields_under_meaningful_targets() {
+    support::admin_pool().await;
+    let mock = MockCluster::new(1).unwrap();
+    let settings = support::settings(&mock.bootstrap_servers(), "json-logs");
+    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.config_topic, 1, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    let spec = traffic::TrafficSpec {
+        count: 200,
+        tenants: 2,
+        malformed: 0.05,
+        seed: 11,
+        ..Default::default()
+    };
+    let (messages, _) = traffic::generate(&spec, &support::order_encoder(&settings));
+    let malformed = messages.iter().filter(|m| m.malformed.is_some()).count();
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
+        .await
+        .unwrap();
+
+    let admin = support::admin_pool().await;
+    let child = support::binary("run", &settings)
+        .env("TENANTSTREAM_LOG_FORMAT", "json")
+        .env("TENANTSTREAM_HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    let stderr = terminate(child);
+
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let assigned = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "Partitions assigned at stored offsets."
+                && l["fields"]["topic"] == settings.kafka.orders_topic.as_str()
+        })
+        .unwrap_or_else(|| panic!("no assignment line: {stderr}"));
+    let mut partitions: Vec<&str> = assigned["fields"]["partitions"]
+        .as_str()
+        .unwrap_or_else(|| panic!("partitions is a string: {assigned}"))
+        .split(',')
+        .collect();
+    partitions.sort();
+    assert_eq!(partitions, ["0@start", "1@start"]);
+    let dead: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "tenantstream::dead_letter")
+        .collect();
+    assert_eq!(dead.len(), malformed, "{stderr}");
+    for line in dead {
+        let code = line["fields"]["error_code"].as_str().unwrap_or_default();
+        assert!(!code.is_empty(), "{line}");
+    }
+}
