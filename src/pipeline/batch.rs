@@ -161,6 +161,7 @@ impl BatchPath {
         };
         let occurred: Vec<i64> = decoded.events().iter().map(|e| e.occurred_at()).collect();
         metrics::events_processed(topic, Outcome::Written, written.written);
+        metrics::events_processed(topic, Outcome::Superseded, written.superseded);
         metrics::events_processed(topic, Outcome::Stale, written.stale);
         let elapsed = started.elapsed();
         let now = self.clock.now_ms();

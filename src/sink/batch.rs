@@ -2,7 +2,7 @@
 //! their cache work. When Postgres rejects a row for its data, [`write_each`](super::write_each)
 //! finds it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -38,6 +38,19 @@ impl<'a> Rows<'a> {
         match self {
             Self::Orders(rows) => rows.len(),
             Self::Config(rows) => rows.len(),
+        }
+    }
+
+    /// How many rows the events name (an order, a configuration target): each row's newest
+    /// event in the batch is the one written.
+    pub(super) fn distinct_rows(&self) -> usize {
+        match self {
+            Self::Orders(rows) => rows
+                .iter()
+                .map(|o| (o.tenant_id, o.event.order_id.as_str()))
+                .collect::<HashSet<_>>()
+                .len(),
+            Self::Config(rows) => rows.iter().map(|c| &c.target).collect::<HashSet<_>>().len(),
         }
     }
 
@@ -86,10 +99,17 @@ pub struct Batch<'a> {
     pub applied: &'a HashMap<Uuid, Vec<i64>>,
 }
 
-/// What a committed batch did.
+/// What a committed batch did with each of its events: exactly one of written, superseded
+/// or stale.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchWrite {
+    /// The newest event of its row in the batch, and newer than the stored row: written.
     pub written: usize,
+    /// Older than, or a copy of, another event of the same row in the same batch: that event
+    /// is the one written (a batch writes each row once), so this one changed nothing by itself.
+    pub superseded: usize,
+    /// The newest event of its row in the batch, but not newer than the stored row (a
+    /// duplicate, or an older version arriving late): nothing written.
     pub stale: usize,
     /// The cache work this batch queued: one entry per row written, with the row's JSON.
     pub cache: Vec<QueuedCache>,
@@ -117,7 +137,7 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<BatchOutcom
     )
     .await?;
     tx.commit().await?;
-    Ok(committed(batch.rows.len(), cache))
+    Ok(committed(batch.rows, cache))
 }
 
 /// Begins the batch's transaction with its fence: the compare-and-set of the stored offset,
@@ -134,10 +154,12 @@ pub(super) async fn begin_fenced<'p>(
     Ok(None)
 }
 
-pub(super) fn committed(rows: usize, cache: Vec<QueuedCache>) -> BatchOutcome {
+pub(super) fn committed(rows: Rows<'_>, cache: Vec<QueuedCache>) -> BatchOutcome {
+    let distinct = rows.distinct_rows();
     BatchOutcome::Committed(BatchWrite {
         written: cache.len(),
-        stale: rows - cache.len(),
+        superseded: rows.len() - distinct,
+        stale: distinct.saturating_sub(cache.len()),
         cache,
     })
 }

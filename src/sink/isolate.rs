@@ -60,7 +60,7 @@ pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, Si
         return Ok(Isolated::Rejected(rejected));
     }
     tx.commit().await?;
-    Ok(Isolated::Written(committed(batch.rows.len(), cache)))
+    Ok(Isolated::Written(committed(batch.rows, cache)))
 }
 
 /// Writes `rows` finding the rejected ones by bisection, each attempt in a savepoint of `tx`:

@@ -107,7 +107,7 @@ async fn stale_owner_is_fenced_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn version_guard_counts_stale_and_keeps_the_newest() {
+async fn version_guard_counts_superseded_and_stale_and_keeps_the_newest() {
     let (admin, pool, key) = setup("guard").await;
     let tenant = Uuid::new_v4();
     let batch = [
@@ -118,8 +118,10 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
     let BatchOutcome::Committed(w) = write(&pool, &key, None, 3, &batch).await else {
         panic!("fenced")
     };
-    assert_eq!((w.written, w.stale), (2, 1));
-    // Same and older versions later: nothing changes, all stale.
+    // o-1 v2 is superseded by v3 in the same batch; nothing is older than a stored row.
+    assert_eq!((w.written, w.superseded, w.stale), (2, 1, 0));
+    // Same and older versions later: nothing changes. Each row's newest event in the batch is
+    // stale (not newer than the stored row); o-1 v1 is superseded by o-1 v3 beside it.
     let batch = [
         order(tenant, "o-1", 3),
         order(tenant, "o-1", 1),
@@ -128,7 +130,7 @@ async fn version_guard_counts_stale_and_keeps_the_newest() {
     let BatchOutcome::Committed(w) = write(&pool, &key, Some(3), 6, &batch).await else {
         panic!("fenced")
     };
-    assert_eq!((w.written, w.stale), (0, 3));
+    assert_eq!((w.written, w.superseded, w.stale), (0, 1, 2));
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT order_id, version, total_cents FROM orders WHERE tenant_id = $1 ORDER BY order_id",
     )

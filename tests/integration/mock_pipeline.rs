@@ -253,11 +253,12 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     use tenantstream::testing::metrics::{DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED};
     let consumed = count(EVENTS_CONSUMED, &[]);
     let written = count(EVENTS_PROCESSED, &[("outcome", "written")]);
+    let superseded = count(EVENTS_PROCESSED, &[("outcome", "superseded")]);
     let stale = count(EVENTS_PROCESSED, &[("outcome", "stale")]);
     let dead = count(EVENTS_PROCESSED, &[("outcome", "dead_lettered")]);
     assert_eq!(consumed, messages.len());
     assert_eq!(
-        written + stale + dead,
+        written + superseded + stale + dead,
         consumed,
         "every event has one outcome"
     );
@@ -266,10 +267,46 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
         written >= expected.orders.len(),
         "each order written at least once"
     );
-    assert!(stale > 0, "duplicates and reordering produce stale events");
+    assert!(
+        superseded + stale > 0,
+        "duplicates and reordering change nothing"
+    );
     for (code, n) in &expected.dead_letters {
         assert_eq!(count(DEAD_LETTERS, &[("error_code", code)]), *n, "{code}");
     }
+
+    // Known duplicates, sent once every row is stored: the newest event of 40 orders again.
+    // Each is the only event of its row in its batch and not newer than the stored row, so
+    // exactly 40 more are stale, and none is counted superseded or written.
+    let encoder = support::order_encoder(&settings);
+    let duplicates: Vec<traffic::Generated> = expected
+        .orders
+        .values()
+        .take(40)
+        .map(|event| traffic::Generated {
+            key: event.order_id.clone().into_bytes(),
+            value: encoder.encode(event, false),
+            malformed: None,
+        })
+        .collect();
+    let resent = traffic::send(&producer, &topic, &duplicates, 0, None)
+        .await
+        .unwrap();
+    let worker = support::RunningWorker::start(&settings, Health::default()).await;
+    support::wait_for_offsets(&admin, &settings, &resent.ends, Duration::from_secs(60)).await;
+    worker.stop().await;
+    let rendered = metrics.render();
+    let count = |name: &str, extra: &[(&str, &str)]| {
+        let mut want = vec![("topic", topic.as_str())];
+        want.extend_from_slice(extra);
+        support::sample(&rendered, name, &want).unwrap_or(0.0) as usize
+    };
+    assert_eq!(count(EVENTS_PROCESSED, &[("outcome", "stale")]), stale + 40);
+    assert_eq!(
+        count(EVENTS_PROCESSED, &[("outcome", "superseded")]),
+        superseded
+    );
+    assert_eq!(count(EVENTS_PROCESSED, &[("outcome", "written")]), written);
 }
 
 /// A stored offset beyond the end of the partition's log (the topic was recreated, or the log

@@ -198,7 +198,10 @@ async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are
         valid(poisoned(tenant, "y", 1)),
     ];
     let written = isolate_orders(&pool, &key, "orders-x", &orders, 2).await;
-    assert_eq!((written.written, written.stale), (1, 1));
+    assert_eq!(
+        (written.written, written.superseded, written.stale),
+        (1, 1, 0)
+    );
     assert_eq!(stored_version(&database.admin, "x").await, 3);
 
     // [Z v5 rejected, Z v4]: the rejected newest version leaves the older one to be written.
@@ -210,7 +213,10 @@ async fn rows_written_one_by_one_keep_the_batch_order_and_only_rejected_rows_are
         }),
     ];
     let written = isolate_orders(&pool, &key, "orders-z", &orders, 0).await;
-    assert_eq!((written.written, written.stale), (1, 0));
+    assert_eq!(
+        (written.written, written.superseded, written.stale),
+        (1, 0, 0)
+    );
     assert_eq!(stored_version(&database.admin, "z").await, 4);
     database.drop().await;
 }
