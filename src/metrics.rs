@@ -30,6 +30,97 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Every metric with its HELP text and unit, for the exporter and the README catalogue.
+pub const CATALOGUE: &[(&str, Kind, &str)] = &[
+    (EVENTS_CONSUMED, Kind::Counter, "Messages received from Kafka, by topic."),
+    (
+        EVENTS_PROCESSED,
+        Kind::Counter,
+        "Consumed events by what became of them: written, superseded (an older version or a \
+         copy of another event of the same row in the same batch), stale (not newer than the \
+         stored row), dead_lettered.",
+    ),
+    (DEAD_LETTERS, Kind::Counter, "Messages sent to the dead-letter topic, by source topic and error code."),
+    (BATCH_COMMIT_SECONDS, Kind::Histogram, "Seconds from a batch's first step (decode) to its Postgres commit."),
+    (END_TO_END_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to the commit of its batch."),
+    (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition (librdkafka statistics, every 5 s)."),
+    (CACHE_KEYS_WRITTEN, Kind::Counter, "Redis writes of committed rows: written, or skipped_older (Redis held a newer version)."),
+    (CACHE_APPLY_SECONDS, Kind::Histogram, "Seconds one Redis refresh of a batch's (or the drainer's) cache work took."),
+    (CACHE_OUTBOX_BACKLOG, Kind::Gauge, "Tenants with cache work queued for the drainer, at its last pass."),
+    (TRANSIENT_ERRORS, Kind::Counter, "Failures of a dependency that are retried, by component and stage."),
+    (FENCED_BATCHES, Kind::Counter, "Batches discarded because another worker now owns their partition."),
+    (OFFSET_GAPS, Kind::Counter, "Times a partition's next message was not at the next offset."),
+    (OFFSETS_SKIPPED, Kind::Counter, "Offsets those gaps skipped."),
+    (OFFSET_RESETS, Kind::Counter, "Times a partition's log ended before its stored offset (recreated or truncated topic); it is read again from the start."),
+];
+
+/// The kind of a catalogued metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The (component, stage) pairs at which the worker retries a dependency.
+const TRANSIENT_PAIRS: &[(Component, Stage)] = &[
+    (Component::Startup, Stage::Startup),
+    (Component::Postgres, Stage::Assign),
+    (Component::Kafka, Stage::Consume),
+    (Component::SchemaRegistry, Stage::Decode),
+    (Component::Kafka, Stage::DeadLetter),
+    (Component::Postgres, Stage::Sink),
+    (Component::Redis, Stage::Cache),
+    (Component::Redis, Stage::Drain),
+    (Component::Postgres, Stage::Drain),
+];
+
+/// Describes every metric (HELP, unit) and creates every counter and gauge series the worker
+/// can know in advance at zero, so dashboards and `rate()` work from the first scrape: per
+/// topic, each outcome and each dead-letter code; each retried (component, stage) pair.
+pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str]) {
+    for (name, kind, help) in CATALOGUE {
+        let unit = if name.ends_with("_seconds") {
+            Some(metrics::Unit::Seconds)
+        } else {
+            None
+        };
+        match (kind, unit) {
+            (Kind::Counter, _) => metrics::describe_counter!(*name, *help),
+            (Kind::Gauge, _) => metrics::describe_gauge!(*name, *help),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(*name, unit, *help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    for topic in topics {
+        let topic = topic.to_string();
+        counter!(EVENTS_CONSUMED, "topic" => topic.clone()).increment(0);
+        for outcome in Outcome::ALL {
+            counter!(EVENTS_PROCESSED, "topic" => topic.clone(), "outcome" => outcome.label())
+                .increment(0);
+        }
+        for code in dead_letter_codes {
+            counter!(DEAD_LETTERS, "topic" => topic.clone(), "error_code" => code.to_string())
+                .increment(0);
+        }
+        for name in [FENCED_BATCHES, OFFSET_GAPS, OFFSETS_SKIPPED, OFFSET_RESETS] {
+            counter!(name, "topic" => topic.clone()).increment(0);
+        }
+        // A histogram handle alone registers the series (all buckets at 0).
+        let _ = histogram!(BATCH_COMMIT_SECONDS, "topic" => topic.clone());
+        let _ = histogram!(END_TO_END_SECONDS, "topic" => topic.clone());
+    }
+    let _ = histogram!(CACHE_APPLY_SECONDS);
+    for (component, stage) in TRANSIENT_PAIRS {
+        counter!(TRANSIENT_ERRORS, "component" => component.as_str(), "stage" => stage.as_str())
+            .increment(0);
+    }
+    for outcome in ["written", "skipped_older"] {
+        counter!(CACHE_KEYS_WRITTEN, "outcome" => outcome).increment(0);
+    }
+    gauge!(CACHE_OUTBOX_BACKLOG).increment(0.0);
+}
+
 /// Installs the Prometheus recorder once per process and returns its handle.
 pub fn install_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -78,15 +169,29 @@ impl fmt::Display for Component {
 /// What became of one consumed event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Written: the newest event of its row in its batch, and newer than the stored row.
     Written,
+    /// Older than, or a copy of, another event of the same row in the same batch.
+    Superseded,
+    /// Not newer than the stored row (a duplicate, or an older version arriving late).
     Stale,
     DeadLettered,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 4] = [
+        Self::Written,
+        Self::Superseded,
+        Self::Stale,
+        Self::DeadLettered,
+    ];
 }
 
 impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Self::Written => "written",
+            Self::Superseded => "superseded",
             Self::Stale => "stale",
             Self::DeadLettered => "dead_lettered",
         }

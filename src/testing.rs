@@ -58,8 +58,8 @@ pub mod retry {
 /// Metric names and the recorder.
 pub mod metrics {
     pub use crate::metrics::{
-        install_recorder, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED,
-        OFFSETS_SKIPPED, OFFSET_GAPS, OFFSET_RESETS,
+        install_recorder, Kind, CATALOGUE, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED,
+        EVENTS_PROCESSED, OFFSETS_SKIPPED, OFFSET_GAPS, OFFSET_RESETS,
     };
 }
 

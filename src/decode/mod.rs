@@ -53,6 +53,16 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every dead-letter code [`DecodeError::code`] gives (a registry outage is retried, never
+    /// dead-lettered).
+    pub const DEAD_LETTER_CODES: [&'static str; 5] = [
+        "undecodable",
+        "unknown_schema",
+        "incompatible_schema",
+        "invalid_field",
+        "too_large",
+    ];
+
     /// The dead-letter error code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -91,4 +101,30 @@ pub async fn decode_event<E: Validate>(
     let payload = payload.ok_or_else(|| DecodeError::Undecodable("message has no value".into()))?;
     let wire: E::Wire = decoder.decode(payload).await?;
     Ok(E::validate(wire)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_permanent_error_has_a_listed_dead_letter_code() {
+        let s = String::new;
+        let errors = [
+            DecodeError::Undecodable(s()),
+            DecodeError::UnknownSchema(s()),
+            DecodeError::IncompatibleSchema {
+                writer: s(),
+                reader: s(),
+                reason: s(),
+            },
+            DecodeError::Invalid(InvalidField {
+                field: s(),
+                reason: s(),
+            }),
+            DecodeError::TooLarge(s()),
+        ];
+        let codes: Vec<&str> = errors.iter().map(DecodeError::code).collect();
+        assert_eq!(codes, DecodeError::DEAD_LETTER_CODES);
+    }
 }

@@ -18,6 +18,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
+use crate::decode::DecodeError;
 use crate::metrics::{self, Stage};
 use crate::retry::{Classify, ErrorClass};
 use crate::source::WorkerProducer;
@@ -45,6 +46,13 @@ const OWN_HEADER_PREFIX: &str = "tenantstream.";
 pub const UNKNOWN_TENANT: &str = "unknown_tenant";
 /// The error code of an event whose row Postgres rejected for its data.
 pub const REJECTED_BY_POSTGRES: &str = "rejected_by_postgres";
+
+/// Every code a dead letter of the worker can carry.
+pub fn codes() -> impl Iterator<Item = &'static str> {
+    DecodeError::DEAD_LETTER_CODES
+        .into_iter()
+        .chain([UNKNOWN_TENANT, REJECTED_BY_POSTGRES])
+}
 
 /// One message to dead-letter, with why.
 #[derive(Debug, Clone)]

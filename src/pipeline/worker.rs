@@ -155,6 +155,8 @@ impl Worker {
     /// Consumes until `shutdown`, then abandons unwritten buffers and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let kafka = &self.settings.kafka;
+        let codes: Vec<&str> = super::dead_letter::codes().collect();
+        metrics::register_at_zero(&[&kafka.orders_topic, &kafka.config_topic], &codes);
         let consumer = source::subscribe(
             kafka,
             &self.settings.limits,

@@ -333,3 +333,81 @@ async fn json_logs_hold_plain_fields_under_meaningful_targets() {
         assert!(!code.is_empty(), "{line}");
     }
 }
+
+/// From the first scrape of an idle worker: every catalogued metric has its HELP text and its
+/// series (counters at 0 for each topic, outcome, dead-letter code and retried dependency), and
+/// README's catalogue names every metric.
+#[tokio::test]
+async fn every_metric_is_described_and_present_from_the_first_scrape() {
+    use tenantstream::testing::metrics::{Kind, CATALOGUE, CONSUMER_LAG};
+    support::admin_pool().await;
+    let mock = MockCluster::new(1).unwrap();
+    let mut settings = support::settings(&mock.bootstrap_servers(), "metrics-zero");
+    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.config_topic, 1, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    let http = format!("127.0.0.1:{}", support::free_port());
+    settings.http.listen = http.clone();
+    let child = spawn_run(&settings);
+    let url = format!("http://{http}/metrics");
+    let started = Instant::now();
+    let rendered = loop {
+        if let Ok(response) = reqwest::get(&url).await {
+            let text = response.text().await.unwrap();
+            if text.contains("tenantstream_events_consumed_total") {
+                break text;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    terminate(child);
+
+    let readme = std::fs::read_to_string(support::manifest_dir().join("README.md")).unwrap();
+    for (name, kind, _) in CATALOGUE {
+        assert!(readme.contains(&format!("`{name}`")), "README lacks {name}");
+        if *name == CONSUMER_LAG {
+            continue; // per partition, from librdkafka's statistics every 5 s
+        }
+        let (help, type_line) = (format!("# HELP {name} "), format!("# TYPE {name} "));
+        assert!(rendered.contains(&help), "no HELP for {name}: {rendered}");
+        assert!(rendered.contains(&type_line), "no TYPE for {name}");
+        let sample_name = match kind {
+            Kind::Histogram => format!("{name}_count"),
+            Kind::Counter | Kind::Gauge => name.to_string(),
+        };
+        assert!(
+            rendered.lines().any(|l| l.starts_with(&sample_name)),
+            "no series of {name}"
+        );
+    }
+    let orders = settings.kafka.orders_topic.as_str();
+    for (name, labels) in [
+        (
+            "tenantstream_events_processed_total",
+            vec![("topic", orders), ("outcome", "stale")],
+        ),
+        (
+            "tenantstream_events_processed_total",
+            vec![("topic", orders), ("outcome", "superseded")],
+        ),
+        (
+            "tenantstream_dead_letters_total",
+            vec![("topic", orders), ("error_code", "too_large")],
+        ),
+        ("tenantstream_fenced_batches_total", vec![("topic", orders)]),
+        (
+            "tenantstream_transient_errors_total",
+            vec![("component", "redis"), ("stage", "cache")],
+        ),
+    ] {
+        assert_eq!(
+            support::sample(&rendered, name, &labels),
+            Some(0.0),
+            "{name} {labels:?} at zero"
+        );
+    }
+}
