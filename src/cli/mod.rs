@@ -3,10 +3,13 @@
 
 mod args;
 mod check;
+mod completions;
+mod dead_letters;
 mod demo;
 mod produce;
 mod replay;
 mod run;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +58,15 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Validate configuration and schemas, and report which dependencies answer.
     Check,
+    /// Summarise the dead-letter topic: how many, how many of each error code, and the newest
+    /// with their reasons and source positions (reads from the start; joins no group).
+    DeadLetters(dead_letters::DeadLettersArgs),
+    /// Show the consumer group's progress per partition of the orders and configuration
+    /// topics: offset stored in Postgres, end offset on the broker, and lag.
+    Status,
+    /// Print shell completions to stdout, e.g. `tenantstream completions bash >
+    /// ~/.local/share/bash-completion/completions/tenantstream`.
+    Completions(completions::CompletionsArgs),
 }
 
 impl Cli {
@@ -75,6 +87,12 @@ impl Cli {
                 crate::tools::demo::run(settings, &(&args).into(), shutdown).await
             }
             Command::Check => check::check(&settings).await,
+            Command::DeadLetters(args) => dead_letters::command(&settings, &args).await,
+            Command::Status => status::command(&settings).await,
+            Command::Completions(args) => {
+                completions::command(&args);
+                Ok(())
+            }
         }
     }
 }

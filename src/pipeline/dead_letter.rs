@@ -218,7 +218,6 @@ impl DeadLetter {
 }
 
 /// The value of header `key` as text, for readers of the dead-letter topic.
-#[cfg(feature = "test-support")]
 pub fn header_text<'a>(headers: &'a impl Headers, key: &str) -> Option<&'a str> {
     headers
         .iter()

@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod cli_commands;
 mod config_pipeline;
 mod crash;
 mod decoding;

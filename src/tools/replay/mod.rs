@@ -11,7 +11,7 @@
 //! applied it); `--flush` retires each keyspace before rebuilding it, which is why it needs every
 //! topic from the earliest offset. The configuration topic is replayed first.
 
-mod plan;
+pub(crate) mod plan;
 mod progress;
 mod replayer;
 

@@ -1,18 +1,16 @@
 //! Reads one topic's ranges and rebuilds, a chunk of events at a time, the keys they name from
 //! the committed rows (optionally rewriting the rows first).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{finish, replay_consumer};
+use super::plan::RangeReader;
 use super::progress::Progress;
 use super::{ReplayOptions, ReplaySummary};
 use crate::cache::{self, Ttl};
@@ -88,63 +86,18 @@ impl<'a> Replayer<'a> {
         E: Validate,
         for<'r> Rows<'r>: From<&'r [E]>,
     {
-        let mut remaining: HashMap<i32, i64> = ranges
-            .iter()
-            .filter(|r| !r.is_empty())
-            .map(|r| (r.partition, r.end))
-            .collect();
-        let Some(topic) = ranges.first().map(|r| r.topic.as_str()) else {
-            return Ok(());
-        };
-        if remaining.is_empty() {
+        if ranges.iter().all(PartitionRange::is_empty) {
             return Ok(());
         }
         let decoder = Decoder::new(self.store.clone(), E::SCHEMA_FILE, &self.settings.limits)?;
-        let consumer = replay_consumer(self.settings)?;
-        let mut tpl = TopicPartitionList::new();
-        for range in ranges.iter().filter(|r| !r.is_empty()) {
-            tpl.add_partition_offset(topic, range.partition, Offset::Offset(range.start))?;
-        }
-        consumer.assign(&tpl)?;
+        let mut reader = RangeReader::assign(self.settings, ranges)?;
         // Reading and decoding the next chunk overlaps rebuilding the previous one (Postgres
         // and Redis round trips); chunks are rebuilt one at a time, in order.
         let (chunks, mut to_rebuild) = tokio::sync::mpsc::channel::<Vec<E>>(1);
         let mut read = ReplaySummary::default();
         let reading = async {
             let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
-            let mut last_check = Instant::now();
-            let mut backoff = RetryPolicy::REPLAY_CONSUME.backoff();
-            while !remaining.is_empty() {
-                // A partition whose end is a transaction marker or a compacted gap never
-                // delivers its last offset; the consumer's position tells, checked every second.
-                if last_check.elapsed() >= Duration::from_secs(1) {
-                    last_check = Instant::now();
-                    finish(&consumer, topic, &mut remaining, |_, _| false);
-                    if remaining.is_empty() {
-                        break;
-                    }
-                }
-                let message =
-                    match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                        Ok(Ok(message)) => message.detach(),
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "Kafka error during replay; retrying.");
-                            backoff.wait(&self.shutdown).await;
-                            continue;
-                        }
-                        Err(_) => continue,
-                    };
-                let partition = message.partition();
-                let Some(end) = remaining.get(&partition).copied() else {
-                    continue;
-                };
-                if message.offset() >= end {
-                    finish(&consumer, topic, &mut remaining, |p, _| p == partition);
-                    continue;
-                }
-                if message.offset() + 1 >= end {
-                    finish(&consumer, topic, &mut remaining, |p, _| p == partition);
-                }
+            while let Some(message) = reader.next().await {
                 read.events_read += 1;
                 progress.inc();
                 self.accept::<E>(&decoder, &message, &mut chunk, &mut read)
