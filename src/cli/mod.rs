@@ -48,7 +48,8 @@ enum Command {
     /// Rebuild Redis from the topics (beside the live worker, safely): reads each partition up
     /// to the end it sees at start, refreshes the keys its events name from Postgres.
     Replay(replay::ReplayArgs),
-    /// Send realistic order traffic to the orders topic.
+    /// Send realistic configuration changes, then order traffic for the same tenants, and
+    /// print where each partition ended.
     Produce(produce::ProduceArgs),
     /// Run the whole pipeline on an in-process Kafka mock cluster against local Postgres and
     /// Redis, then print a summary.

@@ -1,9 +1,18 @@
-//! The command line as an operator meets it (the binary itself; Postgres only, no broker):
-//! `--help` describes the worker, `migrate` says what it did, `--version` names the commit it
-//! was built from, `check` fails on missing topics (on librdkafka's mock cluster).
+//! The command line as an operator meets it (the binary itself, against Postgres, Redis and
+//! librdkafka's mock cluster): `--help` describes the worker, `migrate` says what it did,
+//! `--version` names the commit it was built from, `check` fails on missing topics, `produce`
+//! prints end offsets the broker confirms and sends configuration changes for its tenants.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use tenantstream::testing::decode::{Decoder, SchemaStore};
+use tenantstream::testing::domain::{ConfigChangeEvent, ConfigKind};
+use tenantstream::testing::traffic::{self, TrafficSpec};
 use uuid::Uuid;
 
 use crate::support;
@@ -138,4 +147,127 @@ async fn check_fails_on_missing_topics_and_names_them() {
     let (passed, stdout) = check(&settings);
     assert!(passed, "{stdout}");
     assert!(stdout.contains("ok   kafka:"), "{stdout}");
+}
+
+/// The rows of the end-offsets table after the line that starts with `title`: partition →
+/// (end offset, messages sent to it).
+fn end_offsets_after(stdout: &str, title: &str) -> BTreeMap<i32, (i64, i64)> {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with(title));
+    assert!(
+        lines.next().is_some(),
+        "no line starting with {title:?}: {stdout}"
+    );
+    let header = lines.next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["partition", "end", "offset", "sent", "this", "run"],
+        "{stdout}"
+    );
+    lines
+        .map_while(|line| {
+            let numbers: Vec<i64> = line
+                .split_whitespace()
+                .map(|field| field.parse().ok())
+                .collect::<Option<_>>()?;
+            match numbers[..] {
+                [partition, end, sent] => Some((partition as i32, (end, sent))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Each partition of `topic` with messages: (high watermark, messages in it).
+fn watermarks(brokers: &str, topic: &str, partitions: i32) -> BTreeMap<i32, (i64, i64)> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .unwrap();
+            (p, (high, high - low))
+        })
+        .filter(|(_, (_, count))| *count > 0)
+        .collect()
+}
+
+/// `produce` on the mock cluster (whose high watermarks are exact): both tables equal the
+/// broker's watermarks, and the configuration topic holds the configuration changes: a profile
+/// first for each tenant of the order traffic (so that it ends active), and only theirs.
+#[tokio::test]
+async fn produce_prints_the_end_offsets_and_sends_configuration_for_its_tenants() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let settings = support::settings(&brokers, "produce");
+    let (orders, config) = (&settings.kafka.orders_topic, &settings.kafka.config_topic);
+    mock.create_topic(orders, 3, 1).unwrap();
+    mock.create_topic(config, 2, 1).unwrap();
+    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+
+    let args = "--count 300 --tenants 4 --config-changes 40 --seed 7";
+    let output = support::binary("produce", &settings)
+        .args(args.split(' '))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let config_table = end_offsets_after(&stdout, "sent 40 configuration changes to");
+    let orders_table = end_offsets_after(&stdout, "sent 300 order messages to");
+    assert_eq!(config_table, watermarks(&brokers, config, 2), "{stdout}");
+    assert_eq!(orders_table, watermarks(&brokers, orders, 3), "{stdout}");
+    assert_eq!(orders_table.values().map(|(_, n)| n).sum::<i64>(), 300);
+    assert!(
+        stdout.contains("4 active (a profile each), 0 provisional"),
+        "{stdout}"
+    );
+
+    // The order traffic's tenants: the same seed draws the same ids.
+    let spec = TrafficSpec {
+        count: 300,
+        tenants: 4,
+        seed: 7,
+        ..Default::default()
+    };
+    let order_tenants: BTreeSet<String> =
+        traffic::generate(&spec, &support::order_encoder(&settings))
+            .1
+            .tenants
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+    let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None).unwrap());
+    let decoder = Decoder::new(store, "config_change.avsc", &settings.limits).unwrap();
+    let messages = support::read_topic(&brokers, config, 40, Duration::from_secs(20));
+    assert_eq!(messages.len(), 40);
+    let mut first_by_tenant: BTreeMap<String, ConfigChangeEvent> = BTreeMap::new();
+    for message in &messages {
+        let change: ConfigChangeEvent = decoder.decode(message.payload().unwrap()).await.unwrap();
+        let tenant = change
+            .tenant_id
+            .clone()
+            .expect("40 changes of 4 tenants: no category");
+        assert_eq!(message.key(), Some(tenant.as_bytes()));
+        first_by_tenant.entry(tenant).or_insert(change);
+    }
+    assert_eq!(
+        first_by_tenant.keys().cloned().collect::<BTreeSet<_>>(),
+        order_tenants
+    );
+    for first in first_by_tenant.values() {
+        assert_eq!((first.kind, first.version), (ConfigKind::TenantProfile, 1));
+        assert!(first
+            .value
+            .as_deref()
+            .unwrap()
+            .contains("\"status\":\"active\""));
+    }
 }
