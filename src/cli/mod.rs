@@ -54,7 +54,9 @@ enum Command {
     /// Run the whole pipeline on an in-process Kafka mock cluster against local Postgres and
     /// Redis, then print a summary.
     Demo(demo::DemoArgs),
-    /// Validate configuration and schemas, and report which dependencies answer.
+    /// Validate configuration and schemas, and report which dependencies answer: one line each,
+    /// naming its address (passwords redacted) and what was checked; exits non-zero if any
+    /// fails.
     Check,
 }
 
@@ -75,7 +77,7 @@ impl Cli {
                 let shutdown = run::cancelled_on_signals();
                 crate::tools::demo::run(settings, &(&args).into(), shutdown).await
             }
-            Command::Check => check::check(&settings).await,
+            Command::Check => check::check(&settings, self.overrides.config.as_deref()).await,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The command line as an operator meets it (the binary itself, against Postgres, Redis and
 //! librdkafka's mock cluster): `--help` describes the worker, `migrate` says what it did,
-//! `--version` names the commit it was built from, `check` fails on missing topics, `produce`
-//! prints end offsets the broker confirms and sends configuration changes for its tenants.
+//! `--version` names the commit it was built from, `check` fails on missing topics and prints
+//! one line per dependency without passwords, `produce` prints end offsets the broker confirms
+//! and sends configuration changes for its tenants.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -13,6 +14,7 @@ use rdkafka::Message;
 use tenantstream::testing::decode::{Decoder, SchemaStore};
 use tenantstream::testing::domain::{ConfigChangeEvent, ConfigKind};
 use tenantstream::testing::traffic::{self, TrafficSpec};
+use tenantstream::Secret;
 use uuid::Uuid;
 
 use crate::support;
@@ -147,6 +149,47 @@ async fn check_fails_on_missing_topics_and_names_them() {
     let (passed, stdout) = check(&settings);
     assert!(passed, "{stdout}");
     assert!(stdout.contains("ok   kafka:"), "{stdout}");
+}
+
+/// `check` on a database URL with a password (trust auth accepts any): one readable line per
+/// dependency, each naming its address, no settings dump and no password.
+#[tokio::test]
+async fn check_prints_one_line_per_dependency_without_passwords() {
+    support::admin_pool().await;
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let mut settings = support::settings(&mock.bootstrap_servers(), "check-lines");
+    for topic in [
+        &settings.kafka.orders_topic,
+        &settings.kafka.config_topic,
+        &settings.kafka.dead_letter_topic,
+    ] {
+        mock.create_topic(topic, 1, 1).unwrap();
+    }
+    settings.database.url =
+        Secret::new("postgres://tenantstream_worker:hunter2@127.0.0.1:5432/tenantstream_test");
+
+    let (passed, stdout) = check(&settings);
+    assert!(passed, "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!stdout.contains("Settings {"), "{stdout}");
+    assert!(!stdout.contains("Secret"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let schemas = std::fs::canonicalize(&settings.schemas.dir).unwrap();
+    let expected = [
+        "ok   configuration: defaults + environment/flags (no --config file): ".to_owned(),
+        "ok   postgres: postgres://tenantstream_worker:***@127.0.0.1:5432/tenantstream_test: "
+            .to_owned(),
+        format!("ok   redis: {}: answers PING", support::REDIS_URL),
+        format!("ok   kafka: {}: answers; topics ", mock.bootstrap_servers()),
+        format!("ok   schemas: {}: ", schemas.display()),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stdout}");
+    for (line, start) in lines.iter().zip(&expected) {
+        assert!(
+            line.starts_with(start.as_str()),
+            "{line:?} should start with {start:?}"
+        );
+    }
 }
 
 /// The rows of the end-offsets table after the line that starts with `title`: partition →
