@@ -7,6 +7,7 @@ mod demo;
 mod produce;
 mod replay;
 mod run;
+mod show_config;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,9 @@ enum Command {
     /// naming its address (passwords redacted) and what was checked; exits non-zero if any
     /// fails.
     Check,
+    /// Print the effective configuration (defaults, then --config file, then environment, then
+    /// flags) as TOML that --config reads back; passwords are redacted as ***.
+    Config,
 }
 
 impl Cli {
@@ -78,6 +82,10 @@ impl Cli {
                 crate::tools::demo::run(settings, &(&args).into(), shutdown).await
             }
             Command::Check => check::check(&settings, self.overrides.config.as_deref()).await,
+            Command::Config => {
+                show_config::show_config(&settings, self.overrides.config.as_deref());
+                Ok(())
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The command line as an operator meets it (the binary itself, against Postgres, Redis and
 //! librdkafka's mock cluster): `--help` describes the worker, `migrate` says what it did,
 //! `--version` names the commit it was built from, `check` fails on missing topics and prints
-//! one line per dependency without passwords, `produce` prints end offsets the broker confirms
-//! and sends configuration changes for its tenants.
+//! one line per dependency without passwords, `config` prints TOML that reads back, `produce`
+//! prints end offsets the broker confirms and sends configuration changes for its tenants.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -14,7 +14,7 @@ use rdkafka::Message;
 use tenantstream::testing::decode::{Decoder, SchemaStore};
 use tenantstream::testing::domain::{ConfigChangeEvent, ConfigKind};
 use tenantstream::testing::traffic::{self, TrafficSpec};
-use tenantstream::Secret;
+use tenantstream::{LogFormat, Secret, Settings};
 use uuid::Uuid;
 
 use crate::support;
@@ -190,6 +190,85 @@ async fn check_prints_one_line_per_dependency_without_passwords() {
             "{line:?} should start with {start:?}"
         );
     }
+}
+
+/// `config` with a file and environment overrides prints TOML that reads back to the settings
+/// the binary was given (passwords redacted, and never printed); the binary reads it back too.
+#[test]
+fn config_prints_the_effective_settings_as_toml_that_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("given.toml");
+    std::fs::write(
+        &file,
+        "[kafka]\nsession_timeout_ms = 7000\nbatch_max_events = 9\n[tenants]\nstrict = true\n",
+    )
+    .unwrap();
+    let mut settings = support::settings("127.0.0.1:1", "config");
+    settings.database.url =
+        Secret::new("postgres://tenantstream_worker:hunter2@127.0.0.1:5432/tenantstream_test");
+    settings.redis.url = Secret::new("redis://:hunter3@127.0.0.1:6379");
+    let admin_url = "postgres://postgres:hunter4@127.0.0.1:5432/tenantstream_test";
+    let output = support::binary("config", &settings)
+        .arg("--config")
+        .arg(&file)
+        .env("TENANTSTREAM_ADMIN_DATABASE_URL", admin_url)
+        .env("TENANTSTREAM_BATCH_MAX_EVENTS", "123")
+        .env("TENANTSTREAM_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for password in ["hunter2", "hunter3", "hunter4"] {
+        assert!(!printed.contains(password), "{printed}");
+    }
+    assert!(printed.starts_with("# "), "{printed}");
+    assert!(printed.contains(&file.display().to_string()), "{printed}");
+
+    // What the binary was given: defaults, the file, then the environment.
+    let mut given = Settings::default();
+    given.kafka.session_timeout_ms = 7000;
+    given.tenants.strict = true;
+    given.kafka.batch_max_events = 123;
+    given.log_format = LogFormat::Json;
+    given.kafka.brokers = settings.kafka.brokers.clone();
+    given.kafka.group_id = settings.kafka.group_id.clone();
+    given.kafka.orders_topic = settings.kafka.orders_topic.clone();
+    given.kafka.config_topic = settings.kafka.config_topic.clone();
+    given.kafka.dead_letter_topic = settings.kafka.dead_letter_topic.clone();
+    given.database.url = settings.database.url.clone();
+    given.database.admin_url = Secret::new(admin_url);
+    given.redis.url = settings.redis.url.clone();
+    given.schemas.dir = settings.schemas.dir.clone();
+
+    let effective = dir.path().join("effective.toml");
+    std::fs::write(&effective, &printed).unwrap();
+    let read_back = Settings::from_file(&effective).unwrap();
+    assert_eq!(read_back, given.redacted());
+    assert_eq!(
+        read_back.database.url.expose(),
+        "postgres://tenantstream_worker:***@127.0.0.1:5432/tenantstream_test"
+    );
+    assert_eq!(read_back.redis.url.expose(), "redis://:***@127.0.0.1:6379");
+
+    let again = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .env_clear()
+        .arg("--config")
+        .arg(&effective)
+        .arg("config")
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    let body = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(body(&again), body(&printed));
 }
 
 /// The rows of the end-offsets table after the line that starts with `title`: partition →
