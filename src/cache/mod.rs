@@ -26,9 +26,17 @@ pub use keys::{category_key, entries_key, order_key_pattern, profile_key};
 pub use ledger::CacheLedger;
 pub use writer::{apply_queued, bump_generations, read_generations, refresh, Ttl};
 
+/// A Redis failure, described in one line (fred's error is not also its `source`, so a chain
+/// prints it once).
 #[derive(Debug, thiserror::Error)]
 #[error("Redis: {}", describe(.0))]
-pub struct CacheError(#[from] fred::error::Error);
+pub struct CacheError(fred::error::Error);
+
+impl From<fred::error::Error> for CacheError {
+    fn from(error: fred::error::Error) -> Self {
+        Self(error)
+    }
+}
 
 /// A fred error in one line. fred keeps an I/O error only as its Debug text
 /// (`Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`): its message
@@ -76,9 +84,16 @@ pub async fn connect(url: &str) -> Result<Client, CacheError> {
     let client = build(url, true)?;
     client.init().await.map_err(|error| {
         let redacted = crate::config::Secret::new(url);
-        CacheError::other(format!(
-            "cannot reach Redis at {redacted}: {}",
-            describe(&error)
+        use fred::error::ErrorKind;
+        // The kind decides the class (a bad URL is permanent); the text is already described.
+        let kind = match error.kind() {
+            ErrorKind::Config | ErrorKind::Url => error.kind().clone(),
+            _ => ErrorKind::Unknown,
+        };
+        let reason = describe(&error);
+        CacheError(fred::error::Error::new(
+            kind,
+            format!("cannot reach {redacted}: {reason}"),
         ))
     })?;
     Ok(client)

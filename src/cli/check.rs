@@ -1,34 +1,72 @@
 //! `tenantstream check`: configuration, schemas, and each dependency, one line each.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use super::describe_error;
 use crate::cache;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::decode::{Decoder, Encoder, SchemaStore};
 use crate::domain::{Event, ValidConfig, ValidOrder};
 use crate::sink;
 use crate::source;
 
-pub async fn check(settings: &Settings) -> anyhow::Result<()> {
-    println!("ok   configuration: {settings:?}");
+/// Prints one line per dependency (`ok   <name>: <address>: <what was checked>` or
+/// `FAIL <name>: <address>: <cause>`, passwords redacted) and fails if any failed.
+pub async fn check(settings: &Settings, file: Option<&Path>) -> anyhow::Result<()> {
+    println!(
+        "ok   configuration: {}: every setting valid",
+        config_source(file)
+    );
     let mut failures = 0;
-    let mut report = |name: &str, result: anyhow::Result<String>| match result {
-        Ok(detail) => println!("ok   {name}: {detail}"),
+    let mut report = |name: &str, address: String, result: anyhow::Result<String>| match result {
+        Ok(detail) => println!("ok   {name}: {address}: {detail}"),
         Err(error) => {
             failures += 1;
-            println!("FAIL {name}: {error:#}");
+            println!("FAIL {name}: {address}: {}", describe_error(&error));
         }
     };
-    report("schemas", check_schemas(settings));
-    report("postgres", check_postgres(settings).await);
-    report("redis", check_redis(settings).await);
-    report("kafka", check_kafka(settings).await);
+    report(
+        "postgres",
+        settings.database.url.to_string(),
+        check_postgres(settings).await,
+    );
+    report(
+        "redis",
+        settings.redis.url.to_string(),
+        check_redis(settings).await,
+    );
+    report(
+        "kafka",
+        settings.kafka.brokers.clone(),
+        check_kafka(settings).await,
+    );
+    report(
+        "schemas",
+        // Absolute, as a relative folder depends on where the command runs.
+        std::fs::canonicalize(&settings.schemas.dir)
+            .unwrap_or_else(|_| settings.schemas.dir.clone())
+            .display()
+            .to_string(),
+        check_schemas(settings),
+    );
     anyhow::ensure!(failures == 0, "{failures} check(s) failed");
     Ok(())
+}
+
+/// Where the settings came from, in the order they overlay each other.
+pub fn config_source(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!(
+            "defaults, then {}, then environment and flags",
+            path.display()
+        ),
+        None => "defaults + environment/flags (no --config file)".to_owned(),
+    }
 }
 
 fn check_schemas(settings: &Settings) -> anyhow::Result<String> {
@@ -40,23 +78,27 @@ fn check_schemas(settings: &Settings) -> anyhow::Result<String> {
     Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
     Encoder::for_event::<ValidOrder>(&settings.schemas)?;
     Encoder::for_event::<ValidConfig>(&settings.schemas)?;
+    let ids = match &settings.schemas.registry_url {
+        Some(url) => format!(
+            "the schema registry at {} (not contacted by this check)",
+            Secret::new(url.as_str())
+        ),
+        None => "registry.json".to_owned(),
+    };
     Ok(format!(
-        "{} readable, readers {} and {}",
-        settings.schemas.dir.display(),
+        "reader schemas {} and {} load; writer ids resolve through {ids}",
         ValidOrder::SCHEMA_FILE,
         ValidConfig::SCHEMA_FILE
     ))
 }
 
 async fn check_postgres(settings: &Settings) -> anyhow::Result<String> {
-    let pool = sink::connect_worker(&settings.database).await?;
-    sink::ensure_rls_applies(&pool).await?;
-    let stored = sink::count_stored_offsets(&pool)
-        .await
-        .context("is the database migrated? run `tenantstream migrate`")?;
+    // The same checks as `run` at start, with the same errors naming the fix.
+    let pool = sink::connect_worker_checked(&settings.database).await?;
+    let stored = sink::count_stored_offsets(&pool).await?;
     Ok(format!(
-        "{} reachable, worker role subject to RLS, {stored} stored partition offsets",
-        settings.database.url
+        "connects as a role subject to row-level security; migrated ({stored} stored \
+         partition offsets)"
     ))
 }
 
@@ -68,7 +110,7 @@ async fn check_redis(settings: &Settings) -> anyhow::Result<String> {
     .await
     .context("timed out")??;
     let _: fred::types::Value = fred::interfaces::ClientLike::ping(&redis, None).await?;
-    Ok(format!("{} answers PING", settings.redis.url))
+    Ok("answers PING".to_owned())
 }
 
 /// The broker answers and has every topic the worker reads or writes. A missing topic fails
@@ -91,17 +133,15 @@ async fn check_kafka(settings: &Settings) -> anyhow::Result<String> {
             .collect();
         anyhow::ensure!(
             missing.is_empty(),
-            "{} answers, but these topics are missing: {}. Create them (for example \
+            "answers, but these topics are missing: {}. Create them (for example \
              `kafka-topics.sh --bootstrap-server {} --create --topic {} --partitions 12`), or \
              point --orders-topic, --config-topic and --dead-letter-topic at existing ones",
-            kafka.brokers,
             missing.join(", "),
             kafka.brokers,
             missing[0]
         );
         Ok(format!(
-            "{} answers; topics {} present",
-            kafka.brokers,
+            "answers; topics {} present",
             needed.map(String::as_str).join(", ")
         ))
     })

@@ -9,12 +9,14 @@ mod demo;
 mod produce;
 mod replay;
 mod run;
+mod show_config;
 mod status;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings};
 
+pub use crate::tools::describe_error;
 pub use args::Overrides;
 
 /// `--version`: the package version, the git commit built (see build.rs) and the build date.
@@ -51,12 +53,15 @@ enum Command {
     /// Rebuild Redis from the topics (beside the live worker, safely): reads each partition up
     /// to the end it sees at start, refreshes the keys its events name from Postgres.
     Replay(replay::ReplayArgs),
-    /// Send realistic order traffic to the orders topic.
+    /// Send realistic configuration changes, then order traffic for the same tenants, and
+    /// print where each partition ended.
     Produce(produce::ProduceArgs),
     /// Run the whole pipeline on an in-process Kafka mock cluster against local Postgres and
     /// Redis, then print a summary.
     Demo(demo::DemoArgs),
-    /// Validate configuration and schemas, and report which dependencies answer.
+    /// Validate configuration and schemas, and report which dependencies answer: one line each,
+    /// naming its address (passwords redacted) and what was checked; exits non-zero if any
+    /// fails.
     Check,
     /// Summarise the dead-letter topic: how many, how many of each error code, and the newest
     /// with their reasons and source positions (reads from the start; joins no group).
@@ -67,6 +72,9 @@ enum Command {
     /// Print shell completions to stdout, e.g. `tenantstream completions bash >
     /// ~/.local/share/bash-completion/completions/tenantstream`.
     Completions(completions::CompletionsArgs),
+    /// Print the effective configuration (defaults, then --config file, then environment, then
+    /// flags) as TOML that --config reads back; passwords are redacted as ***.
+    Config,
 }
 
 impl Cli {
@@ -86,7 +94,11 @@ impl Cli {
                 let shutdown = run::cancelled_on_signals();
                 crate::tools::demo::run(settings, &(&args).into(), shutdown).await
             }
-            Command::Check => check::check(&settings).await,
+            Command::Check => check::check(&settings, self.overrides.config.as_deref()).await,
+            Command::Config => {
+                show_config::show_config(&settings, self.overrides.config.as_deref());
+                Ok(())
+            }
             Command::DeadLetters(args) => dead_letters::command(&settings, &args).await,
             Command::Status => status::command(&settings).await,
             Command::Completions(args) => {
@@ -94,39 +106,5 @@ impl Cli {
                 Ok(())
             }
         }
-    }
-}
-
-/// An error and its causes in one line, each cause once: a cause whose text the line already
-/// holds (libraries often print their source inside their own message) is left out.
-pub fn describe_error(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_cause_is_printed_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let error = anyhow::Error::new(io)
-            .context("cannot read /x: no such file")
-            .context("loading schemas");
-        assert_eq!(
-            describe_error(&error),
-            "loading schemas: cannot read /x: no such file"
-        );
     }
 }

@@ -15,7 +15,7 @@ use crate::retry::{Classify, ErrorClass};
 
 pub use secret::Secret;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub kafka: KafkaSettings,
@@ -28,7 +28,7 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Bootstrap servers, comma-separated.
@@ -48,7 +48,7 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// The worker's connection: must be a role without BYPASSRLS (see migrations).
@@ -62,7 +62,7 @@ pub struct DatabaseSettings {
     pub statement_timeout_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port` for one server, `redis-cluster://host:port` for a cluster.
@@ -75,7 +75,7 @@ pub struct RedisSettings {
     pub config_ttl_seconds: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchemaSettings {
     /// Folder with the reader schemas (`*.avsc`) and `registry.json` (local id -> file map).
@@ -84,14 +84,14 @@ pub struct SchemaSettings {
     pub registry_url: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     /// Address serving /metrics, /healthz and /readyz.
     pub listen: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantSettings {
     /// Dead-letter events of unknown tenants (`unknown_tenant`) instead of registering them
@@ -101,7 +101,7 @@ pub struct TenantSettings {
 
 /// Bounds on what one message may cost: a producer's message beyond them is dead-lettered as
 /// `too_large`, and buffers stay bounded in bytes as well as in messages.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
     /// A message value larger than this is dead-lettered without being decoded.
@@ -255,6 +255,27 @@ impl Settings {
             path: path.to_owned(),
             source: Box::new(source),
         })
+    }
+
+    /// A copy that can be printed: the passwords of the database, admin and Redis URLs (and of
+    /// a schema registry URL, should it hold one) replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        let mut redacted = self.clone();
+        redacted.database.url = self.database.url.redacted();
+        redacted.database.admin_url = self.database.admin_url.redacted();
+        redacted.redis.url = self.redis.url.redacted();
+        redacted.schemas.registry_url = self
+            .schemas
+            .registry_url
+            .as_ref()
+            .map(|url| Secret::new(url.as_str()).to_string());
+        redacted
+    }
+
+    /// The settings as a file [`Settings::from_file`] reads back, passwords redacted (see
+    /// [`Settings::redacted`]).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(&self.redacted()).expect("settings are plain TOML values")
     }
 
     /// Checks every field that could fail later in a less obvious way.
@@ -412,6 +433,24 @@ mod tests {
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("limits.max_items"), "{err}");
         assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn redacted_toml_reads_back_to_the_same_settings_without_passwords() {
+        let mut s = Settings::default();
+        s.database.url = Secret::new("postgres://worker:hunter2@db:5432/x");
+        s.redis.url = Secret::new("redis://:hunter2@cache:6379");
+        s.schemas.registry_url = Some("https://reader:hunter2@registry:8081".into());
+        s.log_format = LogFormat::Json;
+        let text = s.to_redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back, s.redacted());
+        assert_eq!(
+            back.database.url.expose(),
+            "postgres://worker:***@db:5432/x"
+        );
+        assert_eq!(back.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -18,6 +18,12 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The value as [`Display`](fmt::Display) shows it (the password of a URL as `***`), for
+    /// settings that are printed.
+    pub fn redacted(&self) -> Self {
+        Self(self.to_string())
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -27,22 +33,41 @@ impl fmt::Debug for Secret {
 }
 
 impl fmt::Display for Secret {
-    /// Shows a URL without its password (`postgres://user:***@host/db`); anything else as `***`.
+    /// Shows a URL without its password (`postgres://user:***@host/db`, and
+    /// `?password=***` in its query); anything else as `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split(':').next().unwrap_or("");
-                    if userinfo.contains(':') {
-                        write!(f, "{scheme}://{user}:***@{host}")
-                    } else {
-                        write!(f, "{scheme}://{user}@{host}")
-                    }
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return f.write_str("***");
+        };
+        let host = match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    write!(f, "{scheme}://{user}:***@")?;
+                } else {
+                    write!(f, "{scheme}://{user}@")?;
                 }
-                None => write!(f, "{scheme}://{rest}"),
-            },
-            None => f.write_str("***"),
+                host
+            }
+            None => {
+                write!(f, "{scheme}://")?;
+                rest
+            }
+        };
+        let Some((path, query)) = host.split_once('?') else {
+            return f.write_str(host);
+        };
+        write!(f, "{path}?")?;
+        for (i, parameter) in query.split('&').enumerate() {
+            let separator = if i == 0 { "" } else { "&" };
+            match parameter.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                    write!(f, "{separator}{name}=***")?
+                }
+                _ => write!(f, "{separator}{parameter}")?,
+            }
         }
+        Ok(())
     }
 }
 
@@ -55,5 +80,15 @@ mod tests {
         let s = Secret::new("postgres://worker:hunter2@db:5432/x");
         assert_eq!(format!("{s:?}"), "postgres://worker:***@db:5432/x");
         assert_eq!(Secret::new("plain").to_string(), "***");
+        let redis = Secret::new("redis://:p@ss:w0rd@cache:6379").redacted();
+        assert_eq!(redis.expose(), "redis://:***@cache:6379");
+        assert_eq!(redis.redacted(), redis, "redacting twice changes nothing");
+        let query = Secret::new("postgres://worker@db/x?sslmode=require&password=hunter2&a=b");
+        assert_eq!(
+            query.to_string(),
+            "postgres://worker@db/x?sslmode=require&password=***&a=b"
+        );
+        let no_password = Secret::new("postgres://worker@db/x");
+        assert_eq!(no_password.redacted(), no_password);
     }
 }

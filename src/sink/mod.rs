@@ -35,14 +35,21 @@ pub use tenant::{known_tenants, set_tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Described in one line, sqlx's own chain included (so not also its `source`).
     #[error("{}", describe(.0))]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The server at the URL's address did not answer (refused, no route, timed out).
     #[error("cannot reach Postgres at {at}: {reason}")]
     Unreachable { at: String, reason: String },
     /// The configuration or the database must be fixed: the message says how.
     #[error("{0}")]
     Setup(String),
+}
+
+impl From<sqlx::Error> for SinkError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
 }
 
 /// A sqlx error in one line, without sqlx's prefixes: Postgres's own message and SQLSTATE, or

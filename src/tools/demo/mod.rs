@@ -135,8 +135,9 @@ async fn preflight(settings: &Settings) -> anyhow::Result<PgPool> {
     .and_then(|r| r.map_err(anyhow::Error::from))
     {
         bail!(
-            "Redis is not reachable at {}: {error:#}\n  start it (e.g. `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`) or set REDIS_URL",
-            settings.redis.url
+            "Redis is not reachable at {}: {}\n  start it (e.g. `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`) or set REDIS_URL",
+            settings.redis.url,
+            super::describe_error(&error)
         );
     }
     sink::migrate(admin_url).await?;

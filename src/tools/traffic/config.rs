@@ -209,3 +209,134 @@ pub fn generate_config(spec: &ConfigSpec, encoder: &Encoder) -> (Vec<Generated>,
     }
     (messages, expected)
 }
+
+/// Configuration traffic of an exact size for `tenants`, as `produce --config-changes` sends it.
+#[derive(Clone, Debug, Default)]
+pub struct SizedConfig {
+    pub messages: Vec<Generated>,
+    /// The tenants that get a profile (status `active`): all of them when `count` allows one
+    /// each, else the first `count`.
+    pub profiled: usize,
+    /// Further changes of those tenants: settings, SLA policies, profile updates.
+    pub tenant_changes: usize,
+    /// Changes of shared categories.
+    pub category_changes: usize,
+}
+
+/// Exactly `count` configuration changes: first a profile for as many of `tenants` as `count`
+/// allows, then about a tenth of what is left for shared categories (`<category_prefix><n>`),
+/// the rest spread evenly over the profiled tenants as settings, SLA policies and profile
+/// updates. Each entry's versions are in order except for [`generate_config`]'s deliberate
+/// swaps; the parts are interleaved. `tenants` must not be empty unless `count` is 0.
+pub fn generate_config_sized(
+    tenants: &[Uuid],
+    count: usize,
+    category_prefix: &str,
+    seed: u64,
+    encoder: &Encoder,
+) -> SizedConfig {
+    let profiled = count.min(tenants.len());
+    let spec = |tenants: &[Uuid], changes_per_tenant, categories, seed| ConfigSpec {
+        tenants: tenants.to_vec(),
+        changes_per_tenant,
+        categories,
+        category_prefix: category_prefix.to_owned(),
+        suspended: 0.0,
+        seed,
+        start_ms: None,
+    };
+    // A category makes at most four changes, so these fit beside one profile per tenant.
+    let categories = (count - profiled) / 40;
+    // Seeds of their own (not the order traffic's), so that event ids differ between parts.
+    let part_seed = |part: u64| seed.wrapping_add(part);
+    let (shared, _) = generate_config(&spec(&[], 1, categories, part_seed(1)), encoder);
+    let for_tenants = count - shared.len();
+    let (per_tenant, extra) = match profiled {
+        0 => (0, 0),
+        n => (for_tenants / n, for_tenants % n),
+    };
+    // The first `extra` tenants make one change more than the others.
+    let (more, fewer) = tenants[..profiled].split_at(extra);
+    let mut parts = vec![shared];
+    for (part, group, changes) in [(2, more, per_tenant + 1), (3, fewer, per_tenant)] {
+        if !group.is_empty() {
+            let group_spec = spec(group, changes, 0, part_seed(part));
+            parts.push(generate_config(&group_spec, encoder).0);
+        }
+    }
+    let category_changes = parts[0].len();
+    let messages = interleave(parts, &mut StdRng::seed_from_u64(part_seed(4)));
+    debug_assert_eq!(messages.len(), count, "tenants: {}", tenants.len());
+    SizedConfig {
+        tenant_changes: count - profiled - category_changes,
+        messages,
+        profiled,
+        category_changes,
+    }
+}
+
+/// Merges the parts at random, keeping each part's order (so each key's order).
+fn interleave(parts: Vec<Vec<Generated>>, rng: &mut StdRng) -> Vec<Generated> {
+    let total = parts.iter().map(Vec::len).sum();
+    let mut parts: Vec<std::vec::IntoIter<Generated>> =
+        parts.into_iter().map(Vec::into_iter).collect();
+    let mut merged = Vec::with_capacity(total);
+    while merged.len() < total {
+        // Weighted by what each part has left, so that the parts end together.
+        let mut pick = rng.gen_range(0..total - merged.len());
+        for part in &mut parts {
+            if pick < part.len() {
+                merged.extend(part.next());
+                break;
+            }
+            pick -= part.len();
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::SchemaStore;
+
+    fn encoder() -> Encoder {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let store = SchemaStore::load(&dir, None).unwrap();
+        Encoder::new(store.local_schema("config_change.avsc").unwrap(), 2)
+    }
+
+    #[test]
+    fn sized_traffic_has_the_exact_count_and_profiles_as_many_tenants_as_it_can() {
+        let tenants: Vec<Uuid> = (0..7).map(|_| Uuid::new_v4()).collect();
+        for (count, profiled) in [(0, 0), (3, 3), (7, 7), (40, 7), (401, 7), (5_000, 7)] {
+            let sized = generate_config_sized(&tenants, count, "c-", 7, &encoder());
+            assert_eq!(sized.messages.len(), count);
+            assert_eq!(sized.profiled, profiled, "{count}");
+            assert_eq!(
+                sized.profiled + sized.tenant_changes + sized.category_changes,
+                count
+            );
+            let keys = |category: bool| {
+                let keys: Vec<Vec<u8>> = sized
+                    .messages
+                    .iter()
+                    .filter(|m| m.key.starts_with(b"CATEGORY:") == category)
+                    .map(|m| m.key.clone())
+                    .collect();
+                let distinct: std::collections::BTreeSet<Vec<u8>> = keys.iter().cloned().collect();
+                (keys.len(), distinct)
+            };
+            let (tenant_messages, tenant_keys) = keys(false);
+            let profiled_keys = tenants[..profiled]
+                .iter()
+                .map(|t| t.to_string().into_bytes())
+                .collect();
+            assert_eq!(tenant_keys, profiled_keys, "{count}");
+            assert_eq!(tenant_messages, sized.profiled + sized.tenant_changes);
+            assert_eq!(keys(true).0, sized.category_changes);
+        }
+        let many = generate_config_sized(&tenants, 5_000, "c-", 7, &encoder());
+        assert!(many.category_changes > 0 && many.category_changes <= 500);
+    }
+}

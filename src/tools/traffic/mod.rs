@@ -11,11 +11,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use uuid::Uuid;
 
-pub use config::{generate_config, ConfigSpec, ExpectedConfig};
+pub use config::{generate_config, generate_config_sized, ConfigSpec, ExpectedConfig};
 pub use orders::{generate, Expected, TrafficSpec};
-#[cfg(feature = "test-support")]
-pub use send::Sent;
-pub use send::{send, EndOffsets};
+pub use send::{send, EndOffsets, Sent};
 
 /// How values are framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
