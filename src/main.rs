@@ -1,10 +1,9 @@
 //! The binary: parses the command line, starts telemetry, runs the command.
 
-use clap::Parser;
 use tenantstream::{describe_error, telemetry, Cli};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let settings = match cli.settings() {
         Ok(settings) => settings,
         Err(error) => {

@@ -1,5 +1,7 @@
-//! The flags every command shares, each also read from its environment variable, and how
-//! they overlay the settings: defaults, then the TOML file, then environment and flags.
+//! The flags that set the settings, each also read from its environment variable, grouped by
+//! what they configure so that each command takes (and its `--help` lists) only the groups it
+//! uses; and how they overlay the settings: defaults, then the TOML file, then environment and
+//! flags.
 
 use std::path::PathBuf;
 
@@ -8,83 +10,15 @@ use clap::Args;
 
 use crate::config::{ConfigError, LogFormat, Secret, Settings};
 
-/// Flags shared by every command; each also reads its environment variable.
+/// Flags every command takes, before or after its name.
 #[derive(Args, Debug, Clone, Default)]
-pub struct Overrides {
-    /// Optional TOML file with the same tree as the defaults (see README).
+#[command(next_help_heading = "Configuration and logs")]
+pub struct FileFlags {
+    /// Optional TOML file with the same tree as the defaults (see README; `tenantstream config`
+    /// prints one).
     #[arg(long, env = "TENANTSTREAM_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", global = true)]
-    pub brokers: Option<String>,
-    /// Consumer group id (and key of stored offsets).
-    #[arg(long, env = "TENANTSTREAM_GROUP_ID", global = true)]
-    pub group_id: Option<String>,
-    /// Topic of order events.
-    #[arg(long, env = "TENANTSTREAM_ORDERS_TOPIC", global = true)]
-    pub orders_topic: Option<String>,
-    /// Topic of configuration-change events.
-    #[arg(long, env = "TENANTSTREAM_CONFIG_TOPIC", global = true)]
-    pub config_topic: Option<String>,
-    /// Dead-letter topic.
-    #[arg(long, env = "TENANTSTREAM_DEAD_LETTER_TOPIC", global = true)]
-    pub dead_letter_topic: Option<String>,
-    /// Worker's Postgres URL (a role without BYPASSRLS).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Owner's Postgres URL, for migrations.
-    #[arg(
-        long,
-        env = "TENANTSTREAM_ADMIN_DATABASE_URL",
-        global = true,
-        hide_env_values = true
-    )]
-    pub admin_database_url: Option<String>,
-    /// Postgres statement timeout (ms) of the worker; a row that alone runs past it is
-    /// dead-lettered.
-    #[arg(long, env = "TENANTSTREAM_STATEMENT_TIMEOUT_MS", global = true)]
-    pub statement_timeout_ms: Option<u64>,
-    /// Redis URL (redis:// or redis-cluster://).
-    #[arg(long, env = "REDIS_URL", global = true, hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Folder of Avro schemas and registry.json.
-    #[arg(long, env = "TENANTSTREAM_SCHEMAS_DIR", global = true)]
-    pub schemas_dir: Option<PathBuf>,
-    /// Confluent Schema Registry URL.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL", global = true)]
-    pub schema_registry_url: Option<String>,
-    /// Address of the HTTP port (/metrics, /healthz, /readyz).
-    #[arg(long, env = "TENANTSTREAM_HTTP_LISTEN", global = true)]
-    pub http_listen: Option<String>,
-    /// Max events per partition batch.
-    #[arg(long, env = "TENANTSTREAM_BATCH_MAX_EVENTS", global = true)]
-    pub batch_max_events: Option<usize>,
-    /// Max wait (ms) before a partial batch is written (0: at once; events that arrive while a
-    /// partition's batch is in flight make its next batch).
-    #[arg(long, env = "TENANTSTREAM_BATCH_LINGER_MS", global = true)]
-    pub batch_linger_ms: Option<u64>,
-    /// Kafka consumer session timeout (ms): how soon a dead worker's partitions move on.
-    #[arg(long, env = "TENANTSTREAM_SESSION_TIMEOUT_MS", global = true)]
-    pub session_timeout_ms: Option<u64>,
-    /// TTL of cached order keys in seconds (0 = no expiry).
-    #[arg(long, env = "TENANTSTREAM_ORDER_TTL_SECONDS", global = true)]
-    pub order_ttl_seconds: Option<u64>,
-    /// TTL of cached profiles, settings, SLA policies and categories in seconds (0 = no expiry).
-    #[arg(long, env = "TENANTSTREAM_CONFIG_TTL_SECONDS", global = true)]
-    pub config_ttl_seconds: Option<u64>,
-    /// Dead-letter events of unknown tenants instead of registering them as provisional.
-    #[arg(long, env = "TENANTSTREAM_STRICT_TENANTS", global = true)]
-    pub strict_tenants: Option<bool>,
-    /// Largest message value decoded, in bytes; larger ones are dead-lettered as too_large.
-    #[arg(long, env = "TENANTSTREAM_MAX_MESSAGE_BYTES", global = true)]
-    pub max_message_bytes: Option<usize>,
-    /// Most elements of one array or map in a message (line items per order).
-    #[arg(long, env = "TENANTSTREAM_MAX_ITEMS", global = true)]
-    pub max_items: Option<usize>,
-    /// Bytes of buffered messages at which a partition stops fetching.
-    #[arg(long, env = "TENANTSTREAM_MAX_BUFFERED_BYTES", global = true)]
-    pub max_buffered_bytes: Option<usize>,
-    /// Log format.
+    /// Log format (text is coloured only on a terminal; RUST_LOG filters).
     #[arg(
         long,
         env = "TENANTSTREAM_LOG_FORMAT",
@@ -94,11 +28,146 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// The broker, the consumer group and the topics.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaFlags {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub brokers: Option<String>,
+    /// Consumer group id (and key of stored offsets).
+    #[arg(long, env = "TENANTSTREAM_GROUP_ID")]
+    pub group_id: Option<String>,
+    /// Topic of order events.
+    #[arg(long, env = "TENANTSTREAM_ORDERS_TOPIC")]
+    pub orders_topic: Option<String>,
+    /// Topic of configuration-change events.
+    #[arg(long, env = "TENANTSTREAM_CONFIG_TOPIC")]
+    pub config_topic: Option<String>,
+    /// Dead-letter topic.
+    #[arg(long, env = "TENANTSTREAM_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// Where rows and progress are stored, as the worker.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Postgres")]
+pub struct PostgresFlags {
+    /// Worker's Postgres URL (a role without BYPASSRLS).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Postgres statement timeout (ms) of the worker; a row that alone runs past it is
+    /// dead-lettered.
+    #[arg(long, env = "TENANTSTREAM_STATEMENT_TIMEOUT_MS")]
+    pub statement_timeout_ms: Option<u64>,
+}
+
+/// The owner's connection, for migrations.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Postgres")]
+pub struct AdminFlags {
+    /// Owner's Postgres URL, for migrations.
+    #[arg(long, env = "TENANTSTREAM_ADMIN_DATABASE_URL", hide_env_values = true)]
+    pub admin_database_url: Option<String>,
+}
+
+/// The cache.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisFlags {
+    /// Redis URL (redis:// or redis-cluster://).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// TTL of cached order keys in seconds (0 = no expiry).
+    #[arg(long, env = "TENANTSTREAM_ORDER_TTL_SECONDS")]
+    pub order_ttl_seconds: Option<u64>,
+    /// TTL of cached profiles, settings, SLA policies and categories in seconds (0 = no expiry).
+    #[arg(long, env = "TENANTSTREAM_CONFIG_TTL_SECONDS")]
+    pub config_ttl_seconds: Option<u64>,
+}
+
+/// The Avro schemas.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Schemas")]
+pub struct SchemaFlags {
+    /// Folder of Avro schemas and registry.json.
+    #[arg(long, env = "TENANTSTREAM_SCHEMAS_DIR")]
+    pub schemas_dir: Option<PathBuf>,
+    /// Confluent Schema Registry URL.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+}
+
+/// How the worker consumes, batches and bounds its work.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Worker")]
+pub struct WorkerFlags {
+    /// Address of the HTTP port (/metrics, /healthz, /readyz).
+    #[arg(long, env = "TENANTSTREAM_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Max events per partition batch.
+    #[arg(long, env = "TENANTSTREAM_BATCH_MAX_EVENTS")]
+    pub batch_max_events: Option<usize>,
+    /// Max wait (ms) before a partial batch is written (0: at once; events that arrive while a
+    /// partition's batch is in flight make its next batch).
+    #[arg(long, env = "TENANTSTREAM_BATCH_LINGER_MS")]
+    pub batch_linger_ms: Option<u64>,
+    /// Kafka consumer session timeout (ms): how soon a dead worker's partitions move on.
+    #[arg(long, env = "TENANTSTREAM_SESSION_TIMEOUT_MS")]
+    pub session_timeout_ms: Option<u64>,
+    /// Dead-letter events of unknown tenants instead of registering them as provisional.
+    #[arg(long, env = "TENANTSTREAM_STRICT_TENANTS")]
+    pub strict_tenants: Option<bool>,
+    /// Largest message value decoded, in bytes; larger ones are dead-lettered as too_large.
+    #[arg(long, env = "TENANTSTREAM_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Most elements of one array or map in a message (line items per order).
+    #[arg(long, env = "TENANTSTREAM_MAX_ITEMS")]
+    pub max_items: Option<usize>,
+    /// Bytes of buffered messages at which a partition stops fetching.
+    #[arg(long, env = "TENANTSTREAM_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<usize>,
+}
+
+/// Every group: the commands that run the pipeline or report on all of it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AllFlags {
+    #[command(flatten)]
+    pub kafka: KafkaFlags,
+    #[command(flatten)]
+    pub postgres: PostgresFlags,
+    #[command(flatten)]
+    pub admin: AdminFlags,
+    #[command(flatten)]
+    pub redis: RedisFlags,
+    #[command(flatten)]
+    pub schemas: SchemaFlags,
+    #[command(flatten)]
+    pub worker: WorkerFlags,
+}
+
+impl AllFlags {
+    pub fn overrides(&self, file: &FileFlags) -> Overrides {
+        Overrides {
+            file: file.clone(),
+            all: self.clone(),
+        }
+    }
+}
+
+/// What the command line and the environment set, over the file and the defaults. A command
+/// fills the groups it takes; the others stay empty.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub file: FileFlags,
+    pub all: AllFlags,
+}
+
 impl Overrides {
     /// Defaults, overlaid by the TOML file (if any), overlaid by environment and flags;
     /// validated.
     pub fn load(&self) -> Result<Settings, ConfigError> {
-        let mut settings = match &self.config {
+        let mut settings = match &self.file.config {
             Some(path) => Settings::from_file(path)?,
             None => Settings::default(),
         };
@@ -108,55 +177,105 @@ impl Overrides {
     }
 
     fn apply_to(&self, settings: &mut Settings) {
-        let o = self;
         fn set<T: Clone>(target: &mut T, value: &Option<T>) {
             if let Some(value) = value {
                 *target = value.clone();
             }
         }
-        set(&mut settings.kafka.brokers, &o.brokers);
-        set(&mut settings.kafka.group_id, &o.group_id);
-        set(&mut settings.kafka.orders_topic, &o.orders_topic);
-        set(&mut settings.kafka.config_topic, &o.config_topic);
-        set(&mut settings.kafka.dead_letter_topic, &o.dead_letter_topic);
-        set(&mut settings.kafka.batch_max_events, &o.batch_max_events);
-        set(&mut settings.kafka.batch_linger_ms, &o.batch_linger_ms);
+        fn secret(target: &mut Secret, value: &Option<String>) {
+            if let Some(value) = value {
+                *target = Secret::new(value);
+            }
+        }
+        let AllFlags {
+            kafka,
+            postgres,
+            admin,
+            redis,
+            schemas,
+            worker,
+        } = &self.all;
+        set(&mut settings.log_format, &self.file.log_format);
+        set(&mut settings.kafka.brokers, &kafka.brokers);
+        set(&mut settings.kafka.group_id, &kafka.group_id);
+        set(&mut settings.kafka.orders_topic, &kafka.orders_topic);
+        set(&mut settings.kafka.config_topic, &kafka.config_topic);
         set(
-            &mut settings.kafka.session_timeout_ms,
-            &o.session_timeout_ms,
+            &mut settings.kafka.dead_letter_topic,
+            &kafka.dead_letter_topic,
         );
-        set(&mut settings.schemas.dir, &o.schemas_dir);
-        set(&mut settings.http.listen, &o.http_listen);
-        set(&mut settings.redis.order_ttl_seconds, &o.order_ttl_seconds);
-        set(
-            &mut settings.redis.config_ttl_seconds,
-            &o.config_ttl_seconds,
-        );
-        set(&mut settings.tenants.strict, &o.strict_tenants);
+        secret(&mut settings.database.url, &postgres.database_url);
         set(
             &mut settings.database.statement_timeout_ms,
-            &o.statement_timeout_ms,
+            &postgres.statement_timeout_ms,
         );
-        set(&mut settings.limits.max_message_bytes, &o.max_message_bytes);
-        set(&mut settings.limits.max_items, &o.max_items);
+        secret(&mut settings.database.admin_url, &admin.admin_database_url);
+        secret(&mut settings.redis.url, &redis.redis_url);
         set(
-            &mut settings.limits.max_buffered_bytes,
-            &o.max_buffered_bytes,
+            &mut settings.redis.order_ttl_seconds,
+            &redis.order_ttl_seconds,
         );
-        set(&mut settings.log_format, &o.log_format);
-        if let Some(url) = &o.database_url {
-            settings.database.url = Secret::new(url);
-        }
-        if let Some(url) = &o.admin_database_url {
-            settings.database.admin_url = Secret::new(url);
-        }
-        if let Some(url) = &o.redis_url {
-            settings.redis.url = Secret::new(url);
-        }
-        if let Some(url) = &o.schema_registry_url {
+        set(
+            &mut settings.redis.config_ttl_seconds,
+            &redis.config_ttl_seconds,
+        );
+        set(&mut settings.schemas.dir, &schemas.schemas_dir);
+        if let Some(url) = &schemas.schema_registry_url {
             settings.schemas.registry_url = (!url.is_empty()).then(|| url.clone());
         }
+        set(&mut settings.http.listen, &worker.http_listen);
+        set(
+            &mut settings.kafka.batch_max_events,
+            &worker.batch_max_events,
+        );
+        set(&mut settings.kafka.batch_linger_ms, &worker.batch_linger_ms);
+        set(
+            &mut settings.kafka.session_timeout_ms,
+            &worker.session_timeout_ms,
+        );
+        set(&mut settings.tenants.strict, &worker.strict_tenants);
+        set(
+            &mut settings.limits.max_message_bytes,
+            &worker.max_message_bytes,
+        );
+        set(&mut settings.limits.max_items, &worker.max_items);
+        set(
+            &mut settings.limits.max_buffered_bytes,
+            &worker.max_buffered_bytes,
+        );
     }
+}
+
+/// The default of the setting a flag (by its id) overrides, as `--help` shows it: read from
+/// [`Settings::default`], so help and behaviour cannot disagree. `None` for a flag without one.
+pub fn default_of(id: &str, d: &Settings) -> Option<String> {
+    let text = match id {
+        "config" => return None,
+        "log_format" => d.log_format.to_string(),
+        "brokers" => d.kafka.brokers.clone(),
+        "group_id" => d.kafka.group_id.clone(),
+        "orders_topic" => d.kafka.orders_topic.clone(),
+        "config_topic" => d.kafka.config_topic.clone(),
+        "dead_letter_topic" => d.kafka.dead_letter_topic.clone(),
+        "database_url" => d.database.url.to_string(),
+        "statement_timeout_ms" => d.database.statement_timeout_ms.to_string(),
+        "admin_database_url" => d.database.admin_url.to_string(),
+        "redis_url" => d.redis.url.to_string(),
+        "order_ttl_seconds" => d.redis.order_ttl_seconds.to_string(),
+        "config_ttl_seconds" => d.redis.config_ttl_seconds.to_string(),
+        "schemas_dir" => d.schemas.dir.display().to_string(),
+        "schema_registry_url" => return d.schemas.registry_url.clone(),
+        "http_listen" => d.http.listen.clone(),
+        "batch_max_events" => d.kafka.batch_max_events.to_string(),
+        "batch_linger_ms" => d.kafka.batch_linger_ms.to_string(),
+        "session_timeout_ms" => d.kafka.session_timeout_ms.to_string(),
+        "strict_tenants" => d.tenants.strict.to_string(),
+        "max_message_bytes" => d.limits.max_message_bytes.to_string(),
+        "max_items" => d.limits.max_items.to_string(),
+        "max_buffered_bytes" => d.limits.max_buffered_bytes.to_string(),
+        _ => return None,
+    };
+    Some(text)
 }
 
 #[cfg(test)]
@@ -173,9 +292,17 @@ mod tests {
         )
         .unwrap();
         let overrides = Overrides {
-            config: Some(path),
-            group_id: Some("from-flag".into()),
-            ..Default::default()
+            file: FileFlags {
+                config: Some(path),
+                ..Default::default()
+            },
+            all: AllFlags {
+                kafka: KafkaFlags {
+                    group_id: Some("from-flag".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         };
         let s = overrides.load().unwrap();
         assert_eq!(s.kafka.group_id, "from-flag");

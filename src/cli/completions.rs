@@ -1,9 +1,7 @@
 //! `tenantstream completions`: shell completions for every command and flag, to stdout.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
-
-use super::Cli;
 
 /// Flags of `tenantstream completions`.
 #[derive(Args, Debug, Clone)]
@@ -15,7 +13,7 @@ pub struct CompletionsArgs {
 
 /// Prints the completion script of `args.shell`.
 pub fn command(args: &CompletionsArgs) {
-    let mut command = Cli::command();
+    let mut command = super::command();
     let name = command.get_name().to_owned();
     clap_complete::generate(args.shell, &mut command, name, &mut std::io::stdout());
 }

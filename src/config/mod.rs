@@ -127,6 +127,15 @@ impl LogFormat {
     pub const NAMES: [&'static str; 2] = ["text", "json"];
 }
 
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
 impl std::str::FromStr for LogFormat {
     type Err = String;
 

@@ -393,3 +393,77 @@ async fn produce_prints_the_end_offsets_and_sends_configuration_for_its_tenants(
             .contains("\"status\":\"active\""));
     }
 }
+
+fn help_of(command: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .args([command, "--help"])
+        .env_clear()
+        .output()
+        .expect("run tenantstream <command> --help");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Each command's --help lists only the flags it uses, grouped under headings, each with its
+/// default (read from the settings' defaults) and its environment variable.
+#[test]
+fn each_command_lists_the_flags_it_uses_grouped_with_defaults() {
+    let migrate = help_of("migrate");
+    assert!(migrate.contains("--admin-database-url"), "{migrate}");
+    for absent in [
+        "--batch-max-events",
+        "--brokers",
+        "--redis-url",
+        "--database-url ",
+    ] {
+        assert!(
+            !migrate.contains(absent),
+            "migrate lists {absent}: {migrate}"
+        );
+    }
+    let run = help_of("run");
+    for heading in ["Kafka:", "Postgres:", "Redis:", "Schemas:", "Worker:"] {
+        assert!(run.contains(heading), "{heading} in {run}");
+    }
+    let defaults = tenantstream::Settings::default();
+    assert!(
+        run.contains(&format!(
+            "[default: {}] [env: TENANTSTREAM_BATCH_MAX_EVENTS",
+            defaults.kafka.batch_max_events
+        )),
+        "{run}"
+    );
+    let status = help_of("status");
+    assert!(status.contains("--group-id") && !status.contains("--batch-max-events"));
+    let produce = help_of("produce");
+    assert!(produce.contains("--orders-topic") && !produce.contains("--redis-url"));
+}
+
+/// A bad value in an environment variable is reported by the variable's name, where the operator
+/// must fix it; the same value given as a flag names the flag.
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .arg("run")
+        .env_clear()
+        .env("TENANTSTREAM_BATCH_MAX_EVENTS", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"lots\" in the environment variable TENANTSTREAM_BATCH_MAX_EVENTS"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("invalid digit"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_tenantstream"))
+        .args(["run", "--batch-max-events", "lots"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("'--batch-max-events"), "{stderr}");
+    assert!(!stderr.contains("environment variable"), "{stderr}");
+}
