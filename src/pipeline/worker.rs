@@ -253,9 +253,11 @@ impl Worker {
         let kafka = &self.settings.kafka;
         match error.rdkafka_error_code() {
             Some(UnknownTopicOrPartition | UnknownTopic) => format!(
-                "{error}: a subscribed topic ({} or {}) does not exist on {}; create it \
-                 (`tenantstream check` names the missing topics and how to create them)",
-                kafka.orders_topic, kafka.config_topic, kafka.brokers
+                "{error}: a subscribed topic ({} or {}) does not exist on {}{}",
+                kafka.orders_topic,
+                kafka.config_topic,
+                kafka.brokers,
+                source::MISSING_TOPIC_HINT
             ),
             _ => format!("{error} (brokers {})", kafka.brokers),
         }

@@ -125,12 +125,23 @@ impl ClientContext for ProducerContext {
     }
 }
 
+/// What to do about a topic the broker does not have.
+pub const MISSING_TOPIC_HINT: &str =
+    "; create it (`tenantstream check` names every missing topic and how to create it)";
+
 /// An error librdkafka reports by itself (it reconnects by itself): counted and logged once per
 /// episode through `health`; when every broker is down, Kafka is not ready.
 fn report_client_error(health: &Health, error: KafkaError, reason: &str) {
     use rdkafka::types::RDKafkaErrorCode;
-    let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
-    let error = format!("{error}: {reason}");
+    let code = error.rdkafka_error_code();
+    let all_down = code == Some(RDKafkaErrorCode::AllBrokersDown);
+    let mut error = format!("{error}: {reason}");
+    if matches!(
+        code,
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+    ) {
+        error.push_str(MISSING_TOPIC_HINT);
+    }
     if all_down {
         health.failed(Component::Kafka, &error);
     }

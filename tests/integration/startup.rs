@@ -411,3 +411,31 @@ async fn every_metric_is_described_and_present_from_the_first_scrape() {
         );
     }
 }
+
+/// Topics missing on the broker (librdkafka's mock cluster): `run` waits for them with one
+/// clear error naming a missing topic and how to find and create every one, not a line per
+/// retry.
+#[tokio::test]
+async fn missing_topics_are_one_clear_error_in_run() {
+    support::admin_pool().await;
+    let mock = MockCluster::new(1).unwrap();
+    let settings = support::settings(&mock.bootstrap_servers(), "no-topics");
+    let child = spawn_run(&settings);
+    std::thread::sleep(Duration::from_secs(8));
+    let stderr = terminate(child);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Unknown topic or partition"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let k = &settings.kafka;
+    assert!(
+        errors[0].contains(&k.orders_topic) || errors[0].contains(&k.config_topic),
+        "names the topic: {stderr}"
+    );
+    assert!(
+        errors[0].contains("create it (`tenantstream check`"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().count() <= 6, "{stderr}");
+}
