@@ -25,7 +25,7 @@ use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::decode::{Decoder, SchemaLoadError, SchemaStore};
-use crate::domain::{Event, TenantPolicy, TopicPartition, ValidConfig, ValidOrder};
+use crate::domain::{Event, QueuedCache, TenantPolicy, TopicPartition, ValidConfig, ValidOrder};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
 use crate::retry::{self, Classify, ErrorClass, RetryPolicy};
@@ -35,6 +35,10 @@ use crate::source::{self, Source};
 /// A partition stops fetching when this many batches wait behind the one being written: enough
 /// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
 const PAUSE_AT_BATCHES: usize = 4;
+
+/// Committed batches whose cache keys are being written at once, beside the next batches'
+/// Postgres writes; no new batch starts while this many are (a slow Redis cannot pile them up).
+const CACHE_WRITES_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -201,18 +205,26 @@ impl Worker {
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
+        // Cache writes of committed batches: a partition's next batch need not wait for them.
+        let mut cache_writes: FuturesUnordered<CacheFuture<'_>> = FuturesUnordered::new();
         let mut consume_backoff = RetryPolicy::CONSUME.backoff();
         // After a receive error, receiving waits (with backoff) while batches go on.
         let mut receive_after: Option<Instant> = None;
         loop {
             let next_due = partitions.next_due(linger);
+            // While too many cache writes are in flight, no batch starts, so a due batch must
+            // not wake the loop (it would spin).
+            let may_start = cache_writes.len() < CACHE_WRITES_IN_FLIGHT;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.finish_batch(consumer, &mut partitions, done).await;
+                    if let Some(cache) = self.finish_batch(consumer, &mut partitions, done).await {
+                        cache_writes.push(self.write_cache(cache));
+                    }
                 }
-                _ = sleep_until(next_due) => {}
+                Some(()) = cache_writes.next(), if !cache_writes.is_empty() => {}
+                _ = sleep_until(next_due), if may_start => {}
                 _ = sleep_until(receive_after) => receive_after = None,
                 received = consumer.recv(), if receive_after.is_none() => {
                     partitions.apply(consumer.context().take_changes());
@@ -231,6 +243,9 @@ impl Worker {
                     }
                 }
             }
+            if cache_writes.len() >= CACHE_WRITES_IN_FLIGHT {
+                continue;
+            }
             for batch in partitions.take_ready(batch, linger) {
                 metrics::events_consumed(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
@@ -240,10 +255,19 @@ impl Worker {
                 }));
             }
         }
-        // Stopping: batches being written finish, or are abandoned if they are retrying.
+        // Stopping: batches being written finish, or are abandoned if they are retrying; the
+        // cache writes of committed ones finish (each Redis call is bounded by its timeout).
         while let Some(done) = in_flight.next().await {
-            self.finish_batch(consumer, &mut partitions, done).await;
+            if let Some(cache) = self.finish_batch(consumer, &mut partitions, done).await {
+                cache_writes.push(self.write_cache(cache));
+            }
         }
+        while cache_writes.next().await.is_some() {}
+    }
+
+    /// Writes a committed batch's cache keys (see [`BatchPath::apply_cache`]).
+    fn write_cache(&self, cache: Vec<QueuedCache>) -> CacheFuture<'_> {
+        Box::pin(async move { self.path.apply_cache(&cache).await })
     }
 
     /// A receive error in words an operator can act on: a missing topic names the subscribed
@@ -263,15 +287,32 @@ impl Worker {
         }
     }
 
-    /// Records what became of a batch, unless its partition was reassigned meanwhile.
-    async fn finish_batch(&self, consumer: &Source, partitions: &mut Partitions, done: BatchDone) {
+    /// Records what became of a batch, unless its partition was reassigned meanwhile. Returns
+    /// the cache work of a committed batch, to write beside the next batches.
+    async fn finish_batch(
+        &self,
+        consumer: &Source,
+        partitions: &mut Partitions,
+        done: BatchDone,
+    ) -> Option<Vec<QueuedCache>> {
         let BatchDone { batch, processed } = done;
+        // Committed, so its cache work is due even if the partition moved on meanwhile.
+        let (processed, committed_cache) = match processed {
+            Processed::Committed { next_offset, cache } => (
+                Processed::Committed {
+                    next_offset,
+                    cache: Vec::new(),
+                },
+                Some(cache),
+            ),
+            other => (other, None),
+        };
         let Some(state) = partitions.current(&batch.partition, batch.epoch) else {
-            return;
+            return committed_cache;
         };
         state.in_flight = false;
         match processed {
-            Processed::Committed { next_offset } => {
+            Processed::Committed { next_offset, .. } => {
                 state.committed = Some(next_offset);
                 // Kafka's committed offset mirrors Postgres for lag monitoring only;
                 // librdkafka stores offset + 1.
@@ -282,6 +323,7 @@ impl Worker {
             Processed::Abandoned => {}
         }
         partitions.resume_if_drained(consumer, &batch.partition);
+        committed_cache
     }
 
     /// After a fence: start again from whatever offset the new writer stored.
@@ -318,3 +360,4 @@ struct BatchDone {
 }
 
 type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchDone> + Send + 'a>>;
+type CacheFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
