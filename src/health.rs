@@ -16,13 +16,28 @@ use crate::metrics::{self, Stage};
 /// While a dependency keeps failing, at most one log line per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(30);
 
+/// An episode ends (and its recovery is logged) only once this long has passed since its last
+/// failure: one path's success (another partition's batch, the drainer's pass) must not end the
+/// episode of a path that keeps failing, between two of its retries (at most 10 s apart).
+pub const RECOVERY_QUIET: Duration = Duration::from_secs(15);
+
 /// The log target of dependency failures and recoveries (`RUST_LOG=tenantstream::dependency=…`).
 const TARGET: &str = "tenantstream::dependency";
 
 /// The failing components, each with its last reason; cheap to clone and share.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Health {
     state: Arc<Mutex<State>>,
+    recovery_quiet: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            recovery_quiet: RECOVERY_QUIET,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -34,6 +49,7 @@ struct State {
 /// A run of failures of one component, from its first failure to its recovery.
 struct Episode {
     since: Instant,
+    last_failure: Instant,
     failures: u64,
     /// Failures since the last log line.
     unlogged: u64,
@@ -47,16 +63,23 @@ impl Health {
         self.lock().failing.insert(component, reason.to_string());
     }
 
-    /// `component` is ready again. Ends its failure episode, if any, with one log line.
+    /// `component` is ready again. Ends its failure episode, if any, with one log line, once
+    /// [`RECOVERY_QUIET`] has passed since the episode's last failure.
     pub fn recovered(&self, component: Component) {
         let mut state = self.lock();
         state.failing.remove(&component);
-        if let Some(episode) = state.episodes.remove(&component) {
+        let quiet = self.recovery_quiet;
+        let ended = state
+            .episodes
+            .get(&component)
+            .is_some_and(|e| e.last_failure.elapsed() >= quiet);
+        if ended {
+            let episode = state.episodes.remove(&component).expect("checked");
             tracing::info!(
                 target: TARGET,
                 component = component.as_str(),
                 failures = episode.failures,
-                failing_for_ms = episode.since.elapsed().as_millis() as u64,
+                failing_for_ms = episode.last_failure.duration_since(episode.since).as_millis() as u64,
                 "{component} recovered."
             );
         }
@@ -71,8 +94,9 @@ impl Health {
         error: &dyn fmt::Display,
         retry_in: Duration,
     ) {
-        self.failed(component, error);
-        self.failure_without_readiness(component, stage, error, Some(retry_in));
+        let mut state = self.lock();
+        state.failing.insert(component, error.to_string());
+        self.record_failure(&mut state, component, stage, error, Some(retry_in));
     }
 
     /// A failure that does not make the worker unready (one broker of several unreachable,
@@ -84,16 +108,30 @@ impl Health {
         error: &dyn fmt::Display,
         retry_in: Option<Duration>,
     ) {
+        let mut state = self.lock();
+        self.record_failure(&mut state, component, stage, error, retry_in);
+    }
+
+    /// Counts and logs one failure in `component`'s episode (see the module doc).
+    fn record_failure(
+        &self,
+        state: &mut State,
+        component: Component,
+        stage: Stage,
+        error: &dyn fmt::Display,
+        retry_in: Option<Duration>,
+    ) {
         metrics::transient_error(component, stage);
         let now = Instant::now();
-        let mut state = self.lock();
         let episode = state.episodes.entry(component).or_insert(Episode {
             since: now,
+            last_failure: now,
             failures: 0,
             unlogged: 0,
             logged_at: now,
         });
         episode.failures += 1;
+        episode.last_failure = now;
         episode.unlogged += 1;
         let retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
         if episode.failures == 1 {
@@ -165,8 +203,38 @@ mod tests {
     }
 
     #[test]
-    fn an_episode_counts_its_failures_and_ends_with_the_recovery() {
+    fn a_success_soon_after_a_failure_does_not_end_the_episode() {
         let health = Health::default();
+        health.transient(
+            Component::Postgres,
+            Stage::Sink,
+            &"lock timeout",
+            Duration::ZERO,
+        );
+        health.recovered(Component::Postgres);
+        assert!(health.is_ready(), "readiness follows the last outcome");
+        assert_eq!(health.lock().episodes[&Component::Postgres].failures, 1);
+        health.transient(
+            Component::Postgres,
+            Stage::Sink,
+            &"lock timeout",
+            Duration::ZERO,
+        );
+        let state = health.lock();
+        let episode = &state.episodes[&Component::Postgres];
+        assert_eq!(
+            (episode.failures, episode.unlogged),
+            (2, 1),
+            "no second first line"
+        );
+    }
+
+    #[test]
+    fn an_episode_counts_its_failures_and_ends_with_the_recovery() {
+        let health = Health {
+            recovery_quiet: Duration::ZERO,
+            ..Health::default()
+        };
         let error = "connection refused";
         for _ in 0..5 {
             health.transient(Component::Kafka, Stage::Consume, &error, Duration::ZERO);

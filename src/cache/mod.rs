@@ -110,6 +110,20 @@ pub fn connect_in_background(url: &str) -> Result<Client, CacheError> {
     Ok(client)
 }
 
+/// Calls `report` with each connection error of `client` (refused, wrong password, …), in one
+/// line, while it connects or reconnects in the background.
+pub fn on_connection_error(client: &Client, report: impl Fn(String) + Send + Sync + 'static) {
+    let report = std::sync::Arc::new(report);
+    // The listener task ends with the client.
+    drop(client.on_error(move |(error, _server)| {
+        let report = report.clone();
+        async move {
+            report(describe(&error));
+            Ok(())
+        }
+    }));
+}
+
 fn build(url: &str, fail_fast: bool) -> Result<Client, CacheError> {
     let mut config = Config::from_url(url)?;
     config.fail_fast = fail_fast;

@@ -94,7 +94,7 @@ pub struct SchemaFlags {
     #[arg(long, env = "TENANTSTREAM_SCHEMAS_DIR")]
     pub schemas_dir: Option<PathBuf>,
     /// Confluent Schema Registry URL.
-    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
     pub schema_registry_url: Option<String>,
 }
 

@@ -41,6 +41,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%addr, "Serving /metrics, /healthz and /readyz.");
+    Worker::register_metrics(&settings);
     if let Some(worker) = Worker::connect_retrying(settings, health, &shutdown).await? {
         worker.run(shutdown.clone()).await?;
     }

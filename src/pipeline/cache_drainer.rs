@@ -85,7 +85,6 @@ impl CacheDrainer {
             match self.drain_once().await {
                 Ok(()) => {
                     self.health.recovered(Component::Redis);
-                    self.health.recovered(Component::Postgres);
                     backoff.reset();
                     pause = IDLE;
                 }

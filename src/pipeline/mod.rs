@@ -3,6 +3,7 @@
 
 mod batch;
 mod cache_drainer;
+mod cache_writes;
 pub mod dead_letter;
 mod decoded;
 mod partitions;

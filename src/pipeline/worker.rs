@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{BatchPath, Processed};
 use super::cache_drainer::CacheDrainer;
+use super::cache_writes::{CacheWrite, CacheWrites};
 use super::dead_letter::DeadLetterSink;
 use super::partitions::{sleep_until, Bounds, PartitionState, Partitions, ReadyBatch};
 use crate::cache::{self, CacheError};
@@ -68,9 +69,11 @@ impl Classify for WorkerError {
     fn class(&self) -> ErrorClass {
         match self {
             Self::Schemas(_) | Self::Postgres(SinkError::Setup(_)) => ErrorClass::Permanent,
+            Self::Redis(error) => error.class(),
             Self::Kafka { .. }
-            | Self::Postgres(SinkError::Database(_) | SinkError::Unreachable { .. })
-            | Self::Redis(_) => ErrorClass::Transient,
+            | Self::Postgres(SinkError::Database(_) | SinkError::Unreachable { .. }) => {
+                ErrorClass::Transient
+            }
         }
     }
 }
@@ -94,6 +97,11 @@ impl Worker {
         let config = Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
         let pool = sink::connect_worker_checked(&settings.database).await?;
         let redis = cache::connect_in_background(settings.redis.url.expose())?;
+        let (errors, url) = (health.clone(), settings.redis.url.to_string());
+        cache::on_connection_error(&redis, move |reason| {
+            let error = format!("cannot reach {url}: {reason}");
+            errors.failure_without_readiness(Component::Redis, Stage::Cache, &error, None);
+        });
         let dead_letters = DeadLetterSink::new(
             source::worker_producer(&settings.kafka, health.clone())
                 .map_err(|error| WorkerError::kafka(&settings, error))?,
@@ -156,11 +164,18 @@ impl Worker {
         self
     }
 
+    /// Describes every metric and creates the series known in advance at zero (see
+    /// [`metrics::register_at_zero`]), before the worker connects: the first scrape has them.
+    pub fn register_metrics(settings: &Settings) {
+        let kafka = &settings.kafka;
+        let codes: Vec<&str> = super::dead_letter::codes().collect();
+        metrics::register_at_zero(&[&kafka.orders_topic, &kafka.config_topic], &codes);
+    }
+
     /// Consumes until `shutdown`, then abandons unwritten buffers and leaves the group.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let kafka = &self.settings.kafka;
-        let codes: Vec<&str> = super::dead_letter::codes().collect();
-        metrics::register_at_zero(&[&kafka.orders_topic, &kafka.config_topic], &codes);
+        Self::register_metrics(&self.settings);
         let consumer = source::subscribe(
             kafka,
             &self.settings.limits,
@@ -206,7 +221,8 @@ impl Worker {
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
         // Cache writes of committed batches: a partition's next batch need not wait for them.
-        let mut cache_writes: FuturesUnordered<CacheFuture<'_>> = FuturesUnordered::new();
+        let mut cache_writes =
+            CacheWrites::new(|partition, cache| self.write_cache(partition, cache));
         let mut consume_backoff = RetryPolicy::CONSUME.backoff();
         // After a receive error, receiving waits (with backoff) while batches go on.
         let mut receive_after: Option<Instant> = None;
@@ -219,8 +235,8 @@ impl Worker {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some(cache) = self.finish_batch(consumer, &mut partitions, done).await {
-                        cache_writes.push(self.write_cache(cache));
+                    if let Some((partition, cache)) = self.finish_batch(consumer, &mut partitions, done).await {
+                        cache_writes.push(partition, cache);
                     }
                 }
                 Some(()) = cache_writes.next(), if !cache_writes.is_empty() => {}
@@ -258,16 +274,21 @@ impl Worker {
         // Stopping: batches being written finish, or are abandoned if they are retrying; the
         // cache writes of committed ones finish (each Redis call is bounded by its timeout).
         while let Some(done) = in_flight.next().await {
-            if let Some(cache) = self.finish_batch(consumer, &mut partitions, done).await {
-                cache_writes.push(self.write_cache(cache));
+            if let Some((partition, cache)) =
+                self.finish_batch(consumer, &mut partitions, done).await
+            {
+                cache_writes.push(partition, cache);
             }
         }
         while cache_writes.next().await.is_some() {}
     }
 
     /// Writes a committed batch's cache keys (see [`BatchPath::apply_cache`]).
-    fn write_cache(&self, cache: Vec<QueuedCache>) -> CacheFuture<'_> {
-        Box::pin(async move { self.path.apply_cache(&cache).await })
+    fn write_cache(&self, partition: TopicPartition, cache: Vec<QueuedCache>) -> CacheWrite<'_> {
+        Box::pin(async move {
+            self.path.apply_cache(&cache).await;
+            partition
+        })
     }
 
     /// A receive error in words an operator can act on: a missing topic names the subscribed
@@ -294,7 +315,7 @@ impl Worker {
         consumer: &Source,
         partitions: &mut Partitions,
         done: BatchDone,
-    ) -> Option<Vec<QueuedCache>> {
+    ) -> Option<(TopicPartition, Vec<QueuedCache>)> {
         let BatchDone { batch, processed } = done;
         // Committed, so its cache work is due even if the partition moved on meanwhile.
         let (processed, committed_cache) = match processed {
@@ -303,7 +324,7 @@ impl Worker {
                     next_offset,
                     cache: Vec::new(),
                 },
-                Some(cache),
+                Some((batch.partition.clone(), cache)),
             ),
             other => (other, None),
         };
@@ -360,4 +381,3 @@ struct BatchDone {
 }
 
 type BatchFuture<'a> = Pin<Box<dyn Future<Output = BatchDone> + Send + 'a>>;
-type CacheFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

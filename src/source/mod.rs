@@ -148,9 +148,15 @@ fn report_client_error(health: &Health, error: KafkaError, reason: &str) {
     health.failure_without_readiness(Component::Kafka, Stage::Consume, &error, None);
 }
 
-/// librdkafka's own log lines: the failures among them also come through the error callback
-/// ([`report_client_error`]), so they are kept at debug level (`RUST_LOG=librdkafka=debug`).
+/// librdkafka's own log lines. Connection failures (`FAIL`) also come through the error callback
+/// ([`report_client_error`]), which counts them and keeps them to one line per episode, so they
+/// are kept at debug level (`RUST_LOG=librdkafka=debug`); other warnings and errors (a failed
+/// commit, a configuration warning) have no other way out and are logged as warnings.
 fn log_client_message(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-    let level = level as i32;
-    tracing::debug!(target: "librdkafka", level, fac, "{log_message}");
+    let severity = level as i32;
+    if severity <= RDKafkaLogLevel::Warning as i32 && fac != "FAIL" {
+        tracing::warn!(target: "librdkafka", severity, fac, "{log_message}");
+    } else {
+        tracing::debug!(target: "librdkafka", severity, fac, "{log_message}");
+    }
 }

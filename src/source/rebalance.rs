@@ -8,6 +8,7 @@
 //! own small pool: it never waits for a connection held by a batch it is blocking.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
@@ -35,6 +36,8 @@ pub struct SourceContext {
     health: Health,
     shutdown: CancellationToken,
     changes: Mutex<Vec<Assignment>>,
+    /// librdkafka reported every broker down, and no broker has been seen up since.
+    all_brokers_down: AtomicBool,
 }
 
 impl SourceContext {
@@ -51,6 +54,7 @@ impl SourceContext {
             health,
             shutdown,
             changes: Mutex::new(Vec::new()),
+            all_brokers_down: AtomicBool::new(false),
         }
     }
 
@@ -173,6 +177,15 @@ fn by_topic_text<'a>(
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
+        // An idle worker sees no message after a broker outage: a broker up again is its sign
+        // of recovery.
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        if up && self.all_brokers_down.swap(false, Ordering::Relaxed) {
+            self.health.recovered(Component::Kafka);
+        }
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
                 if *partition >= 0 && p.consumer_lag_stored >= 0 {
@@ -183,6 +196,10 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_brokers_down.store(true, Ordering::Relaxed);
+        }
         super::report_client_error(&self.health, error, reason);
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 use tenantstream::testing::{kafka, traffic};
-use tenantstream::{Health, Secret, Settings};
+use tenantstream::{Component, Health, Secret, Settings};
 use uuid::Uuid;
 
 use crate::support;
@@ -200,6 +200,10 @@ async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
     assert!(failures >= 3.0, "every failure is counted: {metrics}");
     assert_eq!(ready_status, 503, "{ready_body}");
     assert!(ready_body.contains("kafka:"), "{ready_body}");
+    assert!(
+        !ready_body.contains("not yet assigned"),
+        "the broker's failure, not the startup state: {ready_body}"
+    );
     let lines: Vec<&str> = stderr.lines().collect();
     let kafka_lines = lines.iter().filter(|l| l.contains("kafka failing")).count();
     assert_eq!(kafka_lines, 1, "one line for the episode: {stderr}");
@@ -253,10 +257,14 @@ async fn the_worker_starts_without_redis_and_fills_the_cache_once_it_answers() {
     assert!(pending > 0, "cache work waits while Redis is down");
     // A failed Redis call takes up to its timeout to be noticed.
     let noticed = Instant::now();
-    while health.is_ready() && noticed.elapsed() < Duration::from_secs(15) {
+    while !health.is_failing(Component::Redis) && noticed.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!health.is_ready(), "not ready while Redis is down");
+    assert!(
+        health.is_failing(Component::Redis),
+        "not ready while Redis is down: {}",
+        health.report()
+    );
 
     let redis_server = support::PrivateRedis::single_on(port);
     support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(60)).await;
