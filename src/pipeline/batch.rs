@@ -55,11 +55,8 @@ impl BatchError {
 
 /// What became of a batch.
 pub(super) enum Processed {
-    /// Committed; `cache` is the cache work of its rows, for [`BatchPath::apply_cache`] (run
-    /// beside the partition's next batch: the outbox keeps it safe meanwhile).
     Committed {
         next_offset: i64,
-        cache: Vec<QueuedCache>,
     },
     Fenced,
     /// Stopped while retrying; nothing was committed.
@@ -170,10 +167,8 @@ impl BatchPath {
         let now = self.clock.now_ms();
         let next_offset = position.next_offset;
         metrics::batch_committed(topic, partition, next_offset, elapsed, &occurred, now);
-        Processed::Committed {
-            next_offset,
-            cache: written.cache,
-        }
+        self.apply_cache(&written.cache).await;
+        Processed::Committed { next_offset }
     }
 
     /// Writes the batch. When Postgres rejects it for the data of some rows, the rejected rows
@@ -309,7 +304,7 @@ impl BatchPath {
     /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
     /// progress goes on at full speed. A key Redis refuses (of the wrong type, say) is left
     /// queued alone: Redis answered, so the cache writes of other keys go on.
-    pub async fn apply_cache(&self, queued: &[QueuedCache]) {
+    async fn apply_cache(&self, queued: &[QueuedCache]) {
         if queued.is_empty() {
             return;
         }

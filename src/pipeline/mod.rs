@@ -3,7 +3,6 @@
 
 mod batch;
 mod cache_drainer;
-mod cache_writes;
 pub mod dead_letter;
 mod decoded;
 mod partitions;

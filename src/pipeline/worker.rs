@@ -19,14 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{BatchPath, Processed};
 use super::cache_drainer::CacheDrainer;
-use super::cache_writes::{CacheWrite, CacheWrites};
 use super::dead_letter::DeadLetterSink;
 use super::partitions::{sleep_until, Bounds, PartitionState, Partitions, ReadyBatch};
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::decode::{Decoder, SchemaLoadError, SchemaStore};
-use crate::domain::{Event, QueuedCache, TenantPolicy, TopicPartition, ValidConfig, ValidOrder};
+use crate::domain::{Event, TenantPolicy, TopicPartition, ValidConfig, ValidOrder};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
 use crate::retry::{self, Classify, ErrorClass, RetryPolicy};
@@ -36,10 +35,6 @@ use crate::source::{self, Source};
 /// A partition stops fetching when this many batches wait behind the one being written: enough
 /// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
 const PAUSE_AT_BATCHES: usize = 4;
-
-/// Committed batches whose cache keys are being written at once, beside the next batches'
-/// Postgres writes; no new batch starts while this many are (a slow Redis cannot pile them up).
-const CACHE_WRITES_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -220,27 +215,18 @@ impl Worker {
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
-        // Cache writes of committed batches: a partition's next batch need not wait for them.
-        let mut cache_writes =
-            CacheWrites::new(|partition, cache| self.write_cache(partition, cache));
         let mut consume_backoff = RetryPolicy::CONSUME.backoff();
         // After a receive error, receiving waits (with backoff) while batches go on.
         let mut receive_after: Option<Instant> = None;
         loop {
             let next_due = partitions.next_due(linger);
-            // While too many cache writes are in flight, no batch starts, so a due batch must
-            // not wake the loop (it would spin).
-            let may_start = cache_writes.len() < CACHE_WRITES_IN_FLIGHT;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some((partition, cache)) = self.finish_batch(consumer, &mut partitions, done).await {
-                        cache_writes.push(partition, cache);
-                    }
+                    self.finish_batch(consumer, &mut partitions, done).await;
                 }
-                Some(()) = cache_writes.next(), if !cache_writes.is_empty() => {}
-                _ = sleep_until(next_due), if may_start => {}
+                _ = sleep_until(next_due) => {}
                 _ = sleep_until(receive_after) => receive_after = None,
                 received = consumer.recv(), if receive_after.is_none() => {
                     partitions.apply(consumer.context().take_changes());
@@ -259,9 +245,6 @@ impl Worker {
                     }
                 }
             }
-            if cache_writes.len() >= CACHE_WRITES_IN_FLIGHT {
-                continue;
-            }
             for batch in partitions.take_ready(batch, linger) {
                 metrics::events_consumed(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
@@ -271,24 +254,10 @@ impl Worker {
                 }));
             }
         }
-        // Stopping: batches being written finish, or are abandoned if they are retrying; the
-        // cache writes of committed ones finish (each Redis call is bounded by its timeout).
+        // Stopping: batches being written finish, or are abandoned if they are retrying.
         while let Some(done) = in_flight.next().await {
-            if let Some((partition, cache)) =
-                self.finish_batch(consumer, &mut partitions, done).await
-            {
-                cache_writes.push(partition, cache);
-            }
+            self.finish_batch(consumer, &mut partitions, done).await;
         }
-        while cache_writes.next().await.is_some() {}
-    }
-
-    /// Writes a committed batch's cache keys (see [`BatchPath::apply_cache`]).
-    fn write_cache(&self, partition: TopicPartition, cache: Vec<QueuedCache>) -> CacheWrite<'_> {
-        Box::pin(async move {
-            self.path.apply_cache(&cache).await;
-            partition
-        })
     }
 
     /// A receive error in words an operator can act on: a missing topic names the subscribed
@@ -308,32 +277,15 @@ impl Worker {
         }
     }
 
-    /// Records what became of a batch, unless its partition was reassigned meanwhile. Returns
-    /// the cache work of a committed batch, to write beside the next batches.
-    async fn finish_batch(
-        &self,
-        consumer: &Source,
-        partitions: &mut Partitions,
-        done: BatchDone,
-    ) -> Option<(TopicPartition, Vec<QueuedCache>)> {
+    /// Records what became of a batch, unless its partition was reassigned meanwhile.
+    async fn finish_batch(&self, consumer: &Source, partitions: &mut Partitions, done: BatchDone) {
         let BatchDone { batch, processed } = done;
-        // Committed, so its cache work is due even if the partition moved on meanwhile.
-        let (processed, committed_cache) = match processed {
-            Processed::Committed { next_offset, cache } => (
-                Processed::Committed {
-                    next_offset,
-                    cache: Vec::new(),
-                },
-                Some((batch.partition.clone(), cache)),
-            ),
-            other => (other, None),
-        };
         let Some(state) = partitions.current(&batch.partition, batch.epoch) else {
-            return committed_cache;
+            return;
         };
         state.in_flight = false;
         match processed {
-            Processed::Committed { next_offset, .. } => {
+            Processed::Committed { next_offset } => {
                 state.committed = Some(next_offset);
                 // Kafka's committed offset mirrors Postgres for lag monitoring only;
                 // librdkafka stores offset + 1.
@@ -344,7 +296,6 @@ impl Worker {
             Processed::Abandoned => {}
         }
         partitions.resume_if_drained(consumer, &batch.partition);
-        committed_cache
     }
 
     /// After a fence: start again from whatever offset the new writer stored.
