@@ -2,7 +2,7 @@
 //! one [`Health`]; `/readyz` reads it.
 //!
 //! Health also keeps the logs of a failing dependency quiet and honest: the first failure of an
-//! episode is logged at once, then one line per [`LOG_EVERY`] with the number of failures since
+//! episode is logged at once, then one line per `LOG_EVERY` with the number of failures since
 //! the last line, and the recovery once, with the episode's length and failure count.
 
 use std::collections::BTreeMap;
@@ -64,7 +64,7 @@ impl Health {
     }
 
     /// `component` is ready again. Ends its failure episode, if any, with one log line, once
-    /// [`RECOVERY_QUIET`] has passed since the episode's last failure.
+    /// `RECOVERY_QUIET` has passed since the episode's last failure.
     pub fn recovered(&self, component: Component) {
         let mut state = self.lock();
         state.failing.remove(&component);

@@ -157,7 +157,7 @@ pub fn command() -> clap::Command {
 }
 
 impl Cli {
-    /// Parses the process's arguments (and environment) with [`command`]. An invalid value
+    /// Parses the process's arguments (and environment) with `command()`. An invalid value
     /// that came from an environment variable is reported naming that variable.
     pub fn parse_args() -> Self {
         let matches = command()
