@@ -160,7 +160,7 @@ impl Worker {
     }
 
     /// Describes every metric and creates the series known in advance at zero (see
-    /// [`metrics::register_at_zero`]), before the worker connects: the first scrape has them.
+    /// `metrics::register_at_zero`), before the worker connects: the first scrape has them.
     pub fn register_metrics(settings: &Settings) {
         let kafka = &settings.kafka;
         let codes: Vec<&str> = super::dead_letter::codes().collect();
