@@ -14,20 +14,6 @@ use uuid::Uuid;
 
 use crate::support;
 
-fn mock_settings(
-    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
-    name: &str,
-) -> Settings {
-    let settings = support::settings(&mock.bootstrap_servers(), name);
-    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.config_topic, 1, 1)
-        .expect("config topic");
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
-        .unwrap();
-    settings
-}
-
 fn traffic(
     settings: &Settings,
     count: usize,
@@ -47,7 +33,7 @@ fn traffic(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_dead_letters_unknown_tenants() {
     let mock = MockCluster::new(1).unwrap();
-    let mut settings = mock_settings(&mock, "strict");
+    let mut settings = support::mock_settings(&mock, "strict");
     settings.tenants.strict = true;
     let admin = support::admin_pool().await;
     let (messages, expected) = traffic(&settings, 600, 2, rand::random());
@@ -111,7 +97,7 @@ async fn strict_mode_dead_letters_unknown_tenants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_postgres_progress_and_drains_later() {
     let mock = MockCluster::new(1).unwrap();
-    let mut settings = mock_settings(&mock, "redis-down");
+    let mut settings = support::mock_settings(&mock, "redis-down");
     let mut redis_server = support::PrivateRedis::single();
     let port = redis_server.ports[0];
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
@@ -203,7 +189,7 @@ async fn rows(admin: &sqlx::PgPool, expected: &Expected) -> HashSet<(Uuid, Strin
 async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     let metrics = tenantstream::testing::metrics::install_recorder();
     let mock = MockCluster::new(1).unwrap();
-    let settings = mock_settings(&mock, "metrics");
+    let settings = support::mock_settings(&mock, "metrics");
     let admin = support::admin_pool().await;
     let spec = TrafficSpec {
         count: 1_500,
@@ -245,11 +231,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     worker.stop().await;
 
     let rendered = metrics.render();
-    let count = |name: &str, extra: &[(&str, &str)]| {
-        let mut want = vec![("topic", topic.as_str())];
-        want.extend_from_slice(extra);
-        support::sample(&rendered, name, &want).unwrap_or(0.0) as usize
-    };
+    let count = |name: &str, extra: &[(&str, &str)]| topic_sample(&rendered, &topic, name, extra);
     use tenantstream::testing::metrics::{DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED};
     let consumed = count(EVENTS_CONSUMED, &[]);
     let written = count(EVENTS_PROCESSED, &[("outcome", "written")]);
@@ -296,11 +278,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
     support::wait_for_offsets(&admin, &settings, &resent.ends, Duration::from_secs(60)).await;
     worker.stop().await;
     let rendered = metrics.render();
-    let count = |name: &str, extra: &[(&str, &str)]| {
-        let mut want = vec![("topic", topic.as_str())];
-        want.extend_from_slice(extra);
-        support::sample(&rendered, name, &want).unwrap_or(0.0) as usize
-    };
+    let count = |name: &str, extra: &[(&str, &str)]| topic_sample(&rendered, &topic, name, extra);
     assert_eq!(count(EVENTS_PROCESSED, &[("outcome", "stale")]), stale + 40);
     assert_eq!(
         count(EVENTS_PROCESSED, &[("outcome", "superseded")]),
@@ -317,7 +295,7 @@ async fn metrics_count_every_outcome_and_lag_reaches_zero() {
 async fn a_stored_offset_beyond_the_log_end_reads_the_log_again_from_its_start() {
     let metrics = tenantstream::testing::metrics::install_recorder();
     let mock = MockCluster::new(1).unwrap();
-    let settings = mock_settings(&mock, "beyond-log");
+    let settings = support::mock_settings(&mock, "beyond-log");
     let admin = support::admin_pool().await;
     let (messages, expected) = traffic(&settings, 300, 2, rand::random());
     let producer = kafka::producer(&settings.kafka).unwrap();
@@ -371,4 +349,11 @@ async fn a_stored_offset_beyond_the_log_end_reads_the_log_again_from_its_start()
         Some(sent.ends.len() as f64),
         "one reset per partition"
     );
+}
+
+/// A counter of the topic's series with the `extra` labels (0 when absent).
+fn topic_sample(rendered: &str, topic: &str, name: &str, extra: &[(&str, &str)]) -> usize {
+    let mut want = vec![("topic", topic)];
+    want.extend_from_slice(extra);
+    support::sample(rendered, name, &want).unwrap_or(0.0) as usize
 }

@@ -220,13 +220,7 @@ async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_starts_without_redis_and_fills_the_cache_once_it_answers() {
     let mock = MockCluster::new(1).unwrap();
-    let mut settings = support::settings(&mock.bootstrap_servers(), "no-redis");
-    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.config_topic, 1, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
-        .unwrap();
+    let mut settings = support::mock_settings(&mock, "no-redis");
     let port = support::free_port();
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
     let admin = support::admin_pool().await;
@@ -281,13 +275,7 @@ async fn the_worker_starts_without_redis_and_fills_the_cache_once_it_answers() {
 async fn json_logs_hold_plain_fields_under_meaningful_targets() {
     support::admin_pool().await;
     let mock = MockCluster::new(1).unwrap();
-    let settings = support::settings(&mock.bootstrap_servers(), "json-logs");
-    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.config_topic, 1, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
-        .unwrap();
+    let settings = support::mock_settings(&mock, "json-logs");
     let spec = traffic::TrafficSpec {
         count: 200,
         tenants: 2,
@@ -350,13 +338,7 @@ async fn every_metric_is_described_and_present_from_the_first_scrape() {
     use tenantstream::testing::metrics::{Kind, CATALOGUE, CONSUMER_LAG};
     support::admin_pool().await;
     let mock = MockCluster::new(1).unwrap();
-    let mut settings = support::settings(&mock.bootstrap_servers(), "metrics-zero");
-    mock.create_topic(&settings.kafka.orders_topic, 2, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.config_topic, 1, 1)
-        .unwrap();
-    mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
-        .unwrap();
+    let mut settings = support::mock_settings(&mock, "metrics-zero");
     let http = format!("127.0.0.1:{}", support::free_port());
     settings.http.listen = http.clone();
     let child = spawn_run(&settings);

@@ -122,3 +122,17 @@ pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, u
     }
     counts
 }
+
+/// Settings for one test on librdkafka's mock cluster, with its three topics created (orders
+/// on 2 partitions).
+pub fn mock_settings(
+    mock: &rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    name: &str,
+) -> Settings {
+    let settings = super::settings(&mock.bootstrap_servers(), name);
+    let k = &settings.kafka;
+    mock.create_topic(&k.orders_topic, 2, 1).unwrap();
+    mock.create_topic(&k.config_topic, 1, 1).unwrap();
+    mock.create_topic(&k.dead_letter_topic, 1, 1).unwrap();
+    settings
+}
