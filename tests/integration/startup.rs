@@ -194,7 +194,7 @@ async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
     let failures = support::sample(
         &metrics,
         "tenantstream_transient_errors_total",
-        &[("component", "kafka")],
+        &[("component", "kafka"), ("stage", "consume")],
     )
     .unwrap_or(0.0);
     assert!(failures >= 3.0, "every failure is counted: {metrics}");
