@@ -185,9 +185,7 @@ impl Outcome {
         Self::Stale,
         Self::DeadLettered,
     ];
-}
 
-impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Self::Written => "written",
@@ -328,7 +326,7 @@ pub fn offset_reset(topic: &str, partition: i32, stored: i64, restart: i64) {
     );
 }
 
-/// A dependency failed at `stage` (counted; [`crate::health::Health::transient`] logs it).
+/// A dependency failed at `stage`: counted (its caller logs it, once per episode).
 pub fn transient_error(component: Component, stage: Stage) {
     counter!(TRANSIENT_ERRORS, "component" => component.as_str(), "stage" => stage.as_str())
         .increment(1);
