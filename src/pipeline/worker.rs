@@ -263,17 +263,17 @@ impl Worker {
     /// A receive error in words an operator can act on: a missing topic names the subscribed
     /// topics and how to find which one is missing.
     fn explain(&self, error: KafkaError) -> String {
-        use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
         let kafka = &self.settings.kafka;
-        match error.rdkafka_error_code() {
-            Some(UnknownTopicOrPartition | UnknownTopic) => format!(
+        if source::is_missing_topic(&error) {
+            format!(
                 "{error}: a subscribed topic ({} or {}) does not exist on {}{}",
                 kafka.orders_topic,
                 kafka.config_topic,
                 kafka.brokers,
                 source::MISSING_TOPIC_HINT
-            ),
-            _ => format!("{error} (brokers {})", kafka.brokers),
+            )
+        } else {
+            format!("{error} (brokers {})", kafka.brokers)
         }
     }
 

@@ -129,19 +129,26 @@ impl ClientContext for ProducerContext {
 pub const MISSING_TOPIC_HINT: &str =
     "; create it (`tenantstream check` names every missing topic and how to create it)";
 
+/// The broker does not have a topic the client asked for.
+pub fn is_missing_topic(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
+    matches!(
+        error.rdkafka_error_code(),
+        Some(UnknownTopicOrPartition | UnknownTopic)
+    )
+}
+
 /// An error librdkafka reports by itself (it reconnects by itself): counted and logged once per
 /// episode through `health`; when every broker is down, Kafka is not ready.
 fn report_client_error(health: &Health, error: KafkaError, reason: &str) {
     use rdkafka::types::RDKafkaErrorCode;
-    let code = error.rdkafka_error_code();
-    let all_down = code == Some(RDKafkaErrorCode::AllBrokersDown);
-    let mut error = format!("{error}: {reason}");
-    if matches!(
-        code,
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
-    ) {
-        error.push_str(MISSING_TOPIC_HINT);
-    }
+    let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+    let hint = if is_missing_topic(&error) {
+        MISSING_TOPIC_HINT
+    } else {
+        ""
+    };
+    let error = format!("{error}: {reason}{hint}");
     if all_down {
         health.failed(Component::Kafka, &error);
     }
