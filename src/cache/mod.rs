@@ -83,18 +83,13 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn connect(url: &str) -> Result<Client, CacheError> {
     let client = build(url, true)?;
     client.init().await.map_err(|error| {
-        let redacted = crate::config::Secret::new(url);
         use fred::error::ErrorKind;
         // The kind decides the class (a bad URL is permanent); the text is already described.
         let kind = match error.kind() {
             ErrorKind::Config | ErrorKind::Url => error.kind().clone(),
             _ => ErrorKind::Unknown,
         };
-        let reason = describe(&error);
-        CacheError(fred::error::Error::new(
-            kind,
-            format!("cannot reach {redacted}: {reason}"),
-        ))
+        CacheError(fred::error::Error::new(kind, cannot_reach(url, &error)))
     })?;
     Ok(client)
 }
@@ -102,26 +97,31 @@ pub async fn connect(url: &str) -> Result<Client, CacheError> {
 /// The worker's client: it connects, and reconnects, in the background, so the worker starts
 /// and writes Postgres while Redis is down. Until Redis answers, each command fails after
 /// [`COMMAND_TIMEOUT`] and the cache work it carried stays queued for the drainer, as during an
-/// outage mid-run.
-pub fn connect_in_background(url: &str) -> Result<Client, CacheError> {
+/// outage mid-run. `report` gets each connection error (refused, wrong password, …) in one line
+/// naming the (redacted) URL.
+pub fn connect_in_background(
+    url: &str,
+    report: impl Fn(String) + Send + Sync + 'static,
+) -> Result<Client, CacheError> {
     let client = build(url, false)?;
+    let (url, report) = (url.to_owned(), std::sync::Arc::new(report));
+    // The listener task ends with the client.
+    drop(client.on_error(move |(error, _server)| {
+        let (report, reason) = (report.clone(), cannot_reach(&url, &error));
+        async move {
+            report(reason);
+            Ok(())
+        }
+    }));
     // The connection task runs until the client quits; its outcome is seen through commands.
     drop(client.connect());
     Ok(client)
 }
 
-/// Calls `report` with each connection error of `client` (refused, wrong password, …), in one
-/// line, while it connects or reconnects in the background.
-pub fn on_connection_error(client: &Client, report: impl Fn(String) + Send + Sync + 'static) {
-    let report = std::sync::Arc::new(report);
-    // The listener task ends with the client.
-    drop(client.on_error(move |(error, _server)| {
-        let report = report.clone();
-        async move {
-            report(describe(&error));
-            Ok(())
-        }
-    }));
+/// `cannot reach <URL without its password>: <what failed>`.
+fn cannot_reach(url: &str, error: &fred::error::Error) -> String {
+    let redacted = crate::config::Secret::new(url);
+    format!("cannot reach {redacted}: {}", describe(error))
 }
 
 fn build(url: &str, fail_fast: bool) -> Result<Client, CacheError> {

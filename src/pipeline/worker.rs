@@ -91,12 +91,10 @@ impl Worker {
         let orders = Decoder::new(store.clone(), ValidOrder::SCHEMA_FILE, &settings.limits)?;
         let config = Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
         let pool = sink::connect_worker_checked(&settings.database).await?;
-        let redis = cache::connect_in_background(settings.redis.url.expose())?;
-        let (errors, url) = (health.clone(), settings.redis.url.to_string());
-        cache::on_connection_error(&redis, move |reason| {
-            let error = format!("cannot reach {url}: {reason}");
+        let errors = health.clone();
+        let redis = cache::connect_in_background(settings.redis.url.expose(), move |error| {
             errors.failure_without_readiness(Component::Redis, Stage::Cache, &error, None);
-        });
+        })?;
         let dead_letters = DeadLetterSink::new(
             source::worker_producer(&settings.kafka, health.clone())
                 .map_err(|error| WorkerError::kafka(&settings, error))?,
