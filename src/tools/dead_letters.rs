@@ -11,7 +11,7 @@ use anyhow::Context;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 
-use super::replay::plan::{plan_ranges, RangeReader};
+use super::replay::plan::{offsets_read, plan_ranges, RangeReader};
 use super::replay::StartFrom;
 use super::table::{Align, Table};
 use crate::config::Settings;
@@ -164,17 +164,12 @@ impl DeadLetterSummary {
 
 impl fmt::Display for DeadLetterSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ranges: Vec<String> = self
-            .ranges
-            .iter()
-            .map(|r| format!("[{}] {}..{}", r.partition, r.start, r.end))
-            .collect();
         writeln!(
             f,
             "dead-letter topic {}: {} dead letters (offsets read: {})",
             self.topic,
             self.total,
-            ranges.join(" ")
+            offsets_read(&self.ranges)
         )?;
         if self.total == 0 {
             return Ok(());

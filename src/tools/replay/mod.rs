@@ -115,13 +115,8 @@ impl std::fmt::Display for ReplaySummary {
         let mut topics: Vec<&str> = self.ranges.iter().map(|r| r.topic.as_str()).collect();
         topics.dedup();
         for topic in topics {
-            let ranges: Vec<String> = self
-                .ranges
-                .iter()
-                .filter(|r| r.topic == topic)
-                .map(|r| format!("[{}] {}..{}", r.partition, r.start, r.end))
-                .collect();
-            write!(f, "\n  offsets read, {topic}: {}", ranges.join(" "))?;
+            let ranges = plan::offsets_read(self.ranges.iter().filter(|r| r.topic == topic));
+            write!(f, "\n  offsets read, {topic}: {ranges}")?;
         }
         if let Some(tenant) = self.tenant.filter(|_| self.tenant_events() == 0) {
             write!(

@@ -17,6 +17,15 @@ use crate::domain::PartitionRange;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::source;
 
+/// Offsets read per partition, as the summaries print them: `[0] 120..400 [1] 7..7`.
+pub(crate) fn offsets_read<'a>(ranges: impl IntoIterator<Item = &'a PartitionRange>) -> String {
+    let ranges: Vec<String> = ranges
+        .into_iter()
+        .map(|r| format!("[{}] {}..{}", r.partition, r.start, r.end))
+        .collect();
+    ranges.join(" ")
+}
+
 /// Each partition's range: from `from` to the high watermark now. A topic the broker does not
 /// have is an error naming it and the broker.
 pub(crate) async fn plan_ranges(
