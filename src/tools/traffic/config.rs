@@ -298,12 +298,13 @@ fn interleave(parts: Vec<Vec<Generated>>, rng: &mut StdRng) -> Vec<Generated> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::SchemaStore;
 
     fn encoder() -> Encoder {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
-        let store = SchemaStore::load(&dir, None).unwrap();
-        Encoder::new(store.local_schema("config_change.avsc").unwrap(), 2)
+        let schemas = crate::config::SchemaSettings {
+            dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
+            registry_url: None,
+        };
+        Encoder::for_event::<crate::domain::ValidConfig>(&schemas).unwrap()
     }
 
     #[test]

@@ -261,12 +261,13 @@ pub fn generate(spec: &TrafficSpec, encoder: &Encoder) -> (Vec<Generated>, Expec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::SchemaStore;
 
     fn encoder() -> Encoder {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
-        let store = SchemaStore::load(&dir, None).unwrap();
-        Encoder::new(store.local_schema("order_event.avsc").unwrap(), 1)
+        let schemas = crate::config::SchemaSettings {
+            dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
+            registry_url: None,
+        };
+        Encoder::for_event::<crate::domain::ValidOrder>(&schemas).unwrap()
     }
 
     #[test]
