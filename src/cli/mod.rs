@@ -247,40 +247,53 @@ impl Cli {
 /// Exits with clap's error, but an invalid value read from an environment variable (not given
 /// as a flag) is named by its variable, which is where the operator must fix it.
 fn exit_naming_the_variable(error: clap::Error) -> ! {
+    if let Some(message) = invalid_environment_value(&error) {
+        eprintln!("{message}");
+        std::process::exit(2);
+    }
+    error.exit()
+}
+
+/// For an invalid value read from an environment variable (not given as a flag): the error
+/// naming that variable.
+fn invalid_environment_value(error: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if matches!(
+    if !matches!(
         error.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
     ) {
-        if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
-            let long = arg.split_whitespace().next().unwrap_or_default();
-            let given_as_flag =
-                std::env::args().any(|a| a == long || a.starts_with(&format!("{long}=")));
-            let variable = command()
-                .get_subcommands()
-                .flat_map(|s| s.get_arguments())
-                .chain(command().get_arguments())
-                .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
-                .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
-            if let (false, Some(variable)) = (given_as_flag, variable) {
-                let value = std::env::var(&variable).unwrap_or_default();
-                let reason = match (
-                    std::error::Error::source(&error),
-                    error.get(ContextKind::ValidValue),
-                ) {
-                    (Some(source), _) => source.to_string(),
-                    (None, Some(ContextValue::Strings(valid))) => {
-                        format!("expected one of {}", valid.join(", "))
-                    }
-                    _ => error.kind().to_string(),
-                };
-                eprintln!(
-                    "error: invalid value {value:?} in the environment variable {variable} \
-                     (the setting of {long}): {reason}"
-                );
-                std::process::exit(2);
-            }
-        }
+        return None;
     }
-    error.exit()
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // `--batch-max-events <BATCH_MAX_EVENTS>`
+    let long = arg.split_whitespace().next()?;
+    if std::env::args().any(|a| a == long || a.starts_with(&format!("{long}="))) {
+        return None;
+    }
+    let command = Cli::command();
+    let variable = command
+        .get_subcommands()
+        .flat_map(|s| s.get_arguments())
+        .chain(command.get_arguments())
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    let value = std::env::var(&variable).unwrap_or_default();
+    let reason = match (
+        std::error::Error::source(error),
+        error.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => error.kind().to_string(),
+    };
+    Some(format!(
+        "error: invalid value {value:?} in the environment variable {variable} \
+         (the setting of {long}): {reason}"
+    ))
 }
