@@ -300,11 +300,7 @@ mod tests {
     use super::*;
 
     fn encoder() -> Encoder {
-        let schemas = crate::config::SchemaSettings {
-            dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
-            registry_url: None,
-        };
-        Encoder::for_event::<crate::domain::ValidConfig>(&schemas).unwrap()
+        super::super::test_encoder::<crate::domain::ValidConfig>()
     }
 
     #[test]

@@ -59,3 +59,13 @@ pub struct Generated {
 fn uuid_from(rng: &mut StdRng) -> Uuid {
     uuid::Builder::from_random_bytes(rng.gen()).into_uuid()
 }
+
+/// The encoder of `E` over the crate's own schemas folder, for the generators' tests.
+#[cfg(test)]
+fn test_encoder<E: crate::domain::Event>() -> crate::decode::Encoder {
+    let schemas = crate::config::SchemaSettings {
+        dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
+        registry_url: None,
+    };
+    crate::decode::Encoder::for_event::<E>(&schemas).unwrap()
+}

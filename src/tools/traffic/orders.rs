@@ -263,11 +263,7 @@ mod tests {
     use super::*;
 
     fn encoder() -> Encoder {
-        let schemas = crate::config::SchemaSettings {
-            dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"),
-            registry_url: None,
-        };
-        Encoder::for_event::<crate::domain::ValidOrder>(&schemas).unwrap()
+        super::super::test_encoder::<crate::domain::ValidOrder>()
     }
 
     #[test]
