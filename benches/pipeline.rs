@@ -432,6 +432,7 @@ async fn ceiling(
                     rows: chunk.into(),
                     tenant_policy: TenantPolicy::RegisterUnknown,
                     applied: &Default::default(),
+                    sla: None,
                 };
                 sink::write_batch(&pool, &batch).await?;
                 stored = Some(next);

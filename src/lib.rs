@@ -6,7 +6,8 @@
 //!
 //! Layers import downward only: `domain` at the bottom; above it `validate` (then `decode`,
 //! which validates what it decodes), `sink` (then `source`, which reads stored offsets) and
-//! `cache`; `pipeline` above those; `tools` and `cli` on top. `config`, `clock`, `retry`,
+//! `cache`; `sla` (the deadline timer and the violation publisher) above those, then
+//! `pipeline`; `tools` and `cli` on top. `config`, `clock`, `retry`,
 //! `health`, `metrics`, `telemetry` and `http` are leaves anything may use.
 //! `tests/integration/layout.rs` checks it.
 
@@ -22,6 +23,7 @@ mod metrics;
 mod pipeline;
 mod retry;
 mod sink;
+mod sla;
 mod source;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
@@ -33,7 +35,7 @@ pub use cli::{describe_error, Cli};
 pub use clock::Clock;
 pub use config::{
     ConfigError, DatabaseSettings, HttpSettings, KafkaSettings, LogFormat, RedisSettings,
-    SchemaSettings, Secret, Settings, TenantSettings,
+    SchemaSettings, Secret, Settings, SlaSettings, TenantSettings,
 };
 pub use domain::PartitionRange;
 pub use health::{Component, Health};

@@ -25,6 +25,13 @@ pub const FENCED_BATCHES: &str = "tenantstream_fenced_batches_total";
 pub const OFFSET_GAPS: &str = "tenantstream_offset_gaps_total";
 pub const OFFSETS_SKIPPED: &str = "tenantstream_offsets_skipped_total";
 pub const OFFSET_RESETS: &str = "tenantstream_offset_resets_total";
+pub const SLA_VIOLATIONS: &str = "tenantstream_sla_violations_total";
+pub const SLA_VIOLATIONS_PUBLISHED: &str = "tenantstream_sla_violations_published_total";
+pub const SLA_PUBLISH_ERRORS: &str = "tenantstream_sla_publish_errors_total";
+pub const SLA_DEADLINES_PENDING: &str = "tenantstream_sla_deadlines_pending";
+pub const SLA_OLDEST_OVERDUE_SECONDS: &str = "tenantstream_sla_oldest_overdue_seconds";
+pub const SLA_OUTBOX_VIOLATIONS: &str = "tenantstream_sla_outbox_violations";
+pub const SLA_OUTBOX_OLDEST_SECONDS: &str = "tenantstream_sla_outbox_oldest_seconds";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -52,6 +59,13 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (OFFSET_GAPS, Kind::Counter, "Times a partition's next message was not at the next offset."),
     (OFFSETS_SKIPPED, Kind::Counter, "Offsets those gaps skipped."),
     (OFFSET_RESETS, Kind::Counter, "Times a partition's log ended before its stored offset (recreated or truncated topic); it is read again from the start."),
+    (SLA_VIOLATIONS, Kind::Counter, "SLA violations detected and stored (each violation id once), by kind."),
+    (SLA_VIOLATIONS_PUBLISHED, Kind::Counter, "SLA violations the broker acknowledged on the violations topic, by kind (at least once: after a crash one can be published again)."),
+    (SLA_PUBLISH_ERRORS, Kind::Counter, "SLA violations whose publication failed; they stay queued and are retried."),
+    (SLA_DEADLINES_PENDING, Kind::Gauge, "Order deadlines registered and neither met nor fired (every 5 s)."),
+    (SLA_OLDEST_OVERDUE_SECONDS, Kind::Gauge, "How long the earliest unfired deadline has been due: the deadline timer's health, near 0 while it keeps up (every 5 s)."),
+    (SLA_OUTBOX_VIOLATIONS, Kind::Gauge, "SLA violations stored and not yet published and counted (lag violations wait for their window to close; every 5 s)."),
+    (SLA_OUTBOX_OLDEST_SECONDS, Kind::Gauge, "How long the oldest publishable SLA violation has waited to be published (every 5 s)."),
 ];
 
 /// The kind of a catalogued metric.
@@ -73,12 +87,17 @@ const TRANSIENT_PAIRS: &[(Component, Stage)] = &[
     (Component::Redis, Stage::Cache),
     (Component::Redis, Stage::Drain),
     (Component::Postgres, Stage::Drain),
+    (Component::Postgres, Stage::SlaTimer),
+    (Component::Postgres, Stage::SlaPublish),
+    (Component::Kafka, Stage::SlaPublish),
+    (Component::Redis, Stage::SlaPublish),
 ];
 
 /// Describes every metric (HELP, unit) and creates every counter and gauge series the worker
 /// can know in advance at zero, so dashboards and `rate()` work from the first scrape: per
-/// topic, each outcome and each dead-letter code; each retried (component, stage) pair.
-pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str]) {
+/// topic, each outcome and each dead-letter code; each retried (component, stage) pair; each
+/// kind of SLA violation.
+pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str], violation_kinds: &[&str]) {
     for (name, kind, help) in CATALOGUE {
         let unit = if name.ends_with("_seconds") {
             Some(metrics::Unit::Seconds)
@@ -119,6 +138,19 @@ pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str]) {
         counter!(CACHE_KEYS_WRITTEN, "outcome" => outcome).increment(0);
     }
     gauge!(CACHE_OUTBOX_BACKLOG).increment(0.0);
+    for kind in violation_kinds {
+        counter!(SLA_VIOLATIONS, "kind" => kind.to_string()).increment(0);
+        counter!(SLA_VIOLATIONS_PUBLISHED, "kind" => kind.to_string()).increment(0);
+    }
+    counter!(SLA_PUBLISH_ERRORS).increment(0);
+    for name in [
+        SLA_DEADLINES_PENDING,
+        SLA_OLDEST_OVERDUE_SECONDS,
+        SLA_OUTBOX_VIOLATIONS,
+        SLA_OUTBOX_OLDEST_SECONDS,
+    ] {
+        gauge!(name).increment(0.0);
+    }
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -218,6 +250,10 @@ pub enum Stage {
     Cache,
     /// The background drainer of queued cache work.
     Drain,
+    /// The SLA deadline timer.
+    SlaTimer,
+    /// Publishing SLA violations (and counting them in Redis).
+    SlaPublish,
 }
 
 impl Stage {
@@ -232,6 +268,8 @@ impl Stage {
             Self::Sink => "sink",
             Self::Cache => "cache",
             Self::Drain => "drain",
+            Self::SlaTimer => "sla_timer",
+            Self::SlaPublish => "sla_publish",
         }
     }
 }
@@ -363,4 +401,30 @@ pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duratio
 
 pub fn cache_backlog(pending_tenants: usize) {
     gauge!(CACHE_OUTBOX_BACKLOG).set(pending_tenants as f64);
+}
+
+/// SLA violations stored for the first time.
+pub fn sla_violations_detected(kind: &str, count: u64) {
+    if count > 0 {
+        counter!(SLA_VIOLATIONS, "kind" => kind.to_owned()).increment(count);
+    }
+}
+
+/// SLA violations the broker acknowledged.
+pub fn sla_violations_published(kind: &str, count: u64) {
+    counter!(SLA_VIOLATIONS_PUBLISHED, "kind" => kind.to_owned()).increment(count);
+}
+
+/// SLA violations whose publication failed (they are retried).
+pub fn sla_publish_failed(count: u64) {
+    counter!(SLA_PUBLISH_ERRORS).increment(count);
+}
+
+/// The SLA engine's backlog: deadlines pending, how long the earliest has been due, and the
+/// violations waiting to be published.
+pub fn sla_backlog(deadlines: i64, overdue_ms: i64, outbox: i64, outbox_oldest_ms: i64) {
+    gauge!(SLA_DEADLINES_PENDING).set(deadlines as f64);
+    gauge!(SLA_OLDEST_OVERDUE_SECONDS).set(overdue_ms as f64 / 1000.0);
+    gauge!(SLA_OUTBOX_VIOLATIONS).set(outbox as f64);
+    gauge!(SLA_OUTBOX_OLDEST_SECONDS).set(outbox_oldest_ms as f64 / 1000.0);
 }

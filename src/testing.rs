@@ -18,6 +18,7 @@ pub mod decode {
 
 /// Postgres: connections, tenant context, offsets and batch writes.
 pub mod sink {
+    pub use crate::sink::sla::{self, SlaTracking};
     pub use crate::sink::{
         connect_worker, ensure_rls_applies, known_tenants, load_stored_offsets, migrate,
         read_current, set_tenant, write_batch, write_each, Batch, BatchOutcome, BatchWrite,
@@ -25,10 +26,15 @@ pub mod sink {
     };
 }
 
+/// The SLA engine's background work.
+pub mod sla {
+    pub use crate::sla::{DeadlineTimer, ViolationPublisher};
+}
+
 /// Redis: connection, key layout, generations and key scans.
 pub mod cache {
     pub use crate::cache::inspect::{count_keys, scan_keys};
-    pub use crate::cache::{category_key, connect, order_key, read_generations};
+    pub use crate::cache::{category_key, connect, order_key, read_generations, violations_key};
 }
 
 /// Kafka clients with the crate's settings.
@@ -59,7 +65,8 @@ pub mod retry {
 pub mod metrics {
     pub use crate::metrics::{
         install_recorder, Kind, CATALOGUE, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED,
-        EVENTS_PROCESSED, OFFSETS_SKIPPED, OFFSET_GAPS, OFFSET_RESETS,
+        EVENTS_PROCESSED, OFFSETS_SKIPPED, OFFSET_GAPS, OFFSET_RESETS, SLA_PUBLISH_ERRORS,
+        SLA_VIOLATIONS, SLA_VIOLATIONS_PUBLISHED,
     };
 }
 

@@ -1,6 +1,7 @@
 //! The key layout (README "Redis read contract"): `t:{<tenant_id>}:g<generation>:order:<id>`,
 //! `…:profile`, `…:config`, `…:sla`, `…:versions`, and `ref:{category}:g<generation>:cat:<id>`,
-//! `…:ids`, `…:versions`. The braces are a Redis Cluster hash tag, so a keyspace's keys share a
+//! `…:ids`, `…:versions`; outside generations, `t:{<tenant_id>}:sla_violations:<YYYY-MM-DD>`.
+//! The braces are a Redis Cluster hash tag, so a keyspace's keys share a
 //! slot; bumping the keyspace's `…:gen` counter retires all of them at once.
 
 use uuid::Uuid;
@@ -51,6 +52,15 @@ pub fn entries_key(tenant: &Uuid, map: TenantMap, generation: i64) -> String {
     Keyspace::Tenant(*tenant).key(generation, map.name())
 }
 
+/// The set of `tenant`'s SLA violation ids of one UTC day (`YYYY-MM-DD`): its size is the day's
+/// count. Outside the generations: a rebuild of the cache does not forget violations.
+pub fn violations_key(tenant: &Uuid, day: &str) -> String {
+    format!(
+        "{}:sla_violations:{day}",
+        Keyspace::Tenant(*tenant).prefix()
+    )
+}
+
 /// The cache key of one category in generation `generation` (its own prefix, so no id can
 /// collide with the keyspace's `versions` or `ids`).
 pub fn category_key(generation: i64, id: &str) -> String {
@@ -75,5 +85,9 @@ mod tests {
         assert_eq!(space.key(0, "config"), format!("t:{{{TENANT}}}:g0:config"));
         assert_eq!(category_key(2, "ids"), "ref:{category}:g2:cat:ids");
         assert_eq!(Keyspace::Reference.generation_key(), "ref:{category}:gen");
+        assert_eq!(
+            violations_key(&tenant, "2026-11-29"),
+            format!("t:{{{TENANT}}}:sla_violations:2026-11-29")
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::retry::{Classify, ErrorClass};
 
 #[cfg(feature = "test-support")]
 pub use keys::order_key;
-pub use keys::{category_key, entries_key, order_key_pattern, profile_key};
+pub use keys::{category_key, entries_key, order_key_pattern, profile_key, violations_key};
 pub use ledger::CacheLedger;
 pub use writer::{apply_queued, bump_generations, read_generations, refresh, Ttl};
 
@@ -73,6 +73,29 @@ impl Classify for CacheError {
             _ => ErrorClass::Transient,
         }
     }
+}
+
+/// How long a day's violation set is kept: the current day and the one before stay readable.
+const VIOLATIONS_TTL_SECONDS: i64 = 3 * 86_400;
+
+/// Counts violations in their tenants' day sets (`(tenant, UTC day, violation id)`), in one
+/// pipeline. Adding an id twice counts it once, so a violation published again is not counted
+/// again.
+pub async fn count_violations(
+    redis: &Client,
+    violations: &[(uuid::Uuid, String, uuid::Uuid)],
+) -> Result<(), CacheError> {
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let pipeline = redis.pipeline();
+    for (tenant, day, id) in violations {
+        let key = violations_key(tenant, day);
+        let () = pipeline.sadd(&key, id.to_string()).await?;
+        let () = pipeline.expire(&key, VIOLATIONS_TTL_SECONDS, None).await?;
+    }
+    let _: Vec<fred::types::Value> = pipeline.all().await?;
+    Ok(())
 }
 
 /// How long one Redis round trip may take before it counts as a failure.

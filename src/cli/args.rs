@@ -47,6 +47,9 @@ pub struct KafkaFlags {
     /// Dead-letter topic.
     #[arg(long, env = "TENANTSTREAM_DEAD_LETTER_TOPIC")]
     pub dead_letter_topic: Option<String>,
+    /// Topic the SLA violations are published to.
+    #[arg(long, env = "TENANTSTREAM_SLA_VIOLATIONS_TOPIC")]
+    pub sla_violations_topic: Option<String>,
 }
 
 /// Where rows and progress are stored, as the worker.
@@ -129,6 +132,22 @@ pub struct WorkerFlags {
     pub max_buffered_bytes: Option<usize>,
 }
 
+/// The SLA engine.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "SLA")]
+pub struct SlaFlags {
+    /// Policy of tenants without an SLA_POLICY entry `default`: its JSON, e.g.
+    /// '{"lag_threshold_ms": 60000, "deadlines_ms": {"CREATED->CONFIRMED": 3600000}}', or none.
+    #[arg(long, env = "TENANTSTREAM_SLA_DEFAULT_POLICY")]
+    pub sla_default_policy: Option<String>,
+    /// Window (ms) of PROCESSING_LAG: at most one violation per tenant per window.
+    #[arg(long, env = "TENANTSTREAM_SLA_LAG_WINDOW_MS")]
+    pub sla_lag_window_ms: Option<u64>,
+    /// How often (ms) the deadline timer and the violation publisher look for work when idle.
+    #[arg(long, env = "TENANTSTREAM_SLA_POLL_INTERVAL_MS")]
+    pub sla_poll_interval_ms: Option<u64>,
+}
+
 /// Every group: the commands that run the pipeline or report on all of it.
 #[derive(Args, Debug, Clone, Default)]
 pub struct AllFlags {
@@ -144,6 +163,8 @@ pub struct AllFlags {
     pub schemas: SchemaFlags,
     #[command(flatten)]
     pub worker: WorkerFlags,
+    #[command(flatten)]
+    pub sla: SlaFlags,
 }
 
 impl AllFlags {
@@ -194,6 +215,7 @@ impl Overrides {
             redis,
             schemas,
             worker,
+            sla,
         } = &self.all;
         set(&mut settings.log_format, &self.file.log_format);
         set(&mut settings.kafka.brokers, &kafka.brokers);
@@ -203,6 +225,10 @@ impl Overrides {
         set(
             &mut settings.kafka.dead_letter_topic,
             &kafka.dead_letter_topic,
+        );
+        set(
+            &mut settings.kafka.sla_violations_topic,
+            &kafka.sla_violations_topic,
         );
         secret(&mut settings.database.url, &postgres.database_url);
         set(
@@ -243,6 +269,12 @@ impl Overrides {
             &mut settings.limits.max_buffered_bytes,
             &worker.max_buffered_bytes,
         );
+        set(&mut settings.sla.default_policy, &sla.sla_default_policy);
+        set(&mut settings.sla.lag_window_ms, &sla.sla_lag_window_ms);
+        set(
+            &mut settings.sla.poll_interval_ms,
+            &sla.sla_poll_interval_ms,
+        );
     }
 }
 
@@ -257,6 +289,7 @@ pub fn default_of(id: &str, d: &Settings) -> Option<String> {
         "orders_topic" => d.kafka.orders_topic.clone(),
         "config_topic" => d.kafka.config_topic.clone(),
         "dead_letter_topic" => d.kafka.dead_letter_topic.clone(),
+        "sla_violations_topic" => d.kafka.sla_violations_topic.clone(),
         "database_url" => d.database.url.to_string(),
         "statement_timeout_ms" => d.database.statement_timeout_ms.to_string(),
         "admin_database_url" => d.database.admin_url.to_string(),
@@ -273,6 +306,9 @@ pub fn default_of(id: &str, d: &Settings) -> Option<String> {
         "max_message_bytes" => d.limits.max_message_bytes.to_string(),
         "max_items" => d.limits.max_items.to_string(),
         "max_buffered_bytes" => d.limits.max_buffered_bytes.to_string(),
+        "sla_default_policy" => d.sla.default_policy.clone(),
+        "sla_lag_window_ms" => d.sla.lag_window_ms.to_string(),
+        "sla_poll_interval_ms" => d.sla.poll_interval_ms.to_string(),
         _ => return None,
     };
     Some(text)

@@ -125,6 +125,7 @@ async fn check_kafka(settings: &Settings) -> anyhow::Result<String> {
             &kafka.orders_topic,
             &kafka.config_topic,
             &kafka.dead_letter_topic,
+            &kafka.sla_violations_topic,
         ];
         let missing: Vec<&str> = needed
             .iter()
@@ -135,7 +136,8 @@ async fn check_kafka(settings: &Settings) -> anyhow::Result<String> {
             missing.is_empty(),
             "answers, but these topics are missing: {}. Create them (for example \
              `kafka-topics.sh --bootstrap-server {} --create --topic {} --partitions 12`), or \
-             point --orders-topic, --config-topic and --dead-letter-topic at existing ones",
+             point --orders-topic, --config-topic, --dead-letter-topic and \
+             --sla-violations-topic at existing ones",
             missing.join(", "),
             kafka.brokers,
             missing[0]

@@ -25,6 +25,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub tenants: TenantSettings,
     pub limits: LimitSettings,
+    pub sla: SlaSettings,
     pub log_format: LogFormat,
 }
 
@@ -39,6 +40,8 @@ pub struct KafkaSettings {
     /// Topic of configuration-change events.
     pub config_topic: String,
     pub dead_letter_topic: String,
+    /// Where detected SLA violations are published.
+    pub sla_violations_topic: String,
     /// A partition's batch is written when it holds this many events...
     pub batch_max_events: usize,
     /// ...or when its oldest event has waited this long (0, the default: at once). Either way a
@@ -114,6 +117,39 @@ pub struct LimitSettings {
     pub max_buffered_bytes: usize,
 }
 
+/// The SLA engine (README "SLA engine").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlaSettings {
+    /// The policy of tenants without an SLA_POLICY entry `default`: the same JSON
+    /// (`{"lag_threshold_ms": …, "deadlines_ms": {"CREATED->CONFIRMED": …}}`), or `none`.
+    pub default_policy: String,
+    /// PROCESSING_LAG is aggregated per tenant per window of this length: at most one
+    /// violation each, published when the window closes.
+    pub lag_window_ms: u64,
+    /// How often the deadline timer and the violation publisher look for work when they
+    /// found none.
+    pub poll_interval_ms: u64,
+}
+
+impl SlaSettings {
+    /// The global default policy's JSON; `None` for `none`.
+    pub fn default_policy_json(&self) -> Option<&str> {
+        let text = self.default_policy.trim();
+        (!text.eq_ignore_ascii_case("none")).then_some(text)
+    }
+}
+
+impl Default for SlaSettings {
+    fn default() -> Self {
+        Self {
+            default_policy: "none".into(),
+            lag_window_ms: 60_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -158,6 +194,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             tenants: TenantSettings::default(),
             limits: LimitSettings::default(),
+            sla: SlaSettings::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -171,6 +208,7 @@ impl Default for KafkaSettings {
             orders_topic: "orders".into(),
             config_topic: "config-changes".into(),
             dead_letter_topic: "dead-letters".into(),
+            sla_violations_topic: "sla-violations".into(),
             batch_max_events: 1000,
             batch_linger_ms: 0,
             session_timeout_ms: 10_000,
@@ -305,6 +343,10 @@ impl Settings {
             ("kafka.orders_topic", &self.kafka.orders_topic),
             ("kafka.config_topic", &self.kafka.config_topic),
             ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            (
+                "kafka.sla_violations_topic",
+                &self.kafka.sla_violations_topic,
+            ),
         ];
         for (i, (field, topic)) in topics.iter().enumerate() {
             if topic.trim().is_empty() {
@@ -314,7 +356,7 @@ impl Settings {
                 return invalid(field, &format!("must differ from {other} ({topic:?})"));
             }
         }
-        let ranges: [(&'static str, u64, RangeInclusive<u64>); 10] = [
+        let ranges: [(&'static str, u64, RangeInclusive<u64>); 12] = [
             (
                 "kafka.batch_max_events",
                 self.kafka.batch_max_events as u64,
@@ -368,6 +410,17 @@ impl Settings {
                 self.limits.max_buffered_bytes as u64,
                 1_024..=1 << 40,
             ),
+            // A day: windows are aligned to the epoch, so longer ones would straddle days.
+            (
+                "sla.lag_window_ms",
+                self.sla.lag_window_ms,
+                1_000..=86_400_000,
+            ),
+            (
+                "sla.poll_interval_ms",
+                self.sla.poll_interval_ms,
+                10..=60_000,
+            ),
         ];
         for (field, value, range) in ranges {
             if !range.contains(&value) {
@@ -403,68 +456,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_field_is_named() {
-        let mut s = Settings::default();
-        s.kafka.batch_max_events = 0;
-        let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("kafka.batch_max_events"), "{err}");
-    }
-
-    #[test]
-    fn http_listen_takes_a_host_name_or_an_address_with_a_port() {
-        let with = |listen: &str| {
-            let mut s = Settings::default();
-            s.http.listen = listen.into();
-            s.validate().map_err(|e| e.to_string())
-        };
-        assert!(with("localhost:9898").is_ok());
-        assert!(with("127.0.0.1:0").is_ok());
-        assert!(with("[::1]:9898").is_ok());
-        for bad in ["localhost", "127.0.0.1", "localhost:port"] {
-            let err = with(bad).unwrap_err();
-            assert!(err.contains("http.listen"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn numbers_out_of_range_name_their_field_and_range() {
-        let mut s = Settings::default();
-        s.redis.order_ttl_seconds = u64::MAX;
-        let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("redis.order_ttl_seconds"), "{err}");
-        assert!(err.contains("is not between 0 and 315360000"), "{err}");
-        let mut s = Settings::default();
-        s.limits.max_items = 0;
-        let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("limits.max_items"), "{err}");
-        assert!(Settings::default().validate().is_ok());
-    }
-
-    #[test]
-    fn redacted_toml_reads_back_to_the_same_settings_without_passwords() {
-        let mut s = Settings::default();
-        s.database.url = Secret::new("postgres://worker:hunter2@db:5432/x");
-        s.redis.url = Secret::new("redis://:hunter2@cache:6379");
-        s.schemas.registry_url = Some("https://reader:hunter2@registry:8081".into());
-        s.log_format = LogFormat::Json;
-        let text = s.to_redacted_toml();
-        assert!(!text.contains("hunter2"), "{text}");
-        let back: Settings = toml::from_str(&text).unwrap();
-        assert_eq!(back, s.redacted());
-        assert_eq!(
-            back.database.url.expose(),
-            "postgres://worker:***@db:5432/x"
-        );
-        assert_eq!(back.log_format, LogFormat::Json);
-    }
-
-    #[test]
-    fn unknown_file_key_is_an_error() {
-        let err = toml::from_str::<Settings>("[kafka]\nbrokerz = \"x\"\n").unwrap_err();
-        assert!(err.to_string().contains("brokerz"));
-    }
-}
+mod tests;

@@ -20,8 +20,13 @@ impl Encoder {
 
     /// The encoder for `E`'s reader schema, framed with its id from `registry.json`.
     pub fn for_event<E: Event>(schemas: &SchemaSettings) -> Result<Self, SchemaLoadError> {
+        Self::for_file(schemas, E::SCHEMA_FILE)
+    }
+
+    /// The encoder for the schema in `file` of the schemas folder, framed with its id from
+    /// `registry.json` (for what the worker itself publishes: `sla_violation.avsc`).
+    pub fn for_file(schemas: &SchemaSettings, file: &str) -> Result<Self, SchemaLoadError> {
         let store = SchemaStore::load(&schemas.dir, None)?;
-        let file = E::SCHEMA_FILE;
         let id = store
             .local_id_of(file)
             .ok_or_else(|| SchemaLoadError::NoLocalId {

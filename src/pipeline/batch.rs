@@ -24,10 +24,11 @@ use super::partitions::ReadyBatch;
 use crate::cache::{self, CacheLedger, Ttl};
 use crate::clock::Clock;
 use crate::decode::{DecodeError, Decoder};
-use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder};
+use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder, ViolationKind};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Outcome, Stage};
 use crate::retry::{self, Backoff, RetryPolicy};
+use crate::sink::sla::SlaTracking;
 use crate::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows, SinkError};
 use crate::validate::Validate;
 
@@ -78,6 +79,8 @@ pub(super) struct BatchPath {
     pub ttl: Ttl,
     pub health: Health,
     pub clock: Clock,
+    /// The SLA policy settings and the same clock: batches keep deadlines and lag.
+    pub sla: SlaTracking,
     pub cache_ledger: Arc<CacheLedger>,
     /// Wakes the drainer when the batch could not write its cache keys.
     pub cache_wake: Arc<Notify>,
@@ -142,6 +145,7 @@ impl BatchPath {
             next_offset: last.offset() + 1,
             tenant_policy: self.tenant_policy,
             applied: &applied,
+            sla: &self.sla,
         };
         let Some(outcome) = self
             .write(&position, &mut decoded, &mut backoff, shutdown)
@@ -163,6 +167,8 @@ impl BatchPath {
         metrics::events_processed(topic, Outcome::Written, written.written);
         metrics::events_processed(topic, Outcome::Superseded, written.superseded);
         metrics::events_processed(topic, Outcome::Stale, written.stale);
+        let lag = ViolationKind::ProcessingLag.as_str();
+        metrics::sla_violations_detected(lag, written.lag_violations as u64);
         let elapsed = started.elapsed();
         let now = self.clock.now_ms();
         let next_offset = position.next_offset;
@@ -331,6 +337,7 @@ struct Position<'a> {
     next_offset: i64,
     tenant_policy: TenantPolicy,
     applied: &'a HashMap<Uuid, Vec<i64>>,
+    sla: &'a SlaTracking,
 }
 
 impl Position<'_> {
@@ -342,6 +349,7 @@ impl Position<'_> {
             rows,
             tenant_policy: self.tenant_policy,
             applied: self.applied,
+            sla: Some(self.sla),
         }
     }
 }

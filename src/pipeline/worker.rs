@@ -23,14 +23,19 @@ use super::dead_letter::DeadLetterSink;
 use super::partitions::{sleep_until, Bounds, PartitionState, Partitions, ReadyBatch};
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
-use crate::config::Settings;
-use crate::decode::{Decoder, SchemaLoadError, SchemaStore};
-use crate::domain::{Event, TenantPolicy, TopicPartition, ValidConfig, ValidOrder};
+use crate::config::{ConfigError, Settings};
+use crate::decode::{Decoder, Encoder, SchemaLoadError, SchemaStore};
+use crate::domain::{
+    Event, SlaViolation, TenantPolicy, TopicPartition, ValidConfig, ValidOrder, ViolationKind,
+};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
 use crate::retry::{self, Classify, ErrorClass, RetryPolicy};
+use crate::sink::sla::SlaTracking;
 use crate::sink::{self, SinkError};
-use crate::source::{self, Source};
+use crate::sla::{DeadlineTimer, ViolationPublisher};
+use crate::source::{self, Source, WorkerProducer};
+use crate::validate::parse_sla_policy;
 
 /// A partition stops fetching when this many batches wait behind the one being written: enough
 /// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
@@ -38,6 +43,8 @@ const PAUSE_AT_BATCHES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error(transparent)]
+    Settings(#[from] ConfigError),
     #[error("schemas: {0}")]
     Schemas(#[from] SchemaLoadError),
     #[error("Kafka at {brokers}: {error}")]
@@ -58,12 +65,14 @@ impl WorkerError {
 }
 
 impl Classify for WorkerError {
-    /// Permanent: the schemas folder, or the Postgres setup (an invalid URL, a role that
+    /// Permanent: a setting, the schemas folder, or the Postgres setup (an invalid URL, a role that
     /// bypasses RLS), must be fixed. Anything else at startup is waited for: Kafka, Postgres
     /// and Redis may still be starting.
     fn class(&self) -> ErrorClass {
         match self {
-            Self::Schemas(_) | Self::Postgres(SinkError::Setup(_)) => ErrorClass::Permanent,
+            Self::Settings(_) | Self::Schemas(_) | Self::Postgres(SinkError::Setup(_)) => {
+                ErrorClass::Permanent
+            }
             Self::Redis(error) => error.class(),
             Self::Kafka { .. }
             | Self::Postgres(SinkError::Database(_) | SinkError::Unreachable { .. }) => {
@@ -78,12 +87,27 @@ pub struct Worker {
     settings: Settings,
     health: Health,
     path: BatchPath,
+    producer: WorkerProducer,
+    violations: Arc<Encoder>,
 }
 
 impl Worker {
     /// Connects to Postgres, Redis and Kafka, and loads the schemas. Fails with the name of
     /// what is missing; callers that should wait for dependencies use [`Worker::connect_retrying`].
     pub async fn connect(settings: Settings, health: Health) -> Result<Self, WorkerError> {
+        let default_policy = match settings.sla.default_policy_json() {
+            None => None,
+            Some(text) => Some(
+                parse_sla_policy(text).map_err(|reason| ConfigError::Invalid {
+                    field: "sla.default_policy",
+                    reason,
+                })?,
+            ),
+        };
+        let violations = Arc::new(Encoder::for_file(
+            &settings.schemas,
+            SlaViolation::SCHEMA_FILE,
+        )?);
         let store = Arc::new(SchemaStore::load(
             &settings.schemas.dir,
             settings.schemas.registry_url.as_deref(),
@@ -95,11 +119,10 @@ impl Worker {
         let redis = cache::connect_in_background(settings.redis.url.expose(), move |error| {
             errors.failure_without_readiness(Component::Redis, Stage::Cache, &error, None);
         })?;
-        let dead_letters = DeadLetterSink::new(
-            source::worker_producer(&settings.kafka, health.clone())
-                .map_err(|error| WorkerError::kafka(&settings, error))?,
-            settings.kafka.dead_letter_topic.clone(),
-        );
+        let producer = source::worker_producer(&settings.kafka, health.clone())
+            .map_err(|error| WorkerError::kafka(&settings, error))?;
+        let dead_letters =
+            DeadLetterSink::new(producer.clone(), settings.kafka.dead_letter_topic.clone());
         // Not ready until `run` has joined the group and been assigned its partitions.
         health.failed(Component::Kafka, "not yet assigned partitions");
         let path = BatchPath {
@@ -114,6 +137,11 @@ impl Worker {
             ttl: (&settings.redis).into(),
             health: health.clone(),
             clock: Clock::system(),
+            sla: SlaTracking {
+                default_policy,
+                lag_window_ms: settings.sla.lag_window_ms as i64,
+                clock: Clock::system(),
+            },
             cache_ledger: Arc::default(),
             cache_wake: Arc::new(Notify::new()),
         };
@@ -121,6 +149,8 @@ impl Worker {
             settings,
             health,
             path,
+            producer,
+            violations,
         })
     }
 
@@ -151,8 +181,10 @@ impl Worker {
         }
     }
 
-    /// The clock the pipeline reads "now" from (the system clock unless replaced).
+    /// The clock the pipeline and the SLA engine read "now" from (the system clock unless
+    /// replaced).
     pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.path.sla.clock = clock.clone();
         self.path.clock = clock;
         self
     }
@@ -162,7 +194,9 @@ impl Worker {
     pub fn register_metrics(settings: &Settings) {
         let kafka = &settings.kafka;
         let codes: Vec<&str> = super::dead_letter::codes().collect();
-        metrics::register_at_zero(&[&kafka.orders_topic, &kafka.config_topic], &codes);
+        let kinds =
+            [ViolationKind::DeadlineMissed, ViolationKind::ProcessingLag].map(|k| k.as_str());
+        metrics::register_at_zero(&[&kafka.orders_topic, &kafka.config_topic], &codes, &kinds);
     }
 
     /// Consumes until `shutdown`, then abandons unwritten buffers and leaves the group.
@@ -190,12 +224,42 @@ impl Worker {
             }
             .run(shutdown.child_token()),
         );
+        let (timer, publisher) = self.start_sla(&shutdown);
         self.run_until_stopped(&consumer, &shutdown).await;
         tracing::info!("Stopping: leaving the consumer group.");
         consumer.unsubscribe();
         drop(consumer);
-        let _ = drainer.await;
+        let _ = tokio::join!(drainer, timer, publisher);
         Ok(())
+    }
+
+    /// Starts the deadline timer and the violation publisher, which run until `shutdown`.
+    fn start_sla(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+        let interval = Duration::from_millis(self.settings.sla.poll_interval_ms);
+        let clock = self.path.sla.clock.clone();
+        let timer = DeadlineTimer {
+            pool: self.path.pool.clone(),
+            clock: clock.clone(),
+            health: self.health.clone(),
+            interval,
+        };
+        let publisher = ViolationPublisher {
+            pool: self.path.pool.clone(),
+            redis: self.path.redis.clone(),
+            producer: self.producer.clone(),
+            topic: self.settings.kafka.sla_violations_topic.clone(),
+            encoder: self.violations.clone(),
+            clock,
+            health: self.health.clone(),
+            interval,
+        };
+        (
+            tokio::spawn(timer.run(shutdown.child_token())),
+            tokio::spawn(publisher.run(shutdown.child_token())),
+        )
     }
 
     async fn run_until_stopped(&self, consumer: &Source, shutdown: &CancellationToken) {

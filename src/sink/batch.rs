@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::isolate::write_isolating;
 use super::offsets::{self, PartitionKey};
 use super::orders::write_orders;
+use super::sla::{record_lag, SlaTracking};
 use super::tenant_config::write_config;
 use super::SinkError;
 use crate::domain::{CacheRef, QueuedCache, TenantPolicy, ValidConfig, ValidOrder};
@@ -97,6 +98,8 @@ pub struct Batch<'a> {
     /// statements, which saves a round trip per tenant (left undeleted, a row is only applied
     /// again, harmlessly, by the drainer).
     pub applied: &'a HashMap<Uuid, Vec<i64>>,
+    /// Keep the SLAs of the batch's orders (deadlines, lag), in its transaction.
+    pub sla: Option<&'a SlaTracking>,
 }
 
 /// What a committed batch did with each of its events: exactly one of written, superseded
@@ -113,6 +116,8 @@ pub struct BatchWrite {
     pub stale: usize,
     /// The cache work this batch queued: one entry per row written, with the row's JSON.
     pub cache: Vec<QueuedCache>,
+    /// PROCESSING_LAG violations this batch created.
+    pub lag_violations: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,10 +139,24 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch<'_>) -> Result<BatchOutcom
         batch.rows,
         batch.tenant_policy,
         batch.applied,
+        batch.sla,
     )
     .await?;
+    let lag_violations = check_lag(&mut tx, batch).await?;
     tx.commit().await?;
-    Ok(committed(batch.rows, cache))
+    Ok(committed(batch.rows, cache, lag_violations))
+}
+
+/// The batch's PROCESSING_LAG, recorded in its transaction just before the commit (orders
+/// only; configuration changes have no SLA).
+pub(super) async fn check_lag(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &Batch<'_>,
+) -> Result<usize, SinkError> {
+    match (batch.rows, batch.sla) {
+        (Rows::Orders(orders), Some(sla)) => record_lag(tx, orders, sla).await,
+        _ => Ok(0),
+    }
 }
 
 /// Begins the batch's transaction with its fence: the compare-and-set of the stored offset,
@@ -154,13 +173,18 @@ pub(super) async fn begin_fenced<'p>(
     Ok(None)
 }
 
-pub(super) fn committed(rows: Rows<'_>, cache: Vec<QueuedCache>) -> BatchOutcome {
+pub(super) fn committed(
+    rows: Rows<'_>,
+    cache: Vec<QueuedCache>,
+    lag_violations: usize,
+) -> BatchOutcome {
     let distinct = rows.distinct_rows();
     BatchOutcome::Committed(BatchWrite {
         written: cache.len(),
         superseded: rows.len() - distinct,
         stale: distinct.saturating_sub(cache.len()),
         cache,
+        lag_violations,
     })
 }
 
@@ -176,7 +200,8 @@ pub struct Rewritten {
 /// Writes rows outside any partition's progress (no offset is read or moved), for
 /// `replay --rewrite-db`. The cache work is queued under `group` (the live worker's), so its
 /// drainer applies it even if the replay stops before writing Redis. Rows Postgres rejects
-/// for their data are left out, as the live worker leaves them out.
+/// for their data are left out, as the live worker leaves them out. SLAs are not kept: a
+/// rewrite registers no deadline and records no lag, so replay never creates violations.
 pub async fn rewrite_rows(
     pool: &PgPool,
     group: &str,
@@ -185,12 +210,13 @@ pub async fn rewrite_rows(
 ) -> Result<Rewritten, SinkError> {
     let none = HashMap::new();
     let mut tx = pool.begin().await?;
-    let (queued, rejected) = match write_rows(&mut tx, group, rows, tenant_policy, &none).await {
+    let written = write_rows(&mut tx, group, rows, tenant_policy, &none, None).await;
+    let (queued, rejected) = match written {
         Ok(queued) => (queued, Vec::new()),
         Err(error) if error.rejects_row() => {
             tx.rollback().await?;
             tx = pool.begin().await?;
-            write_isolating(&mut tx, group, rows, tenant_policy, &none).await?
+            write_isolating(&mut tx, group, rows, tenant_policy, &none, None).await?
         }
         Err(error) => return Err(error),
     };
@@ -209,9 +235,10 @@ pub(super) async fn write_rows(
     rows: Rows<'_>,
     tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
+    sla: Option<&SlaTracking>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     match rows {
-        Rows::Orders(orders) => write_orders(tx, group, orders, tenant_policy, applied).await,
+        Rows::Orders(orders) => write_orders(tx, group, orders, tenant_policy, applied, sla).await,
         Rows::Config(changes) => write_config(tx, group, changes, tenant_policy, applied).await,
     }
 }

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::batch::{begin_fenced, committed, write_rows, Batch, BatchOutcome, Rows};
+use super::batch::{begin_fenced, check_lag, committed, write_rows, Batch, BatchOutcome, Rows};
+use super::sla::SlaTracking;
 use super::SinkError;
 use crate::domain::{CacheRef, Event, QueuedCache, TenantPolicy};
 
@@ -53,14 +54,20 @@ pub async fn write_each(pool: &PgPool, batch: &Batch<'_>) -> Result<Isolated, Si
         batch.rows,
         batch.tenant_policy,
         batch.applied,
+        batch.sla,
     )
     .await?;
     if !rejected.is_empty() {
         tx.rollback().await?;
         return Ok(Isolated::Rejected(rejected));
     }
+    let lag_violations = check_lag(&mut tx, batch).await?;
     tx.commit().await?;
-    Ok(Isolated::Written(committed(batch.rows, cache)))
+    Ok(Isolated::Written(committed(
+        batch.rows,
+        cache,
+        lag_violations,
+    )))
 }
 
 /// Writes `rows` finding the rejected ones by bisection, each attempt in a savepoint of `tx`:
@@ -75,6 +82,7 @@ pub(super) async fn write_isolating(
     rows: Rows<'_>,
     tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
+    sla: Option<&SlaTracking>,
 ) -> Result<(Vec<QueuedCache>, Vec<RejectedRow>), SinkError> {
     let mut cache = Vec::new();
     let mut rejected = Vec::new();
@@ -90,7 +98,8 @@ pub(super) async fn write_isolating(
         let newest: Vec<usize> = run.iter().map(|versions| versions[0]).collect();
         let picked = rows.pick(&newest);
         let mut savepoint = tx.begin().await?;
-        let written = write_rows(&mut savepoint, group, picked.rows(), tenant_policy, applied);
+        let rows = picked.rows();
+        let written = write_rows(&mut savepoint, group, rows, tenant_policy, applied, sla);
         match written.await {
             Ok(queued) => {
                 savepoint.commit().await?;

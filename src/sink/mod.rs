@@ -16,6 +16,7 @@ mod isolate;
 mod offsets;
 mod orders;
 mod pool;
+pub mod sla;
 mod tenant;
 mod tenant_config;
 

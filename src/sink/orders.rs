@@ -12,23 +12,26 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::cache_outbox::OutboxKind;
+use super::sla::SlaTracking;
 use super::SinkError;
 use crate::domain::{CacheItem, QueuedCache, TenantPolicy, ValidOrder};
 
 /// Upserts each tenant's newest order events under the tenant's context and queues their cache
-/// work under `group`; `applied` holds, per tenant, outbox rows to delete on the way.
+/// work under `group`; `applied` holds, per tenant, outbox rows to delete on the way. With
+/// `sla`, the written orders' deadlines are kept in the same statements.
 pub(super) async fn write_orders(
     tx: &mut Transaction<'_, Postgres>,
     group: &str,
     orders: &[ValidOrder],
     tenant_policy: TenantPolicy,
     applied: &HashMap<Uuid, Vec<i64>>,
+    sla: Option<&SlaTracking>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let by_tenant: Vec<_> = latest_per_order(orders).into_iter().collect();
     let mut queued = Vec::new();
     for tenants in by_tenant.chunks(TENANTS_PER_CALL) {
         let columns = Columns::grouped(tenants, applied);
-        queued.extend(write_order_batch(tx, group, tenant_policy, &columns).await?);
+        queued.extend(write_order_batch(tx, group, tenant_policy, &columns, sla).await?);
     }
     Ok(queued)
 }
@@ -45,10 +48,11 @@ async fn write_order_batch(
     group: &str,
     tenant_policy: TenantPolicy,
     columns: &Columns<'_>,
+    sla: Option<&SlaTracking>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let queued: Vec<(i64, Uuid, String, i64, String)> = sqlx::query_as(
         "SELECT * FROM write_order_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                         $14, $15, $16, $17, $18)",
+                                         $14, $15, $16, $17, $18, $19, $20)",
     )
     .bind(group)
     .bind(OutboxKind::Order.as_str())
@@ -68,6 +72,8 @@ async fn write_order_batch(
     .bind(&columns.applied_ids)
     .bind(&columns.applied_firsts)
     .bind(&columns.applied_lasts)
+    .bind(sla.is_some())
+    .bind(sla.and_then(|sla| sla.default_policy.as_ref()))
     .fetch_all(&mut **tx)
     .await?;
     Ok(queued

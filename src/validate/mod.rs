@@ -12,6 +12,7 @@ use crate::domain::{ConfigChangeEvent, Event, OrderEvent, ValidConfig, ValidOrde
 use crate::retry::{Classify, ErrorClass};
 
 use iso4217::is_iso4217;
+pub use tenant_config::parse_sla_policy;
 
 /// Versions above 2^53 lose precision in Redis' Lua numbers, where cache writes are compared.
 pub const MAX_VERSION: i64 = 1 << 53;

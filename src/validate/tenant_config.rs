@@ -128,7 +128,17 @@ fn normalise_value(kind: ConfigKind, text: &str) -> Result<String, InvalidField>
     Ok(json.to_string())
 }
 
-/// Positive milliseconds (up to 2^53), transitions between two different order event types.
+/// A policy given as JSON text (the worker's global default): the same rules as an SLA_POLICY
+/// entry. Returns the policy as JSON, or why it is not one.
+pub fn parse_sla_policy(text: &str) -> Result<serde_json::Value, String> {
+    let policy: SlaPolicy = serde_json::from_str(text).map_err(|e| {
+        format!("{e}; expected {{\"lag_threshold_ms\": …, \"deadlines_ms\": {{\"CREATED->CONFIRMED\": …}}}} or none")
+    })?;
+    check_sla_policy(&policy)?;
+    Ok(serde_json::to_value(policy).expect("a policy is JSON"))
+}
+
+/// Positive milliseconds (up to 2^53), transitions that step forward in an order's life.
 fn check_sla_policy(policy: &SlaPolicy) -> Result<(), String> {
     if policy.lag_threshold_ms == 0 || policy.lag_threshold_ms > MAX_VERSION as u64 {
         return Err("lag_threshold_ms must be between 1 and 2^53".into());
@@ -136,8 +146,8 @@ fn check_sla_policy(policy: &SlaPolicy) -> Result<(), String> {
     for (transition, ms) in &policy.deadlines_ms {
         if Transition::parse(transition).is_none() {
             return Err(format!(
-                "deadlines_ms key {transition:?} is not FROM->TO of two different order \
-                 event types (e.g. CREATED->CONFIRMED)"
+                "deadlines_ms key {transition:?} is not FROM->TO with TO after FROM in \
+                 CREATED, CONFIRMED, SHIPPED, DELIVERED (e.g. CREATED->CONFIRMED)"
             ));
         }
         if *ms == 0 || *ms > MAX_VERSION as u64 {

@@ -134,9 +134,10 @@ async fn check_fails_on_missing_topics_and_names_them() {
         .find(|l| l.starts_with("FAIL kafka") || l.starts_with("ok   kafka"))
         .unwrap_or_default();
     assert!(kafka.starts_with("FAIL kafka:"), "{stdout}");
+    let k = &settings.kafka;
     let missing = format!(
-        "these topics are missing: {}, {}",
-        settings.kafka.config_topic, settings.kafka.dead_letter_topic
+        "these topics are missing: {}, {}, {}",
+        k.config_topic, k.dead_letter_topic, k.sla_violations_topic
     );
     assert!(kafka.contains(&missing), "{kafka}");
     assert!(kafka.contains("--create --topic"), "{kafka}");
@@ -145,6 +146,8 @@ async fn check_fails_on_missing_topics_and_names_them() {
     mock.create_topic(&settings.kafka.config_topic, 2, 1)
         .unwrap();
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.sla_violations_topic, 1, 1)
         .unwrap();
     let (passed, stdout) = check(&settings);
     assert!(passed, "{stdout}");
@@ -162,6 +165,7 @@ async fn check_prints_one_line_per_dependency_without_passwords() {
         &settings.kafka.orders_topic,
         &settings.kafka.config_topic,
         &settings.kafka.dead_letter_topic,
+        &settings.kafka.sla_violations_topic,
     ] {
         mock.create_topic(topic, 1, 1).unwrap();
     }
@@ -239,6 +243,7 @@ fn config_prints_the_effective_settings_as_toml_that_reads_back() {
     given.kafka.orders_topic = settings.kafka.orders_topic.clone();
     given.kafka.config_topic = settings.kafka.config_topic.clone();
     given.kafka.dead_letter_topic = settings.kafka.dead_letter_topic.clone();
+    given.kafka.sla_violations_topic = settings.kafka.sla_violations_topic.clone();
     given.database.url = settings.database.url.clone();
     given.database.admin_url = Secret::new(admin_url);
     given.redis.url = settings.redis.url.clone();
@@ -328,6 +333,8 @@ async fn produce_prints_the_end_offsets_and_sends_configuration_for_its_tenants(
     mock.create_topic(orders, 3, 1).unwrap();
     mock.create_topic(config, 2, 1).unwrap();
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)
+        .unwrap();
+    mock.create_topic(&settings.kafka.sla_violations_topic, 1, 1)
         .unwrap();
 
     let args = "--count 300 --tenants 4 --config-changes 40 --seed 7";

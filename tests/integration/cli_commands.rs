@@ -160,6 +160,7 @@ async fn dead_letters_and_status_report_a_known_workload() {
     mock.create_topic(&k.orders_topic, 2, 1).unwrap();
     mock.create_topic(&k.config_topic, 2, 1).unwrap();
     mock.create_topic(&k.dead_letter_topic, 2, 1).unwrap();
+    mock.create_topic(&k.sla_violations_topic, 1, 1).unwrap();
     let admin = support::admin_pool().await;
     let spec = TrafficSpec {
         count: 600,

@@ -59,6 +59,7 @@ async fn write(
         rows: orders.into(),
         tenant_policy: TenantPolicy::RegisterUnknown,
         applied: &Default::default(),
+        sla: None,
     };
     sink::write_batch(pool, &batch).await.unwrap()
 }
@@ -205,6 +206,7 @@ async fn applied_cache_work_is_deleted_with_the_next_write() {
         rows: next[..].into(),
         tenant_policy: TenantPolicy::RegisterUnknown,
         applied: &applied,
+        sla: None,
     };
     sink::write_batch(&pool, &batch).await.unwrap();
     let left: Vec<(Uuid, i64)> = sqlx::query_as(

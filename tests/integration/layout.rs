@@ -29,26 +29,29 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sink", &["domain"]),
     ("cache", &["domain"]),
     ("source", &["domain", "sink"]),
+    ("sla", &["domain", "decode", "sink", "cache", "source"]),
     (
         "pipeline",
-        &["domain", "validate", "decode", "sink", "cache", "source"],
+        &[
+            "domain", "validate", "decode", "sink", "cache", "source", "sla",
+        ],
     ),
     (
         "tools",
         &[
-            "domain", "validate", "decode", "sink", "cache", "source", "pipeline",
+            "domain", "validate", "decode", "sink", "cache", "source", "sla", "pipeline",
         ],
     ),
     (
         "cli",
         &[
-            "domain", "validate", "decode", "sink", "cache", "source", "pipeline", "tools",
+            "domain", "validate", "decode", "sink", "cache", "source", "sla", "pipeline", "tools",
         ],
     ),
     (
         "testing",
         &[
-            "domain", "validate", "decode", "sink", "cache", "source", "pipeline", "tools",
+            "domain", "validate", "decode", "sink", "cache", "source", "sla", "pipeline", "tools",
         ],
     ),
 ];

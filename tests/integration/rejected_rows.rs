@@ -354,6 +354,7 @@ fn strict_batch<'a>(
         rows,
         tenant_policy: TenantPolicy::RequireKnown,
         applied,
+        sla: None,
     }
 }
 

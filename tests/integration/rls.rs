@@ -230,6 +230,7 @@ fn batch<'a>(
         rows: rows.into(),
         tenant_policy: TenantPolicy::RegisterUnknown,
         applied,
+        sla: None,
     }
 }
 
@@ -321,7 +322,8 @@ async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query(
         "SELECT * FROM write_order_batch('g', 'order', true, $1, '{1}', '{1}', '{z-1}', '{1}',
-                  '{created}', '{c}', '{EUR}', '{1}', '{\"[]\"}', '{0}', $2, '{}', '{1}', '{0}')",
+                  '{created}', '{c}', '{EUR}', '{1}', '{\"[]\"}', '{0}', $2, '{}', '{1}', '{0}',
+                  false, NULL)",
     )
     .bind(vec![tenants[2]])
     .bind(vec![Uuid::new_v4()])

@@ -138,7 +138,10 @@ pub fn generate_config(spec: &ConfigSpec, encoder: &Encoder) -> (Vec<Generated>,
                 }
                 6..=8 => {
                     let value = serde_json::json!({
-                        "lag_threshold_ms": rng.gen_range(1..600) * 1000,
+                        // Lag thresholds of 10 minutes or more and deadlines of an hour or
+                        // more: generated traffic never violates them (the demo's SLA
+                        // traffic has tenants of its own).
+                        "lag_threshold_ms": rng.gen_range(10..600) * 60_000,
                         "deadlines_ms": {"CREATED->CONFIRMED": rng.gen_range(1..48) * 3_600_000_u64},
                     });
                     (ConfigKind::SlaPolicy, "default", Some(value.to_string()))

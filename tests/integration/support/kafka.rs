@@ -58,7 +58,8 @@ pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     }
 }
 
-/// A test's own topics on tansu (orders with 3 partitions, dead letters with 1), with the
+/// A test's own topics on tansu (orders with 3 partitions, dead letters and SLA violations
+/// with 1), with the
 /// migrated database and Redis.
 pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client) {
     let brokers = tansu_brokers();
@@ -69,6 +70,7 @@ pub async fn tansu_setup(name: &str) -> (Settings, PgPool, fred::prelude::Client
             (&settings.kafka.orders_topic, 3),
             (&settings.kafka.config_topic, 2),
             (&settings.kafka.dead_letter_topic, 1),
+            (&settings.kafka.sla_violations_topic, 1),
         ],
     )
     .await;
@@ -123,7 +125,7 @@ pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, u
     counts
 }
 
-/// Settings for one test on librdkafka's mock cluster, with its three topics created (orders
+/// Settings for one test on librdkafka's mock cluster, with its four topics created (orders
 /// on 2 partitions).
 pub fn mock_settings(
     mock: &rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
@@ -134,5 +136,6 @@ pub fn mock_settings(
     mock.create_topic(&k.orders_topic, 2, 1).unwrap();
     mock.create_topic(&k.config_topic, 1, 1).unwrap();
     mock.create_topic(&k.dead_letter_topic, 1, 1).unwrap();
+    mock.create_topic(&k.sla_violations_topic, 1, 1).unwrap();
     settings
 }

@@ -36,6 +36,7 @@ pub fn settings(brokers: &str, name: &str) -> Settings {
     s.kafka.orders_topic = format!("orders-{unique}");
     s.kafka.config_topic = format!("config-{unique}");
     s.kafka.dead_letter_topic = format!("dlq-{unique}");
+    s.kafka.sla_violations_topic = format!("sla-{unique}");
     s.kafka.batch_linger_ms = 20;
     s.kafka.batch_max_events = 500;
     s.kafka.session_timeout_ms = 6000;
