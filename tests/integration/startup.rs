@@ -123,6 +123,17 @@ async fn setup_mistakes_end_the_command_with_the_cause_and_the_fix() {
                 "--schemas-dir".into(),
             ],
         ),
+        (
+            "a global SLA policy that breaks the SLA_POLICY rules",
+            Box::new(|s| {
+                s.sla.default_policy =
+                    r#"{"lag_threshold_ms": 1000, "deadlines_ms": {"SHIPPED->CREATED": 5}}"#.into()
+            }),
+            vec![
+                "invalid setting sla.default_policy".into(),
+                "\"SHIPPED->CREATED\" is not FROM->TO with TO after FROM".into(),
+            ],
+        ),
     ];
     for (case, change, want) in cases {
         let mut settings = settings.clone();
