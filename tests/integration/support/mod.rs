@@ -8,6 +8,7 @@ mod metrics;
 mod postgres;
 mod redis;
 mod services;
+mod sla;
 mod traffic;
 mod worker;
 
@@ -16,5 +17,6 @@ pub use metrics::*;
 pub use postgres::*;
 pub use redis::*;
 pub use services::*;
+pub use sla::*;
 pub use traffic::*;
 pub use worker::*;
