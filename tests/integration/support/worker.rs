@@ -77,10 +77,6 @@ pub fn binary(command: &str, settings: &Settings) -> std::process::Command {
         .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
         .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
         .env("TENANTSTREAM_SLA_VIOLATIONS_TOPIC", &k.sla_violations_topic)
-        .env(
-            "TENANTSTREAM_SLA_DEFAULT_POLICY",
-            &settings.sla.default_policy,
-        )
         .env("DATABASE_URL", settings.database.url.expose())
         .env("REDIS_URL", settings.redis.url.expose())
         .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
