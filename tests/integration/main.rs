@@ -21,5 +21,6 @@ mod redis_cluster;
 mod rejected_rows;
 mod replay;
 mod rls;
+mod sla_faults;
 mod slow_rows;
 mod startup;

@@ -6,15 +6,19 @@
 mod kafka;
 mod metrics;
 mod postgres;
+mod process;
 mod redis;
 mod services;
+mod sla;
 mod traffic;
 mod worker;
 
 pub use kafka::*;
 pub use metrics::*;
 pub use postgres::*;
+pub use process::*;
 pub use redis::*;
 pub use services::*;
+pub use sla::*;
 pub use traffic::*;
 pub use worker::*;

@@ -1,0 +1,189 @@
+//! The SLA engine under faults: a rebalance between two workers of one group, a SIGKILL between
+//! storing a violation and publishing it, and a broker outage while violations are published.
+//! Each ends with every expected violation stored once, published (at least once; compared as
+//! distinct ids), counted in Redis, and its outbox row gone.
+//!
+//! Broker: librdkafka's mock cluster, in every test. The rebalance needs a group coordinator that
+//! is correct when members join mid-stream (tansu's can strand a member); the outage needs a
+//! broker the test takes down and up; the crash test needs a broker that refuses the violations
+//! topic and later accepts it under the same name: the mock cluster does all three (tansu, like
+//! the mock, creates a missing topic when a producer asks for it). The crash test's worker is
+//! the real binary in its own process, connected to the mock cluster's TCP listener.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaRespErr;
+use tenantstream::testing::domain::{deadline_violation_id, OrderEventType};
+use tenantstream::testing::metrics::{install_recorder, SLA_PUBLISH_ERRORS};
+use tenantstream::testing::{kafka, traffic};
+use tenantstream::{Clock, Component, Settings};
+use uuid::Uuid;
+
+use crate::support::{self, ClockedWorker, WorkerProcess};
+
+const POLL_MS: u64 = 100;
+
+/// Settings on the mock cluster whose workers keep `policy` for every tenant and poll the SLA
+/// engine's work every [`POLL_MS`].
+fn sla_settings(
+    mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    name: &str,
+    policy: &[(&str, u64)],
+) -> Settings {
+    let mut settings = support::mock_settings(mock, name);
+    settings.sla.default_policy = support::deadline_policy(policy);
+    settings.sla.poll_interval_ms = POLL_MS;
+    settings
+}
+
+/// What becomes of an order after it is CREATED, in the rebalance test.
+#[derive(Clone, Copy, Debug)]
+enum Fate {
+    StaysCreated,
+    StopsConfirmed,
+    Delivered,
+    Cancelled,
+    SkipsToShipped,
+}
+
+/// The rebalance test's policy.
+const LIFECYCLE_POLICY: &[(&str, u64)] = &[
+    ("CREATED->CONFIRMED", 60_000),
+    ("CONFIRMED->SHIPPED", 120_000),
+    ("CREATED->DELIVERED", 300_000),
+];
+
+impl Fate {
+    const ALL: [Self; 5] = [
+        Self::StaysCreated,
+        Self::StopsConfirmed,
+        Self::Delivered,
+        Self::Cancelled,
+        Self::SkipsToShipped,
+    ];
+
+    /// The events after CREATED, in order.
+    fn later_events(self) -> &'static [OrderEventType] {
+        use OrderEventType::*;
+        match self {
+            Self::StaysCreated => &[],
+            Self::StopsConfirmed => &[Confirmed],
+            Self::Delivered => &[Confirmed, Shipped, Delivered],
+            Self::Cancelled => &[Cancelled],
+            Self::SkipsToShipped => &[Shipped],
+        }
+    }
+
+    /// The deadlines of [`LIFECYCLE_POLICY`] it misses once the clock has passed them all.
+    fn missed(self) -> &'static [&'static str] {
+        match self {
+            Self::StaysCreated => &["CREATED->CONFIRMED", "CREATED->DELIVERED"],
+            Self::StopsConfirmed => &["CONFIRMED->SHIPPED", "CREATED->DELIVERED"],
+            Self::Delivered | Self::Cancelled => &[],
+            // SHIPPED reaches CONFIRMED's rank: only DELIVERED is still awaited.
+            Self::SkipsToShipped => &["CREATED->DELIVERED"],
+        }
+    }
+}
+
+/// Two workers of one group, the second joining mid-stream (a rebalance while orders arrive),
+/// both on one manual clock: when it passes the deadlines, both timers and both publishers run
+/// side by side, and each missed deadline becomes exactly one stored violation, published and
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_and_a_rebalance_fire_each_missed_deadline_once() {
+    let mock = MockCluster::new(1).unwrap();
+    let settings = sla_settings(&mock, "sla-rebalance", LIFECYCLE_POLICY);
+    let admin = support::admin_pool().await;
+    let redis = support::redis().await;
+    let start = Clock::system().now_ms();
+    let clock = Clock::manual(start);
+
+    let tenants: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let mut created = Vec::new();
+    let mut later = Vec::new();
+    let mut expected = BTreeSet::new();
+    for (t, tenant) in tenants.iter().enumerate() {
+        for n in 0..40 {
+            let order = format!("o-{t}-{n}");
+            let fate = Fate::ALL[n % Fate::ALL.len()];
+            let at = start + n as i64;
+            let event = support::order_event(*tenant, &order, 1, OrderEventType::Created, at);
+            created.push(event);
+            for (step, kind) in fate.later_events().iter().enumerate() {
+                let version = step as i64 + 2;
+                let at = at + 1_000 * (step as i64 + 1);
+                later.push(support::order_event(*tenant, &order, version, *kind, at));
+            }
+            for transition in fate.missed() {
+                expected.insert(deadline_violation_id(*tenant, &order, transition));
+            }
+        }
+    }
+    // Worker A alone consumes half of the CREATED events; the rest of the traffic goes out in
+    // chunks, worker B joining after the first half of them.
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let topic = settings.kafka.orders_topic.clone();
+    let (first, rest) = created.split_at(created.len() / 2);
+    let mut ends = traffic::EndOffsets::new();
+    let send = |events: Vec<_>| {
+        let messages = support::order_messages(&settings, &events);
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            traffic::send(producer, topic, &messages, 0, None)
+                .await
+                .unwrap()
+        }
+    };
+    support::merge_ends(&mut ends, &send(first.to_vec()).await.ends);
+    let a = ClockedWorker::start(&settings, &clock).await;
+    support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
+
+    let remaining: Vec<_> = rest.iter().chain(&later).cloned().collect();
+    let chunks: Vec<_> = remaining.chunks(remaining.len() / 10 + 1).collect();
+    let (before_b, after_b) = chunks.split_at(chunks.len() / 2);
+    for chunk in before_b {
+        support::merge_ends(&mut ends, &send(chunk.to_vec()).await.ends);
+    }
+    let b = ClockedWorker::start(&settings, &clock).await;
+    // B is ready once the group gave it partitions: the rebalance has happened.
+    support::wait_until(Duration::from_secs(60), "worker B assigned", || async {
+        b.health.is_ready()
+    })
+    .await;
+    for chunk in after_b {
+        support::merge_ends(&mut ends, &send(chunk.to_vec()).await.ends);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(120)).await;
+    // Every deadline that will be missed is pending, and nothing has fired: the clock stands.
+    assert_eq!(
+        support::pending_deadlines(&admin, &tenants).await,
+        expected.len() as i64
+    );
+    assert!(support::stored_violations(&admin, &tenants).await.is_empty());
+
+    clock.advance(Duration::from_secs(600));
+    support::wait_until(Duration::from_secs(60), "violations published", || async {
+        support::stored_violations(&admin, &tenants).await.len() == expected.len()
+            && support::outbox(&admin, &tenants).await.is_empty()
+    })
+    .await;
+    let stored = support::stored_violations(&admin, &tenants).await;
+    assert_eq!(stored, expected.iter().copied().collect::<Vec<_>>());
+    assert_eq!(support::pending_deadlines(&admin, &tenants).await, 0);
+    let messages = support::read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.sla_violations_topic,
+        expected.len(),
+        Duration::from_secs(60),
+    );
+    let published = support::decode_violations(&settings, &messages).await;
+    assert_eq!(support::distinct_ids(&published), expected);
+    support::assert_counted(&admin, &redis, &tenants).await;
+    a.stop().await;
+    b.stop().await;
+}
