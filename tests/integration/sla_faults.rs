@@ -26,14 +26,21 @@ use crate::support::{self, ClockedWorker, WorkerProcess};
 
 const POLL_MS: u64 = 100;
 
-/// Settings on the mock cluster whose workers keep `policy` for every tenant and poll the SLA
-/// engine's work every [`POLL_MS`].
+/// Settings on the mock cluster and the database `db`, whose workers keep `policy` for every
+/// tenant and poll the SLA engine's work every [`POLL_MS`].
+///
+/// Each test has a database of its own: the deadline timer fires every tenant's due deadlines
+/// by its own clock, and a publisher sends every tenant's violations to its own topic, so in a
+/// shared database a test's manual clock would fire other tests' deadlines and its worker
+/// would publish their violations.
 fn sla_settings(
     mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    db: &support::OwnDatabase,
     name: &str,
     policy: &[(&str, u64)],
 ) -> Settings {
     let mut settings = support::mock_settings(mock, name);
+    db.use_in(&mut settings);
     settings.sla.default_policy = support::deadline_policy(policy);
     settings.sla.poll_interval_ms = POLL_MS;
     settings
@@ -96,8 +103,9 @@ impl Fate {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_and_a_rebalance_fire_each_missed_deadline_once() {
     let mock = MockCluster::new(1).unwrap();
-    let settings = sla_settings(&mock, "sla-rebalance", LIFECYCLE_POLICY);
-    let admin = support::admin_pool().await;
+    let db = support::OwnDatabase::create("sla_rebalance").await;
+    let settings = sla_settings(&mock, &db, "sla-rebalance", LIFECYCLE_POLICY);
+    let admin = db.admin.clone();
     let redis = support::redis().await;
     let start = Clock::system().now_ms();
     let clock = Clock::manual(start);
@@ -186,4 +194,98 @@ async fn two_workers_and_a_rebalance_fire_each_missed_deadline_once() {
     support::assert_counted(&admin, &redis, &tenants).await;
     a.stop().await;
     b.stop().await;
+    db.drop().await;
+}
+
+/// `count` orders of each of `tenants` CREATED at `at` and never confirmed, as events, with the
+/// ids of their CREATED->CONFIRMED violations.
+fn unconfirmed_orders(
+    tenants: &[Uuid],
+    count: usize,
+    at: i64,
+) -> (Vec<tenantstream::testing::domain::OrderEvent>, BTreeSet<Uuid>) {
+    let mut events = Vec::new();
+    let mut expected = BTreeSet::new();
+    for tenant in tenants {
+        for n in 0..count {
+            let order = format!("late-{n}");
+            events.push(support::order_event(*tenant, &order, 1, OrderEventType::Created, at));
+            expected.insert(deadline_violation_id(*tenant, &order, "CREATED->CONFIRMED"));
+        }
+    }
+    (events, expected)
+}
+
+/// The broker goes down after the deadlines are registered and before they are due: the timer
+/// still stores the violations (Postgres is up), the publisher cannot send them (not ready,
+/// `tenantstream_sla_publish_errors_total` rises, the outbox keeps them), and once the broker
+/// is back every one is published and counted and the outbox is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn violations_stored_during_a_broker_outage_are_published_after_it() {
+    let metrics = install_recorder();
+    let publish_errors = || support::sample(&metrics.render(), SLA_PUBLISH_ERRORS, &[]);
+    let mock = MockCluster::new(1).unwrap();
+    let db = support::OwnDatabase::create("sla_outage").await;
+    let settings = sla_settings(&mock, &db, "sla-outage", &[("CREATED->CONFIRMED", 60_000)]);
+    let admin = db.admin.clone();
+    let redis = support::redis().await;
+    let start = Clock::system().now_ms();
+    let clock = Clock::manual(start);
+    let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let (events, expected) = unconfirmed_orders(&tenants, 8, start);
+
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let messages = support::order_messages(&settings, &events);
+    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
+        .await
+        .unwrap();
+    let worker = ClockedWorker::start(&settings, &clock).await;
+    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    assert_eq!(
+        support::pending_deadlines(&admin, &tenants).await,
+        expected.len() as i64
+    );
+
+    mock.broker_down(1).unwrap();
+    let errors_before = publish_errors().unwrap_or(0.0);
+    clock.advance(Duration::from_secs(120));
+    support::wait_until(Duration::from_secs(30), "violations stored", || async {
+        support::stored_violations(&admin, &tenants).await.len() == expected.len()
+    })
+    .await;
+    // A send waits for the broker up to the producer's message timeout (30 s), then fails.
+    support::wait_until(Duration::from_secs(90), "publish errors counted", || async {
+        publish_errors().unwrap_or(0.0) >= errors_before + expected.len() as f64
+    })
+    .await;
+    assert!(!worker.health.is_ready(), "ready while the broker is down");
+    assert!(worker.health.is_failing(Component::Kafka));
+    assert!(worker.health.report().contains("kafka: "));
+    let queued = support::outbox(&admin, &tenants).await;
+    let queued_ids: BTreeSet<Uuid> = queued.iter().map(|(id, _)| *id).collect();
+    assert_eq!(queued_ids, expected, "every violation waits in the outbox");
+    assert!(queued.iter().all(|(_, published)| !published));
+
+    mock.broker_up(1).unwrap();
+    support::wait_until(Duration::from_secs(90), "outbox drained", || async {
+        support::outbox(&admin, &tenants).await.is_empty()
+    })
+    .await;
+    let stored = support::stored_violations(&admin, &tenants).await;
+    assert_eq!(stored, expected.iter().copied().collect::<Vec<_>>());
+    let messages = support::read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.sla_violations_topic,
+        expected.len(),
+        Duration::from_secs(60),
+    );
+    let published = support::decode_violations(&settings, &messages).await;
+    assert_eq!(support::distinct_ids(&published), expected);
+    support::assert_counted(&admin, &redis, &tenants).await;
+    support::wait_until(Duration::from_secs(60), "ready again", || async {
+        worker.health.is_ready()
+    })
+    .await;
+    worker.stop().await;
+    db.drop().await;
 }
