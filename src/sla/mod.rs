@@ -5,7 +5,7 @@
 //! Guarantee: a deadline fires once however many workers run (`FOR UPDATE SKIP LOCKED`, and a
 //! violation id decided by what it is about); a violation is stored once and published at least
 //! once: its outbox row goes only after the broker acknowledged it and Redis counted it. All
-//! SLA time is read from one [`Clock`](crate::clock::Clock).
+//! SLA time is read from one [`Clock`].
 
 mod publisher;
 mod timer;
