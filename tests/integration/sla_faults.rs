@@ -11,12 +11,13 @@
 //! the real binary in its own process, connected to the mock cluster's TCP listener.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaRespErr;
-use tenantstream::testing::domain::{deadline_violation_id, OrderEventType};
+use tenantstream::testing::domain::{deadline_violation_id, OrderEvent, OrderEventType};
 use tenantstream::testing::metrics::{install_recorder, SLA_PUBLISH_ERRORS};
 use tenantstream::testing::{kafka, traffic};
 use tenantstream::{Clock, Component, Settings};
@@ -172,7 +173,9 @@ async fn two_workers_and_a_rebalance_fire_each_missed_deadline_once() {
         support::pending_deadlines(&admin, &tenants).await,
         expected.len() as i64
     );
-    assert!(support::stored_violations(&admin, &tenants).await.is_empty());
+    assert!(support::stored_violations(&admin, &tenants)
+        .await
+        .is_empty());
 
     clock.advance(Duration::from_secs(600));
     support::wait_until(Duration::from_secs(60), "violations published", || async {
@@ -203,13 +206,19 @@ fn unconfirmed_orders(
     tenants: &[Uuid],
     count: usize,
     at: i64,
-) -> (Vec<tenantstream::testing::domain::OrderEvent>, BTreeSet<Uuid>) {
+) -> (Vec<OrderEvent>, BTreeSet<Uuid>) {
     let mut events = Vec::new();
     let mut expected = BTreeSet::new();
     for tenant in tenants {
         for n in 0..count {
             let order = format!("late-{n}");
-            events.push(support::order_event(*tenant, &order, 1, OrderEventType::Created, at));
+            events.push(support::order_event(
+                *tenant,
+                &order,
+                1,
+                OrderEventType::Created,
+                at,
+            ));
             expected.insert(deadline_violation_id(*tenant, &order, "CREATED->CONFIRMED"));
         }
     }
@@ -254,9 +263,11 @@ async fn violations_stored_during_a_broker_outage_are_published_after_it() {
     })
     .await;
     // A send waits for the broker up to the producer's message timeout (30 s), then fails.
-    support::wait_until(Duration::from_secs(90), "publish errors counted", || async {
-        publish_errors().unwrap_or(0.0) >= errors_before + expected.len() as f64
-    })
+    support::wait_until(
+        Duration::from_secs(90),
+        "publish errors counted",
+        || async { publish_errors().unwrap_or(0.0) >= errors_before + expected.len() as f64 },
+    )
     .await;
     assert!(!worker.health.is_ready(), "ready while the broker is down");
     assert!(worker.health.is_failing(Component::Kafka));
@@ -287,5 +298,116 @@ async fn violations_stored_during_a_broker_outage_are_published_after_it() {
     })
     .await;
     worker.stop().await;
+    db.drop().await;
+}
+
+/// The worker binary (on the system clock) keeping `settings`' SLA policy, serving its metrics
+/// on `port`, logging to `log`.
+fn spawn_sla_worker(settings: &Settings, port: u16, log: &Path) -> WorkerProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    support::binary("run", settings)
+        .env(
+            "TENANTSTREAM_SLA_DEFAULT_POLICY",
+            &settings.sla.default_policy,
+        )
+        .env("TENANTSTREAM_SLA_POLL_INTERVAL_MS", POLL_MS.to_string())
+        .env("TENANTSTREAM_HTTP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TENANTSTREAM_SESSION_TIMEOUT_MS", "6000")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map(WorkerProcess)
+        .expect("start worker process")
+}
+
+/// `tenantstream_sla_publish_errors_total` of the worker process serving metrics on `port`
+/// (`None` until it answers).
+async fn process_publish_errors(port: u16) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let rendered = reqwest::get(url).await.ok()?.text().await.ok()?;
+    support::sample(&rendered, SLA_PUBLISH_ERRORS, &[])
+}
+
+/// A worker process stores violations it cannot publish (the broker refuses the violations
+/// topic), and is killed with SIGKILL: the violations wait in the outbox, the topic is empty.
+/// Once the broker accepts the topic, a new worker process publishes each of them (to the
+/// same topic), counts them in Redis and empties the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_violation_stored_before_a_sigkill_is_published_after_the_restart() {
+    let mock = MockCluster::new(1).unwrap();
+    let db = support::OwnDatabase::create("sla_kill").await;
+    // Real time: deadlines of one second after events that occur now.
+    let settings = sla_settings(&mock, &db, "sla-kill", &[("CREATED->CONFIRMED", 1_000)]);
+    let admin = db.admin.clone();
+    let redis = support::redis().await;
+    let topic = settings.kafka.sla_violations_topic.clone();
+    // The broker refuses the violations topic, as it would a producer not granted to write it
+    // (a topic that is missing would be created by the producer's request).
+    let refused = RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    mock.topic_error(&topic, refused).unwrap();
+
+    let now = Clock::system().now_ms();
+    let tenant = Uuid::new_v4();
+    let (mut events, expected) = unconfirmed_orders(&[tenant], 2, now);
+    for (version, kind) in [(1, OrderEventType::Created), (2, OrderEventType::Confirmed)] {
+        events.push(support::order_event(tenant, "on-time", version, kind, now));
+    }
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let messages = support::order_messages(&settings, &events);
+    traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
+        .await
+        .unwrap();
+
+    let log = std::env::temp_dir().join(format!("{}.log", settings.kafka.group_id));
+    let port = support::free_port();
+    let mut first = spawn_sla_worker(&settings, port, &log);
+    let limit = Duration::from_secs(60);
+    support::wait_until(limit, "violations stored and refused", || async {
+        let queued = support::outbox(&admin, &[tenant]).await;
+        support::stored_violations(&admin, &[tenant]).await.len() == expected.len()
+            && queued.len() == expected.len()
+            && process_publish_errors(port).await >= Some(expected.len() as f64)
+    })
+    .await;
+    first.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+    first.0.wait().unwrap();
+
+    // Stored, not published: every violation still waits, and the topic holds nothing.
+    let queued = support::outbox(&admin, &[tenant]).await;
+    let queued_ids: BTreeSet<Uuid> = queued.iter().map(|(id, _)| *id).collect();
+    assert_eq!(queued_ids, expected);
+    assert!(queued.iter().all(|(_, published)| !published));
+    let no_error = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR;
+    mock.topic_error(&topic, no_error).unwrap();
+    let brokers = &settings.kafka.brokers;
+    assert_eq!(support::end_offsets(brokers, &topic, 1)[&0], 0);
+
+    // A claim taken just before the kill holds its violations for its lease (60 s).
+    let mut second = spawn_sla_worker(&settings, support::free_port(), &log);
+    support::wait_until(Duration::from_secs(120), "outbox drained", || async {
+        support::outbox(&admin, &[tenant]).await.is_empty()
+    })
+    .await;
+    let stored = support::stored_violations(&admin, &[tenant]).await;
+    assert_eq!(stored, expected.iter().copied().collect::<Vec<_>>());
+    let end = support::end_offsets(brokers, &topic, 1)[&0];
+    assert!(end >= expected.len() as i64, "{end} messages published");
+    let messages = support::read_topic(brokers, &topic, end as usize, Duration::from_secs(60));
+    let published = support::decode_violations(&settings, &messages).await;
+    assert_eq!(support::distinct_ids(&published), expected);
+    support::assert_counted(&admin, &redis, &[tenant]).await;
+
+    let pid = second.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = second.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit status {status:?}");
     db.drop().await;
 }

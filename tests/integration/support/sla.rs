@@ -152,7 +152,10 @@ pub async fn outbox(admin: &PgPool, tenants: &[Uuid]) -> Vec<(Uuid, bool)> {
 
 /// The violations in `messages` of the violations topic, decoded with the worker's schema; each
 /// message's key must be its violation's tenant id (text, like the configuration topic's).
-pub async fn decode_violations(settings: &Settings, messages: &[OwnedMessage]) -> Vec<SlaViolation> {
+pub async fn decode_violations(
+    settings: &Settings,
+    messages: &[OwnedMessage],
+) -> Vec<SlaViolation> {
     let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None).unwrap());
     let decoder = Decoder::new(store, SlaViolation::SCHEMA_FILE, &settings.limits).unwrap();
     let mut violations = Vec::new();
