@@ -13,10 +13,17 @@
 //!    as the same RLS-bound role, with the same batch size and partition concurrency, and no
 //!    Kafka, decoding or Redis.
 //!
+//! The SLA engine's deadline bookkeeping (kept by the same statements that write the orders)
+//! is off by default, as for tenants without a policy. BENCH_SLA=on gives every tenant a
+//! default policy with a deadline on every transition (`support::SLA_POLICY_EVERY_TRANSITION`),
+//! both in the worker and in the ceiling; BENCH_SLA=both runs each tenant count off, then on,
+//! back to back, and ends with the ratios.
+//!
 //! Run: `cargo bench --bench pipeline` (needs the local Postgres and `redis-server`).
 //! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (tenant counts to run, one after the
 //! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS and BENCH_BATCH (the
-//! worker's defaults), BENCH_BROKERS (a broker process instead of the in-process mock cluster).
+//! worker's defaults), BENCH_BROKERS (a broker process instead of the in-process mock cluster),
+//! BENCH_SLA (`off`, `on` or `both`; default `off`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,15 +37,15 @@ use rdkafka::producer::FutureProducer;
 use tenantstream::testing::decode::{Decoder, Encoder, SchemaStore};
 use tenantstream::testing::domain::{Event, OrderEvent, TenantPolicy, ValidOrder};
 use tenantstream::testing::probe;
-use tenantstream::testing::sink::{self, Batch, PartitionKey};
+use tenantstream::testing::sink::{self, Batch, PartitionKey, SlaTracking};
 use tenantstream::testing::traffic::{self, EndOffsets, TrafficSpec, WireFormat};
-use tenantstream::{Secret, Settings};
+use tenantstream::{Clock, Secret, Settings};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod support;
 
-use support::{knob, OwnRedis};
+use support::{knob, OwnRedis, Percentiles};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -48,23 +55,63 @@ async fn main() -> anyhow::Result<()> {
     let events = knob("BENCH_EVENTS", 100_000);
     let partitions = knob("BENCH_PARTITIONS", 4) as i32;
     let tenant_counts = std::env::var("BENCH_TENANTS").unwrap_or_else(|_| "20,500,5000".into());
+    let sla_modes: &[bool] = match std::env::var("BENCH_SLA").as_deref() {
+        Err(_) | Ok("off") => &[false],
+        Ok("on") => &[true],
+        Ok("both") => &[false, true],
+        Ok(other) => anyhow::bail!("BENCH_SLA: {other:?} is not off, on or both"),
+    };
     println!("== tenantstream pipeline benchmark ==");
+    let mut compared = Vec::new();
     for tenants in tenant_counts.split(',') {
         let tenants = tenants
             .trim()
             .parse()
             .with_context(|| format!("BENCH_TENANTS: {tenants:?} is not a tenant count"))?;
-        run(events, tenants, partitions).await?;
+        let mut figures = Vec::new();
+        for &deadlines in sla_modes {
+            figures.push(run(events, tenants, partitions, deadlines).await?);
+        }
+        if let [off, on] = figures[..] {
+            compared.push((tenants, off, on));
+        }
+    }
+    for (tenants, off, on) in compared {
+        println!(
+            "-- deadline bookkeeping at {tenants} tenants (on / off): pipeline {:.0} / {:.0} events/s = {:.2}; ceiling {:.0} / {:.0} events/s = {:.2}",
+            on.pipeline,
+            off.pipeline,
+            on.pipeline / off.pipeline,
+            on.ceiling,
+            off.ceiling,
+            on.ceiling / off.ceiling
+        );
     }
     Ok(())
 }
 
-/// One run at `tenants` tenants: throughput, latency at half of it, and the ceiling.
-async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<()> {
+/// The throughputs of one run, in events/s.
+#[derive(Clone, Copy)]
+struct Figures {
+    pipeline: f64,
+    ceiling: f64,
+}
+
+/// One run at `tenants` tenants: throughput, latency at half of it, and the ceiling; with
+/// `deadlines`, every tenant's default SLA policy has a deadline on every transition.
+async fn run(
+    events: usize,
+    tenants: usize,
+    partitions: i32,
+    deadlines: bool,
+) -> anyhow::Result<Figures> {
     // Keyspace notifications for string commands: every SET of an order key is announced.
     let redis_server = OwnRedis::start(&["--notify-keyspace-events", "K$"])?;
     let (admin, _mock, mut settings) = support::setup("bench", partitions).await?;
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
+    if deadlines {
+        settings.sla.default_policy = support::SLA_POLICY_EVERY_TRANSITION.into();
+    }
     let kafka_defaults = settings.kafka.clone();
     settings.kafka.batch_linger_ms =
         knob("BENCH_LINGER_MS", kafka_defaults.batch_linger_ms as usize) as u64;
@@ -128,10 +175,11 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
 
     let batch = settings.kafka.batch_max_events;
     println!(
-        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms, {}",
+        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms, {}, SLA deadlines {}",
         messages.len(),
         settings.kafka.batch_linger_ms,
-        support::broker_name(&settings)
+        support::broker_name(&settings),
+        if deadlines { "on (every transition)" } else { "off" }
     );
     println!(
         "pipeline throughput    {pipeline_rate:.0} events/s ({pipeline_secs:.2}s: Kafka → decode → Postgres → Redis)"
@@ -159,7 +207,10 @@ async fn run(events: usize, tenants: usize, partitions: i32) -> anyhow::Result<(
         "others' p99 with the bursty neighbour: {:.2}× the smooth one",
         bursty.others.p99 / smooth.others.p99
     );
-    Ok(())
+    Ok(Figures {
+        pipeline: pipeline_rate,
+        ceiling: ceiling_rate,
+    })
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -288,8 +339,8 @@ impl Load {
 impl SentAt {
     fn latencies(&self, seen: &KeyWatcher) -> anyhow::Result<Latencies> {
         Ok(Latencies {
-            others: Percentiles::of(seen, &self.others)?,
-            neighbour: Percentiles::of(seen, &self.neighbour)?,
+            others: visible_after(seen, &self.others)?,
+            neighbour: visible_after(seen, &self.neighbour)?,
         })
     }
 }
@@ -299,43 +350,20 @@ struct Latencies {
     neighbour: Percentiles,
 }
 
-/// Milliseconds from a message's production to its key's last write in Redis.
-struct Percentiles {
-    count: usize,
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(seen: &KeyWatcher, sent: &HashMap<(Uuid, String), u64>) -> anyhow::Result<Self> {
-        let written = seen.written.lock().expect("not poisoned");
-        let mut ms: Vec<f64> = Vec::with_capacity(sent.len());
-        for (order, at) in sent {
-            let Some(visible) = written.get(order) else {
-                anyhow::bail!("order {order:?} never became visible in Redis");
-            };
-            ms.push(visible.saturating_sub(*at) as f64 / 1000.0);
-        }
-        ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
-        Ok(Self {
-            count: ms.len(),
-            p50: at(0.5),
-            p99: at(0.99),
-            max: at(1.0),
-        })
+/// Milliseconds from each message's production to its key's last write in Redis.
+fn visible_after(
+    seen: &KeyWatcher,
+    sent: &HashMap<(Uuid, String), u64>,
+) -> anyhow::Result<Percentiles> {
+    let written = seen.written.lock().expect("not poisoned");
+    let mut ms: Vec<f64> = Vec::with_capacity(sent.len());
+    for (order, at) in sent {
+        let Some(visible) = written.get(order) else {
+            anyhow::bail!("order {order:?} never became visible in Redis");
+        };
+        ms.push(visible.saturating_sub(*at) as f64 / 1000.0);
     }
-}
-
-impl std::fmt::Display for Percentiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "p50 {:.1} / p99 {:.1} / max {:.1} ms ({} orders)",
-            self.p50, self.p99, self.max, self.count
-        )
-    }
+    Ok(Percentiles::of(ms, "orders"))
 }
 
 /// Records when each order key was last written, from Redis keyspace notifications.
@@ -389,7 +417,8 @@ fn now_micros() -> u64 {
 }
 
 /// The same traffic shape as `spec` (fresh tenants), written straight to Postgres with the
-/// worker's statements, batch size and partition concurrency: events/s.
+/// worker's statements, batch size, partition concurrency and SLA tracking (the worker's
+/// default policy, lag window and system clock): events/s.
 async fn ceiling(
     settings: &Settings,
     spec: &TrafficSpec,
@@ -411,11 +440,21 @@ async fn ceiling(
         lanes[lane].push(event.validate()?);
     }
     let pool = sink::connect_worker(&settings.database).await?;
+    let sla = Arc::new(SlaTracking {
+        default_policy: settings
+            .sla
+            .default_policy_json()
+            .map(serde_json::from_str)
+            .transpose()?,
+        lag_window_ms: settings.sla.lag_window_ms as i64,
+        clock: Clock::system(),
+    });
     let group = format!("ceiling-{}", Uuid::new_v4());
     let batch = settings.kafka.batch_max_events;
     let started = Instant::now();
     let writers = lanes.into_iter().enumerate().map(|(partition, lane)| {
         let pool = pool.clone();
+        let sla = sla.clone();
         let key = PartitionKey {
             group: group.clone(),
             topic: "ceiling".into(),
@@ -432,7 +471,7 @@ async fn ceiling(
                     rows: chunk.into(),
                     tenant_policy: TenantPolicy::RegisterUnknown,
                     applied: &Default::default(),
-                    sla: None,
+                    sla: Some(&sla),
                 };
                 sink::write_batch(&pool, &batch).await?;
                 stored = Some(next);
@@ -476,6 +515,11 @@ impl WorkerProcess {
             .env("TENANTSTREAM_ORDERS_TOPIC", &k.orders_topic)
             .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
             .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
+            .env("TENANTSTREAM_SLA_VIOLATIONS_TOPIC", &k.sla_violations_topic)
+            .env(
+                "TENANTSTREAM_SLA_DEFAULT_POLICY",
+                &settings.sla.default_policy,
+            )
             .env(
                 "TENANTSTREAM_BATCH_MAX_EVENTS",
                 k.batch_max_events.to_string(),

@@ -1,5 +1,6 @@
 //! Setup shared by the benchmarks: knobs, the bench database, a broker with the topics (the
-//! mock cluster, or a broker process at BENCH_BROKERS), a Redis of their own.
+//! mock cluster, or a broker process at BENCH_BROKERS), a Redis of their own, the SLA policy
+//! the SLA measurements use.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -14,8 +15,23 @@ use tenantstream::testing::{kafka, sink};
 use tenantstream::{Secret, Settings};
 use uuid::Uuid;
 
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/tenantstream_bench";
-pub const WORKER_URL: &str = "postgres://tenantstream_worker@127.0.0.1:5432/tenantstream_bench";
+/// The benchmarks' database (created and migrated by [`setup`]), not the tests' one.
+pub const DATABASE: &str = "tenantstream_bench";
+
+/// The owner's URL of `database` on the local Postgres.
+pub fn admin_url(database: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{database}")
+}
+
+/// The worker role's URL of `database` on the local Postgres.
+pub fn worker_url(database: &str) -> String {
+    format!("postgres://tenantstream_worker@127.0.0.1:5432/{database}")
+}
+
+/// An SLA policy with a deadline on every forward step of the generated orders' lives (an
+/// hour each, so none fires during a run) and an hour's lag threshold: every order event
+/// registers or clears deadlines, which is the most deadline bookkeeping a batch does.
+pub const SLA_POLICY_EVERY_TRANSITION: &str = r#"{"lag_threshold_ms": 3600000, "deadlines_ms": {"CREATED->CONFIRMED": 3600000, "CONFIRMED->SHIPPED": 3600000, "SHIPPED->DELIVERED": 3600000}}"#;
 
 /// An environment knob with a default.
 pub fn knob(name: &str, default: usize) -> usize {
@@ -31,7 +47,8 @@ pub fn probing() -> bool {
 }
 
 /// The migrated bench database (owner pool), the broker with the orders and configuration
-/// topics (`partitions` each) and the dead-letter topic, and settings pointing at both.
+/// topics (`partitions` each), the dead-letter topic and the SLA violations topic, and
+/// settings pointing at both.
 ///
 /// The broker is librdkafka's in-process mock cluster, or the broker process at BENCH_BROKERS
 /// (e.g. tansu on 127.0.0.1:9092), where the topics get names of their own.
@@ -43,18 +60,32 @@ pub async fn setup(
     Option<MockCluster<'static, DefaultProducerContext>>,
     Settings,
 )> {
-    sink::migrate(ADMIN_URL)
+    setup_on(DATABASE, name, partitions).await
+}
+
+/// [`setup`] on the local Postgres database `database` (created and migrated if need be).
+pub async fn setup_on(
+    database: &str,
+    name: &str,
+    partitions: i32,
+) -> anyhow::Result<(
+    sqlx::PgPool,
+    Option<MockCluster<'static, DefaultProducerContext>>,
+    Settings,
+)> {
+    let admin_url = admin_url(database);
+    sink::migrate(&admin_url)
         .await
-        .context("migrate bench database")?;
+        .with_context(|| format!("migrate the database {database}"))?;
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .connect(ADMIN_URL)
+        .connect(&admin_url)
         .await?;
     let mut settings = Settings::default();
     let run = Uuid::new_v4();
     settings.kafka.group_id = format!("{name}-{run}");
-    settings.database.url = Secret::new(WORKER_URL);
-    settings.database.admin_url = Secret::new(ADMIN_URL);
+    settings.database.url = Secret::new(worker_url(database));
+    settings.database.admin_url = Secret::new(admin_url);
     let mock = match std::env::var("BENCH_BROKERS") {
         Ok(brokers) => {
             settings.kafka.brokers = brokers;
@@ -62,6 +93,7 @@ pub async fn setup(
                 &mut settings.kafka.orders_topic,
                 &mut settings.kafka.config_topic,
                 &mut settings.kafka.dead_letter_topic,
+                &mut settings.kafka.sla_violations_topic,
             ] {
                 *topic = format!("{topic}-{run}");
             }
@@ -74,6 +106,9 @@ pub async fn setup(
             mock.create_topic(&settings.kafka.orders_topic, partitions, 1)?;
             mock.create_topic(&settings.kafka.config_topic, partitions, 1)?;
             mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+            // Keyed by tenant: as many partitions as the orders, so that a run's violations
+            // fit the mock cluster's 5 MB per partition for longer.
+            mock.create_topic(&settings.kafka.sla_violations_topic, partitions, 1)?;
             Some(mock)
         }
     };
@@ -123,6 +158,11 @@ async fn create_topics(settings: &Settings, partitions: i32) -> anyhow::Result<(
         NewTopic::new(&k.orders_topic, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&k.config_topic, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&k.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(
+            &k.sla_violations_topic,
+            partitions,
+            TopicReplication::Fixed(1),
+        ),
     ];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &options).await? {
@@ -180,5 +220,40 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Percentiles of a sample of milliseconds (latencies), for a report line.
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// What was counted, e.g. `orders`.
+    pub unit: &'static str,
+}
+
+impl Percentiles {
+    /// Of `ms`, one value per `unit` (at least one value).
+    pub fn of(mut ms: Vec<f64>, unit: &'static str) -> Self {
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+        Self {
+            count: ms.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+            unit,
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} / p99 {:.1} / max {:.1} ms ({} {})",
+            self.p50, self.p99, self.max, self.count, self.unit
+        )
     }
 }

@@ -39,3 +39,8 @@ pub async fn count_keys(redis: &Client, pattern: &str) -> Result<usize, CacheErr
 pub async fn hash_len(redis: &Client, key: &str) -> Result<usize, CacheError> {
     Ok(redis.hlen(key).await?)
 }
+
+/// The members of the set `key` (none when absent).
+pub async fn set_members(redis: &Client, key: &str) -> Result<Vec<String>, CacheError> {
+    Ok(redis.smembers(key).await?)
+}

@@ -11,7 +11,7 @@ use super::describe_error;
 use crate::cache;
 use crate::config::{Secret, Settings};
 use crate::decode::{Decoder, Encoder, SchemaStore};
-use crate::domain::{Event, ValidConfig, ValidOrder};
+use crate::domain::{Event, SlaViolation, ValidConfig, ValidOrder};
 use crate::sink;
 use crate::source;
 
@@ -54,6 +54,11 @@ pub async fn check(settings: &Settings, file: Option<&Path>) -> anyhow::Result<(
             .to_string(),
         check_schemas(settings),
     );
+    report(
+        "sla",
+        "--sla-default-policy".to_owned(),
+        check_sla(settings),
+    );
     anyhow::ensure!(failures == 0, "{failures} check(s) failed");
     Ok(())
 }
@@ -78,6 +83,7 @@ fn check_schemas(settings: &Settings) -> anyhow::Result<String> {
     Decoder::new(store, ValidConfig::SCHEMA_FILE, &settings.limits)?;
     Encoder::for_event::<ValidOrder>(&settings.schemas)?;
     Encoder::for_event::<ValidConfig>(&settings.schemas)?;
+    Encoder::for_file(&settings.schemas, SlaViolation::SCHEMA_FILE)?;
     let ids = match &settings.schemas.registry_url {
         Some(url) => format!(
             "the schema registry at {} (not contacted by this check)",
@@ -86,10 +92,26 @@ fn check_schemas(settings: &Settings) -> anyhow::Result<String> {
         None => "registry.json".to_owned(),
     };
     Ok(format!(
-        "reader schemas {} and {} load; writer ids resolve through {ids}",
+        "reader schemas {} and {} load, and {} for publishing; writer ids resolve through {ids}",
         ValidOrder::SCHEMA_FILE,
-        ValidConfig::SCHEMA_FILE
+        ValidConfig::SCHEMA_FILE,
+        SlaViolation::SCHEMA_FILE
     ))
+}
+
+/// The global default SLA policy follows an SLA_POLICY event's rules, as `run` checks at start.
+fn check_sla(settings: &Settings) -> anyhow::Result<String> {
+    match settings.sla.default_policy_json() {
+        None => {
+            Ok("no global default policy: only tenants with their own SLA_POLICY have SLAs".into())
+        }
+        Some(text) => {
+            crate::validate::parse_sla_policy(text).map_err(|reason| {
+                anyhow::anyhow!("invalid setting sla.default_policy: {reason}")
+            })?;
+            Ok(format!("global default policy {text}"))
+        }
+    }
 }
 
 async fn check_postgres(settings: &Settings) -> anyhow::Result<String> {

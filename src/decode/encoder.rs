@@ -1,8 +1,9 @@
 //! The producing side of the wire format, for the traffic generator and tests: an event's Avro
 //! body, framed either way.
 
-use super::framing::{frame_confluent, frame_single_object};
+use super::framing::{frame_confluent, frame_single_object, unframe, WriterRef};
 use super::schema_store::{SchemaLoadError, SchemaStore, WriterSchema};
+use super::DecodeError;
 use crate::config::SchemaSettings;
 use crate::domain::Event;
 
@@ -48,6 +49,21 @@ impl Encoder {
             frame_single_object(&self.schema.fingerprint(), &body)
         } else {
             frame_confluent(self.schema_id, &body)
+        }
+    }
+
+    /// Reads back a value framed with this encoder's schema id (Confluent): how tools and tests
+    /// read what the worker publishes (`sla-violations`).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, framed: &[u8]) -> Result<T, DecodeError> {
+        match unframe(framed)? {
+            (WriterRef::Id(id), body) if id == self.schema_id => {
+                serde_avro_fast::from_datum_slice(body, &self.schema.fast)
+                    .map_err(|e| DecodeError::Undecodable(e.to_string()))
+            }
+            (other, _) => Err(DecodeError::UnknownSchema(format!(
+                "{other:?} is not schema id {}",
+                self.schema_id
+            ))),
         }
     }
 }

@@ -16,10 +16,9 @@ pub use order::{LineItem, OrderEvent, OrderEventType, ValidOrder};
 pub use partition::{PartitionRange, TopicPartition};
 #[cfg(any(test, feature = "test-support"))]
 pub use sample::{sample_config, sample_order};
-pub use sla::{
-    deadline_violation_id, lag_violation_id, utc_day, violation_id, SlaPolicy, SlaViolation,
-    Transition, ViolationKind,
-};
+#[cfg(any(test, feature = "test-support"))]
+pub use sla::lag_violation_id;
+pub use sla::{deadline_violation_id, utc_day, SlaPolicy, SlaViolation, Transition, ViolationKind};
 pub use tenant_config::{
     ConfigChangeEvent, ConfigKind, ConfigScope, ConfigTarget, TenantMap, TenantProfile,
     TenantStatus, ValidConfig,

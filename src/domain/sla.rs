@@ -100,7 +100,7 @@ const VIOLATION_NAMESPACE: Uuid = Uuid::from_u128(0x3d0c5b8e_7f4a_4f1e_9b2d_6a8c
 
 /// The id of a violation: UUIDv5 over `tenant/kind/subject`. The database computes it
 /// (`sla_violation_id`); this mirror lets tests and the demo know the ids to expect.
-pub fn violation_id(tenant: Uuid, kind: ViolationKind, subject: &str) -> Uuid {
+fn violation_id(tenant: Uuid, kind: ViolationKind, subject: &str) -> Uuid {
     let name = format!("{tenant}/{}/{subject}", kind.as_str());
     Uuid::new_v5(&VIOLATION_NAMESPACE, name.as_bytes())
 }
@@ -115,6 +115,7 @@ pub fn deadline_violation_id(tenant: Uuid, order_id: &str, transition: &str) -> 
 }
 
 /// The id of `tenant`'s PROCESSING_LAG violation of the window starting at `window_start_ms`.
+#[cfg(any(test, feature = "test-support"))]
 pub fn lag_violation_id(tenant: Uuid, window_start_ms: i64) -> Uuid {
     violation_id(
         tenant,

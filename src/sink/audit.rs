@@ -90,3 +90,13 @@ fn unzip3(rows: &[(Uuid, String, i64)]) -> (Vec<Uuid>, Vec<String>, Vec<i64>) {
     }
     out
 }
+
+/// The ids of the SLA violations stored for `tenants`.
+pub async fn violations_of(admin: &PgPool, tenants: &[Uuid]) -> Result<Vec<Uuid>, SinkError> {
+    Ok(sqlx::query_scalar(
+        "SELECT violation_id FROM sla_violations WHERE tenant_id = ANY($1) ORDER BY 1",
+    )
+    .bind(tenants)
+    .fetch_all(admin)
+    .await?)
+}

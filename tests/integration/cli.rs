@@ -186,6 +186,7 @@ async fn check_prints_one_line_per_dependency_without_passwords() {
         format!("ok   redis: {}: answers PING", support::REDIS_URL),
         format!("ok   kafka: {}: answers; topics ", mock.bootstrap_servers()),
         format!("ok   schemas: {}: ", schemas.display()),
+        "ok   sla: --sla-default-policy: no global default policy".to_owned(),
     ];
     assert_eq!(lines.len(), expected.len(), "{stdout}");
     for (line, start) in lines.iter().zip(&expected) {

@@ -21,6 +21,7 @@ mod redis_cluster;
 mod rejected_rows;
 mod replay;
 mod rls;
+mod sla;
 mod sla_faults;
 mod slow_rows;
 mod startup;

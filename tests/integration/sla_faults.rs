@@ -3,12 +3,12 @@
 //! Each ends with every expected violation stored once, published (at least once; compared as
 //! distinct ids), counted in Redis, and its outbox row gone.
 //!
-//! Broker: librdkafka's mock cluster, in every test. The rebalance needs a group coordinator that
-//! is correct when members join mid-stream (tansu's can strand a member); the outage needs a
-//! broker the test takes down and up; the crash test needs a broker that refuses the violations
-//! topic and later accepts it under the same name: the mock cluster does all three (tansu, like
-//! the mock, creates a missing topic when a producer asks for it). The crash test's worker is
-//! the real binary in its own process, connected to the mock cluster's TCP listener.
+//! Broker: librdkafka's mock cluster, in every test. Its group coordinator is correct when a
+//! member joins mid-stream (the rebalance test); the test takes it down and up (the outage);
+//! and it refuses the violations topic until the test lifts the error, under the same topic
+//! name (the crash test; a missing topic would not do: the mock creates it when the producer
+//! asks for it). The crash test's worker is the real binary in its own process, connected to
+//! the mock cluster's TCP listener.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,13 +19,15 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaRespErr;
 use tenantstream::testing::domain::{deadline_violation_id, OrderEvent, OrderEventType};
 use tenantstream::testing::metrics::{install_recorder, SLA_PUBLISH_ERRORS};
-use tenantstream::testing::{kafka, traffic};
-use tenantstream::{Clock, Component, Settings};
+use tenantstream::{Clock, Component, Health, Settings};
 use uuid::Uuid;
 
-use crate::support::{self, ClockedWorker, WorkerProcess};
+use crate::support::{self, RunningWorker, WorkerProcess};
 
 const POLL_MS: u64 = 100;
+
+/// How long a wait for the worker's work may take before the test fails.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// Settings on the mock cluster and the database `db`, whose workers keep `policy` for every
 /// tenant and poll the SLA engine's work every [`POLL_MS`].
@@ -134,37 +136,26 @@ async fn two_workers_and_a_rebalance_fire_each_missed_deadline_once() {
     }
     // Worker A alone consumes half of the CREATED events; the rest of the traffic goes out in
     // chunks, worker B joining after the first half of them.
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let topic = settings.kafka.orders_topic.clone();
     let (first, rest) = created.split_at(created.len() / 2);
-    let mut ends = traffic::EndOffsets::new();
-    let send = |events: Vec<_>| {
-        let messages = support::order_messages(&settings, &events);
-        let (producer, topic) = (&producer, &topic);
-        async move {
-            traffic::send(producer, topic, &messages, 0, None)
-                .await
-                .unwrap()
-        }
-    };
-    support::merge_ends(&mut ends, &send(first.to_vec()).await.ends);
-    let a = ClockedWorker::start(&settings, &clock).await;
+    let mut ends = support::send_orders(&settings, first).await;
+    let a = RunningWorker::start_with_clock(&settings, Health::default(), clock.clone()).await;
     support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
 
     let remaining: Vec<_> = rest.iter().chain(&later).cloned().collect();
     let chunks: Vec<_> = remaining.chunks(remaining.len() / 10 + 1).collect();
     let (before_b, after_b) = chunks.split_at(chunks.len() / 2);
     for chunk in before_b {
-        support::merge_ends(&mut ends, &send(chunk.to_vec()).await.ends);
+        support::merge_ends(&mut ends, &support::send_orders(&settings, chunk).await);
     }
-    let b = ClockedWorker::start(&settings, &clock).await;
+    let b_health = Health::default();
+    let b = RunningWorker::start_with_clock(&settings, b_health.clone(), clock.clone()).await;
     // B is ready once the group gave it partitions: the rebalance has happened.
     support::wait_until(Duration::from_secs(60), "worker B assigned", || async {
-        b.health.is_ready()
+        b_health.is_ready()
     })
     .await;
     for chunk in after_b {
-        support::merge_ends(&mut ends, &send(chunk.to_vec()).await.ends);
+        support::merge_ends(&mut ends, &support::send_orders(&settings, chunk).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(120)).await;
@@ -173,27 +164,21 @@ async fn two_workers_and_a_rebalance_fire_each_missed_deadline_once() {
         support::pending_deadlines(&admin, &tenants).await,
         expected.len() as i64
     );
-    assert!(support::stored_violations(&admin, &tenants)
+    assert!(support::stored_violation_ids(&admin, &tenants)
         .await
         .is_empty());
 
     clock.advance(Duration::from_secs(600));
     support::wait_until(Duration::from_secs(60), "violations published", || async {
-        support::stored_violations(&admin, &tenants).await.len() == expected.len()
+        support::stored_violation_ids(&admin, &tenants).await.len() == expected.len()
             && support::outbox(&admin, &tenants).await.is_empty()
     })
     .await;
-    let stored = support::stored_violations(&admin, &tenants).await;
+    let stored = support::stored_violation_ids(&admin, &tenants).await;
     assert_eq!(stored, expected.iter().copied().collect::<Vec<_>>());
     assert_eq!(support::pending_deadlines(&admin, &tenants).await, 0);
-    let messages = support::read_topic(
-        &settings.kafka.brokers,
-        &settings.kafka.sla_violations_topic,
-        expected.len(),
-        Duration::from_secs(60),
-    );
-    let published = support::decode_violations(&settings, &messages).await;
-    assert_eq!(support::distinct_ids(&published), expected);
+    let published = support::published_ids(&settings, expected.len(), LIMIT).await;
+    assert_eq!(published, expected);
     support::assert_counted(&admin, &redis, &tenants).await;
     a.stop().await;
     b.stop().await;
@@ -243,13 +228,10 @@ async fn violations_stored_during_a_broker_outage_are_published_after_it() {
     let tenants: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     let (events, expected) = unconfirmed_orders(&tenants, 8, start);
 
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let messages = support::order_messages(&settings, &events);
-    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
-        .await
-        .unwrap();
-    let worker = ClockedWorker::start(&settings, &clock).await;
-    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    let ends = support::send_orders(&settings, &events).await;
+    let health = Health::default();
+    let worker = RunningWorker::start_with_clock(&settings, health.clone(), clock.clone()).await;
+    support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
     assert_eq!(
         support::pending_deadlines(&admin, &tenants).await,
         expected.len() as i64
@@ -259,7 +241,7 @@ async fn violations_stored_during_a_broker_outage_are_published_after_it() {
     let errors_before = publish_errors().unwrap_or(0.0);
     clock.advance(Duration::from_secs(120));
     support::wait_until(Duration::from_secs(30), "violations stored", || async {
-        support::stored_violations(&admin, &tenants).await.len() == expected.len()
+        support::stored_violation_ids(&admin, &tenants).await.len() == expected.len()
     })
     .await;
     // A send waits for the broker up to the producer's message timeout (30 s), then fails.
@@ -269,9 +251,9 @@ async fn violations_stored_during_a_broker_outage_are_published_after_it() {
         || async { publish_errors().unwrap_or(0.0) >= errors_before + expected.len() as f64 },
     )
     .await;
-    assert!(!worker.health.is_ready(), "ready while the broker is down");
-    assert!(worker.health.is_failing(Component::Kafka));
-    assert!(worker.health.report().contains("kafka: "));
+    assert!(!health.is_ready(), "ready while the broker is down");
+    assert!(health.is_failing(Component::Kafka));
+    assert!(health.report().contains("kafka: "));
     let queued = support::outbox(&admin, &tenants).await;
     let queued_ids: BTreeSet<Uuid> = queued.iter().map(|(id, _)| *id).collect();
     assert_eq!(queued_ids, expected, "every violation waits in the outbox");
@@ -282,27 +264,23 @@ async fn violations_stored_during_a_broker_outage_are_published_after_it() {
         support::outbox(&admin, &tenants).await.is_empty()
     })
     .await;
-    let stored = support::stored_violations(&admin, &tenants).await;
+    let stored = support::stored_violation_ids(&admin, &tenants).await;
     assert_eq!(stored, expected.iter().copied().collect::<Vec<_>>());
-    let messages = support::read_topic(
-        &settings.kafka.brokers,
-        &settings.kafka.sla_violations_topic,
-        expected.len(),
-        Duration::from_secs(60),
-    );
-    let published = support::decode_violations(&settings, &messages).await;
-    assert_eq!(support::distinct_ids(&published), expected);
+    let published = support::published_ids(&settings, expected.len(), LIMIT).await;
+    assert_eq!(published, expected);
     support::assert_counted(&admin, &redis, &tenants).await;
+    // An idle worker: no message after the outage tells it Kafka is back, the broker's
+    // statistics do.
     support::wait_until(Duration::from_secs(60), "ready again", || async {
-        worker.health.is_ready()
+        health.is_ready()
     })
     .await;
     worker.stop().await;
     db.drop().await;
 }
 
-/// The worker binary (on the system clock) keeping `settings`' SLA policy, serving its metrics
-/// on `port`, logging to `log`.
+/// The worker binary (on the system clock) with `settings` (its SLA settings too), serving its
+/// metrics on `port`, logging to `log` (a file: a pipe nobody reads could block it).
 fn spawn_sla_worker(settings: &Settings, port: u16, log: &Path) -> WorkerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -310,11 +288,6 @@ fn spawn_sla_worker(settings: &Settings, port: u16, log: &Path) -> WorkerProcess
         .open(log)
         .unwrap();
     support::binary("run", settings)
-        .env(
-            "TENANTSTREAM_SLA_DEFAULT_POLICY",
-            &settings.sla.default_policy,
-        )
-        .env("TENANTSTREAM_SLA_POLL_INTERVAL_MS", POLL_MS.to_string())
         .env("TENANTSTREAM_HTTP_LISTEN", format!("127.0.0.1:{port}"))
         .env("TENANTSTREAM_SESSION_TIMEOUT_MS", "6000")
         .stdout(Stdio::null())
@@ -356,11 +329,7 @@ async fn a_violation_stored_before_a_sigkill_is_published_after_the_restart() {
     for (version, kind) in [(1, OrderEventType::Created), (2, OrderEventType::Confirmed)] {
         events.push(support::order_event(tenant, "on-time", version, kind, now));
     }
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let messages = support::order_messages(&settings, &events);
-    traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
-        .await
-        .unwrap();
+    support::send_orders(&settings, &events).await;
 
     let log = std::env::temp_dir().join(format!("{}.log", settings.kafka.group_id));
     let port = support::free_port();
@@ -368,7 +337,7 @@ async fn a_violation_stored_before_a_sigkill_is_published_after_the_restart() {
     let limit = Duration::from_secs(60);
     support::wait_until(limit, "violations stored and refused", || async {
         let queued = support::outbox(&admin, &[tenant]).await;
-        support::stored_violations(&admin, &[tenant]).await.len() == expected.len()
+        support::stored_violation_ids(&admin, &[tenant]).await.len() == expected.len()
             && queued.len() == expected.len()
             && process_publish_errors(port).await >= Some(expected.len() as f64)
     })
@@ -392,13 +361,12 @@ async fn a_violation_stored_before_a_sigkill_is_published_after_the_restart() {
         support::outbox(&admin, &[tenant]).await.is_empty()
     })
     .await;
-    let stored = support::stored_violations(&admin, &[tenant]).await;
+    let stored = support::stored_violation_ids(&admin, &[tenant]).await;
     assert_eq!(stored, expected.iter().copied().collect::<Vec<_>>());
     let end = support::end_offsets(brokers, &topic, 1)[&0];
     assert!(end >= expected.len() as i64, "{end} messages published");
-    let messages = support::read_topic(brokers, &topic, end as usize, Duration::from_secs(60));
-    let published = support::decode_violations(&settings, &messages).await;
-    assert_eq!(support::distinct_ids(&published), expected);
+    let published = support::published_ids(&settings, end as usize, LIMIT).await;
+    assert_eq!(published, expected);
     support::assert_counted(&admin, &redis, &[tenant]).await;
 
     let pid = second.0.id().to_string();

@@ -3,8 +3,7 @@
 //! fix ends the command at once with the cause and the fix; what heals by itself is waited for,
 //! logged once per interval, and counted; Redis down at start does not hold Postgres back.
 
-use std::io::Read;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
@@ -17,7 +16,7 @@ use crate::support;
 /// Runs `tenantstream run` with `settings` until it exits (at most `limit`); its exit success
 /// and stderr.
 fn run_to_exit(settings: &Settings, limit: Duration) -> (bool, String) {
-    let mut child = spawn_run(settings);
+    let mut child = support::spawn_run(settings);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -28,41 +27,12 @@ fn run_to_exit(settings: &Settings, limit: Duration) -> (bool, String) {
             let _ = child.wait();
             panic!(
                 "still running after {limit:?} (it should have stopped): {}",
-                stderr_of(&mut child)
+                support::stderr_of(&mut child)
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    (status.success(), stderr_of(&mut child))
-}
-
-fn spawn_run(settings: &Settings) -> Child {
-    support::binary("run", settings)
-        .env("TENANTSTREAM_HTTP_LISTEN", &settings.http.listen)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tenantstream run")
-}
-
-/// SIGTERM, then the stderr of the stopped process.
-fn terminate(mut child: Child) -> String {
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM ends the worker cleanly");
-    stderr_of(&mut child)
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        stderr.read_to_string(&mut text).unwrap();
-    }
-    text
+    (status.success(), support::stderr_of(&mut child))
 }
 
 /// A change of the test's settings that makes one setup mistake.
@@ -123,6 +93,17 @@ async fn setup_mistakes_end_the_command_with_the_cause_and_the_fix() {
                 "--schemas-dir".into(),
             ],
         ),
+        (
+            "a global SLA policy that breaks the SLA_POLICY rules",
+            Box::new(|s| {
+                s.sla.default_policy =
+                    r#"{"lag_threshold_ms": 1000, "deadlines_ms": {"SHIPPED->CREATED": 5}}"#.into()
+            }),
+            vec![
+                "invalid setting sla.default_policy".into(),
+                "\"SHIPPED->CREATED\" is not FROM->TO with TO after FROM".into(),
+            ],
+        ),
     ];
     for (case, change, want) in cases {
         let mut settings = settings.clone();
@@ -161,9 +142,9 @@ async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
     no_postgres.database.url = Secret::new(format!(
         "postgres://tenantstream_worker@127.0.0.1:{postgres_port}/tenantstream_test"
     ));
-    let child = spawn_run(&no_postgres);
+    let child = support::spawn_run(&no_postgres);
     std::thread::sleep(Duration::from_secs(3));
-    let stderr = terminate(child);
+    let stderr = support::terminate(child);
     assert!(
         stderr.contains(&format!(
             "cannot reach Postgres at 127.0.0.1:{postgres_port}: Connection refused"
@@ -171,7 +152,7 @@ async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
         "{stderr}"
     );
 
-    let child = spawn_run(&settings);
+    let child = support::spawn_run(&settings);
     let watched = Duration::from_secs(12);
     std::thread::sleep(watched);
     let client = reqwest::Client::new();
@@ -189,7 +170,7 @@ async fn unreachable_dependencies_are_waited_for_quietly_and_counted() {
         .await
         .unwrap();
     let (ready_status, ready_body) = (ready.status(), ready.text().await.unwrap());
-    let stderr = terminate(child);
+    let stderr = support::terminate(child);
 
     let failures = support::sample(
         &metrics,
@@ -299,7 +280,7 @@ async fn json_logs_hold_plain_fields_under_meaningful_targets() {
         .spawn()
         .unwrap();
     support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
-    let stderr = terminate(child);
+    let stderr = support::terminate(child);
 
     let lines: Vec<serde_json::Value> = stderr
         .lines()
@@ -341,7 +322,7 @@ async fn every_metric_is_described_and_present_from_the_first_scrape() {
     let mut settings = support::mock_settings(&mock, "metrics-zero");
     let http = format!("127.0.0.1:{}", support::free_port());
     settings.http.listen = http.clone();
-    let child = spawn_run(&settings);
+    let child = support::spawn_run(&settings);
     let url = format!("http://{http}/metrics");
     let started = Instant::now();
     let rendered = loop {
@@ -354,7 +335,7 @@ async fn every_metric_is_described_and_present_from_the_first_scrape() {
         assert!(started.elapsed() < Duration::from_secs(30), "no metrics");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    terminate(child);
+    support::terminate(child);
 
     let readme = std::fs::read_to_string(support::manifest_dir().join("README.md")).unwrap();
     for (name, kind, _) in CATALOGUE {
@@ -410,9 +391,9 @@ async fn missing_topics_are_one_clear_error_in_run() {
     support::admin_pool().await;
     let mock = MockCluster::new(1).unwrap();
     let settings = support::settings(&mock.bootstrap_servers(), "no-topics");
-    let child = spawn_run(&settings);
+    let child = support::spawn_run(&settings);
     std::thread::sleep(Duration::from_secs(8));
-    let stderr = terminate(child);
+    let stderr = support::terminate(child);
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("Unknown topic or partition"))

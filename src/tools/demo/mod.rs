@@ -2,6 +2,7 @@
 //! Postgres and Redis, with generated traffic; ends with a summary checked against what the
 //! traffic should produce.
 
+mod sla;
 mod summary;
 
 use std::time::{Duration, Instant};
@@ -13,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cache;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::decode::Encoder;
-use crate::domain::{ValidConfig, ValidOrder};
+use crate::domain::{SlaViolation, ValidConfig, ValidOrder};
 use crate::health::Health;
 use crate::pipeline::Worker;
 use crate::sink;
@@ -49,6 +51,7 @@ pub async fn run(
     mock.create_topic(&orders_topic, options.partitions, 1)?;
     mock.create_topic(&settings.kafka.config_topic, options.partitions, 1)?;
     mock.create_topic(&settings.kafka.dead_letter_topic, 1, 1)?;
+    mock.create_topic(&settings.kafka.sla_violations_topic, 1, 1)?;
     settings.kafka.brokers = mock.bootstrap_servers();
     settings.kafka.group_id = format!("demo-{}", Uuid::new_v4());
     println!(
@@ -83,36 +86,90 @@ pub async fn run(
     let config_encoder = Encoder::for_event::<ValidConfig>(&settings.schemas)?;
     let (config, expected_config) = traffic::generate_config(&config_spec, &config_encoder);
     let producer = source::producer(&settings.kafka)?;
+    let config_topic = settings.kafka.config_topic.clone();
+
+    // The SLA tenants' policies are committed before their orders arrive.
+    let now_ms = Clock::system().now_ms();
+    let sla = sla::generate(SLA_TENANTS, now_ms, &order_encoder, &config_encoder);
+    let policies_sent = traffic::send(&producer, &config_topic, &sla.policies, 0, None).await?;
+    probe::wait_until_consumed(
+        &admin,
+        &settings,
+        &config_topic,
+        &policies_sent.ends,
+        &shutdown,
+    )
+    .await?;
+
     let started = Instant::now();
     let sent = traffic::send(&producer, &orders_topic, &messages, 0, None).await?;
-    let config_topic = settings.kafka.config_topic.clone();
+    let sla_sent = traffic::send(&producer, &orders_topic, &sla.orders, 0, None).await?;
     let config_sent = traffic::send(&producer, &config_topic, &config, 0, None).await?;
     println!(
         "demo: produced {} order and {} configuration messages in {:.2}s; waiting for the worker",
-        messages.len(),
-        config.len(),
+        messages.len() + sla.orders.len(),
+        config.len() + sla.policies.len(),
         started.elapsed().as_secs_f64()
     );
+    let order_ends = ends_of(&sent.ends, &sla_sent.ends);
     for (topic, ends) in [
-        (&orders_topic, &sent.ends),
+        (&orders_topic, &order_ends),
         (&config_topic, &config_sent.ends),
     ] {
         probe::wait_until_consumed(&admin, &settings, topic, ends, &shutdown).await?;
     }
     let elapsed = started.elapsed();
     probe::wait_until_cache_drained(&admin, &settings.kafka.group_id, &shutdown).await?;
+    println!(
+        "demo: waiting for the SLA tenants' {} missed deadlines ({:?} each)",
+        sla.expected.len(),
+        sla::DEADLINE
+    );
+    let violation_encoder = Encoder::for_file(&settings.schemas, SlaViolation::SCHEMA_FILE)?;
+    let read_violations = {
+        let (settings, tenants, expected) =
+            (settings.clone(), sla.tenants.clone(), sla.expected.clone());
+        tokio::task::spawn_blocking(move || {
+            sla::wait_for_violations(
+                &settings,
+                &violation_encoder,
+                &tenants,
+                &expected,
+                SLA_LIMIT,
+            )
+        })
+    };
+    let violations = read_violations.await??;
     shutdown.cancel();
     worker_task.await??;
 
     let redis = cache::connect(settings.redis.url.expose()).await?;
-    let produced = messages.len() + config.len();
+    let produced = messages.len() + config.len() + sla.orders.len() + sla.policies.len();
     let checked = summary::check(&admin, &redis, &settings, &expected, &expected_config).await?;
+    let slas = summary::check_sla(&admin, &redis, &sla.tenants, &sla.expected, &violations).await?;
     println!("{}", checked.render(produced, elapsed));
+    println!("{}", slas.render());
     anyhow::ensure!(
-        checked.matches(),
+        checked.matches() && slas.matches(),
         "the end state does not match the traffic"
     );
     Ok(())
+}
+
+/// Tenants of the demo's own SLA traffic.
+const SLA_TENANTS: usize = 3;
+
+/// How long the demo waits for its SLA violations after the traffic is consumed.
+const SLA_LIMIT: Duration = Duration::from_secs(60);
+
+/// The end offsets of two sends to the same topic: the later end of each partition.
+fn ends_of(a: &traffic::EndOffsets, b: &traffic::EndOffsets) -> traffic::EndOffsets {
+    let mut ends = a.clone();
+    for (partition, end) in b {
+        let kept = ends.entry(*partition).or_insert(*end);
+        *kept = (*kept).max(*end);
+    }
+    ends
 }
 
 /// Connects as the owner and to Redis once, with an error naming what is missing, and migrates.

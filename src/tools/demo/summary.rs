@@ -1,6 +1,7 @@
 //! The demo's end state, counted in Postgres (as the owner, who sees every tenant's rows),
 //! Redis and the dead-letter topic, next to what the traffic should produce.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fred::prelude::Client;
@@ -9,7 +10,7 @@ use uuid::Uuid;
 
 use crate::cache::{self, inspect};
 use crate::config::Settings;
-use crate::domain::{Keyspace, TenantMap};
+use crate::domain::{utc_day, Keyspace, SlaViolation, TenantMap};
 use crate::sink::audit;
 use crate::tools::probe;
 use crate::tools::traffic::{Expected, ExpectedConfig};
@@ -226,6 +227,72 @@ impl Checked {
             self.expected_dead,
             elapsed.as_secs_f64(),
             produced as f64 / elapsed.as_secs_f64(),
+        )
+    }
+}
+
+/// The SLA tenants' violations: published (distinct ids), stored and counted in Redis, next to
+/// the ids expected.
+pub(super) struct SlaChecked {
+    expected: BTreeSet<Uuid>,
+    published: BTreeSet<Uuid>,
+    /// Messages read, copies included (publishing is at least once).
+    messages: usize,
+    stored: BTreeSet<Uuid>,
+    counted: BTreeSet<Uuid>,
+}
+
+/// Counts what became of the SLA tenants' violations.
+pub(super) async fn check_sla(
+    admin: &PgPool,
+    redis: &Client,
+    tenants: &[Uuid],
+    expected: &BTreeSet<Uuid>,
+    violations: &[SlaViolation],
+) -> anyhow::Result<SlaChecked> {
+    let ids = |texts: &mut dyn Iterator<Item = &str>| -> BTreeSet<Uuid> {
+        texts.filter_map(|t| t.parse().ok()).collect()
+    };
+    let published = ids(&mut violations.iter().map(|v| v.violation_id.as_str()));
+    let days: BTreeSet<String> = violations.iter().map(|v| utc_day(v.detected_at)).collect();
+    let mut members = Vec::new();
+    for tenant in tenants {
+        for day in &days {
+            members.extend(inspect::set_members(redis, &cache::violations_key(tenant, day)).await?);
+        }
+    }
+    Ok(SlaChecked {
+        expected: expected.clone(),
+        published,
+        messages: violations.len(),
+        stored: audit::violations_of(admin, tenants)
+            .await?
+            .into_iter()
+            .collect(),
+        counted: ids(&mut members.iter().map(String::as_str)),
+    })
+}
+
+impl SlaChecked {
+    pub fn matches(&self) -> bool {
+        self.published == self.expected
+            && self.stored == self.expected
+            && self.counted == self.expected
+    }
+
+    pub fn render(&self) -> String {
+        let verdict = if self.matches() {
+            "OK: every missed deadline is stored, published and counted once"
+        } else {
+            "MISMATCH: see the SLA line above"
+        };
+        format!(
+            "SLA violations        {} (expected {}): {} messages, {} stored in Postgres, {} counted in Redis\n{verdict}",
+            self.published.len(),
+            self.expected.len(),
+            self.messages,
+            self.stored.len(),
+            self.counted.len(),
         )
     }
 }

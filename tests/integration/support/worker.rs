@@ -1,10 +1,12 @@
-//! A worker running inside the test process, stopped as SIGTERM would.
+//! A worker running inside the test process, stopped as SIGTERM would, and the binary run as a
+//! separate process.
 
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tenantstream::testing::traffic::EndOffsets;
-use tenantstream::{Health, Settings, Worker, WorkerError};
+use tenantstream::{Clock, Health, Settings, Worker, WorkerError};
 use uuid::Uuid;
 
 use super::postgres::{wait_for_cache, wait_for_offsets};
@@ -20,6 +22,20 @@ impl RunningWorker {
         let worker = Worker::connect(settings.clone(), health)
             .await
             .expect("worker connects");
+        Self::spawn(worker)
+    }
+
+    /// [`RunningWorker::start`] with `clock` as "now" for its batches, deadline timer and
+    /// violation publisher: a manual clock moves SLA time only when the test advances it.
+    pub async fn start_with_clock(settings: &Settings, health: Health, clock: Clock) -> Self {
+        let worker = Worker::connect(settings.clone(), health)
+            .await
+            .expect("worker connects")
+            .with_clock(clock);
+        Self::spawn(worker)
+    }
+
+    fn spawn(worker: Worker) -> Self {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         Self { shutdown, task }
@@ -63,6 +79,51 @@ pub fn binary(command: &str, settings: &Settings) -> std::process::Command {
         .env("TENANTSTREAM_SLA_VIOLATIONS_TOPIC", &k.sla_violations_topic)
         .env("DATABASE_URL", settings.database.url.expose())
         .env("REDIS_URL", settings.redis.url.expose())
-        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir);
+        .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
+        .env(
+            "TENANTSTREAM_SLA_DEFAULT_POLICY",
+            &settings.sla.default_policy,
+        )
+        .env(
+            "TENANTSTREAM_SLA_LAG_WINDOW_MS",
+            settings.sla.lag_window_ms.to_string(),
+        )
+        .env(
+            "TENANTSTREAM_SLA_POLL_INTERVAL_MS",
+            settings.sla.poll_interval_ms.to_string(),
+        );
     binary
+}
+
+/// `tenantstream run` for `settings`, serving HTTP on `settings.http.listen`, its stderr piped
+/// (read by [`terminate`] or [`stderr_of`]).
+pub fn spawn_run(settings: &Settings) -> Child {
+    binary("run", settings)
+        .env("TENANTSTREAM_HTTP_LISTEN", &settings.http.listen)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tenantstream run")
+}
+
+/// SIGTERM, then the stderr of the stopped process.
+pub fn terminate(mut child: Child) -> String {
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends the worker cleanly");
+    stderr_of(&mut child)
+}
+
+/// What a stopped process wrote to its piped stderr.
+pub fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut text).unwrap();
+    }
+    text
 }
