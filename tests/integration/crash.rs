@@ -3,7 +3,7 @@
 //! gives, computed from the traffic itself.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -12,18 +12,7 @@ use tenantstream::testing::sink;
 use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
 use tenantstream::Settings;
 
-use crate::support;
-
-/// The worker process; killed when dropped, so a failing test leaves no worker behind (its
-/// cache drainer would otherwise keep serving other tests' tenants).
-struct WorkerProcess(Child);
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{self, WorkerProcess};
 
 fn spawn_worker(settings: &Settings, log: &std::path::Path) -> WorkerProcess {
     let log = std::fs::OpenOptions::new()

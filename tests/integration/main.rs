@@ -22,5 +22,6 @@ mod rejected_rows;
 mod replay;
 mod rls;
 mod sla;
+mod sla_faults;
 mod slow_rows;
 mod startup;

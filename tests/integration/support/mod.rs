@@ -6,6 +6,7 @@
 mod kafka;
 mod metrics;
 mod postgres;
+mod process;
 mod redis;
 mod services;
 mod sla;
@@ -15,6 +16,7 @@ mod worker;
 pub use kafka::*;
 pub use metrics::*;
 pub use postgres::*;
+pub use process::*;
 pub use redis::*;
 pub use services::*;
 pub use sla::*;

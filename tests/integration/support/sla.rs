@@ -248,3 +248,120 @@ pub async fn read_violations(
     }
     published
 }
+
+/// A lag threshold no test reaches (30 days), for tests about deadlines only.
+pub const NO_LAG_MS: u64 = 30 * 86_400_000;
+
+/// An SLA policy's JSON with `deadlines` (`FROM->TO`, ms) and a lag threshold nothing reaches.
+pub fn deadline_policy(deadlines: &[(&str, u64)]) -> String {
+    let deadlines: serde_json::Map<String, serde_json::Value> = deadlines
+        .iter()
+        .map(|(transition, ms)| ((*transition).to_owned(), (*ms).into()))
+        .collect();
+    serde_json::json!({ "lag_threshold_ms": NO_LAG_MS, "deadlines_ms": deadlines }).to_string()
+}
+
+/// The end offsets of several sends to one topic together.
+pub fn merge_ends(into: &mut EndOffsets, ends: &EndOffsets) {
+    for (partition, end) in ends {
+        let merged = into.entry(*partition).or_default();
+        *merged = (*merged).max(*end);
+    }
+}
+
+/// Polls `check` every 100 ms until it holds; fails naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids of the violations stored for `tenants`, sorted (one row per id: the primary key).
+pub async fn stored_violation_ids(pool: &PgPool, tenants: &[Uuid]) -> Vec<Uuid> {
+    sqlx::query_scalar(
+        "SELECT violation_id FROM sla_violations WHERE tenant_id = ANY($1) ORDER BY violation_id",
+    )
+    .bind(tenants)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// How many deadlines are pending for `tenants`.
+pub async fn pending_deadlines(pool: &PgPool, tenants: &[Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sla_deadlines WHERE tenant_id = ANY($1)")
+        .bind(tenants)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The outbox rows of `tenants`: violation id, and whether the broker has acknowledged it.
+pub async fn outbox(pool: &PgPool, tenants: &[Uuid]) -> Vec<(Uuid, bool)> {
+    sqlx::query_as(
+        "SELECT violation_id, published FROM sla_outbox WHERE tenant_id = ANY($1)
+          ORDER BY violation_id",
+    )
+    .bind(tenants)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The distinct ids among `count` messages of the violations topic (read by
+/// [`read_violations`]; publishing is at least once, consumers de-duplicate by id). Each
+/// message must be keyed by its violation's tenant.
+pub async fn published_ids(settings: &Settings, count: usize, limit: Duration) -> BTreeSet<Uuid> {
+    let published = read_violations(settings, count, limit).await;
+    for message in &published {
+        assert_eq!(message.key, message.violation.tenant_id, "keyed by tenant");
+    }
+    published
+        .iter()
+        .map(|message| message.violation.violation_id.parse().unwrap())
+        .collect()
+}
+
+/// The end offset of each of the first `partitions` partitions of `topic` (the broker's high
+/// watermarks; exact on librdkafka's mock cluster).
+pub fn end_offsets(brokers: &str, topic: &str, partitions: i32) -> EndOffsets {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|partition| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap();
+            (partition, high)
+        })
+        .collect()
+}
+
+/// Asserts that Redis counts exactly the violations stored for `tenants`: each tenant's set of
+/// the UTC day of detection holds the ids of that tenant and day.
+pub async fn assert_counted(pool: &PgPool, redis: &fred::prelude::Client, tenants: &[Uuid]) {
+    let mut by_day: std::collections::BTreeMap<(Uuid, String), BTreeSet<String>> =
+        Default::default();
+    for tenant in tenants {
+        for violation in stored_violations(pool, *tenant).await {
+            let day = domain::utc_day(violation.detected_at);
+            by_day
+                .entry((*tenant, day))
+                .or_default()
+                .insert(violation.violation_id);
+        }
+    }
+    for ((tenant, day), want) in by_day {
+        let counted = counted_violations(redis, tenant, &day).await;
+        assert_eq!(counted, want, "violations of {tenant} counted on {day}");
+    }
+}
