@@ -300,12 +300,8 @@ impl Worker {
                         }
                         Err(error) => {
                             let retry_in = consume_backoff.advance();
-                            let all_down = source::is_all_brokers_down(&error);
                             let error = self.explain(error);
                             self.health.transient(Component::Kafka, Stage::Consume, &error, retry_in);
-                            if all_down {
-                                consumer.context().recover_when_a_broker_is_up();
-                            }
                             receive_after = Some(Instant::now() + retry_in);
                         }
                     }

@@ -138,16 +138,11 @@ pub fn is_missing_topic(error: &KafkaError) -> bool {
     )
 }
 
-/// librdkafka has lost every broker connection (it reconnects by itself).
-pub fn is_all_brokers_down(error: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode;
-    error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
-}
-
 /// An error librdkafka reports by itself (it reconnects by itself): counted and logged once per
 /// episode through `health`; when every broker is down, Kafka is not ready.
 fn report_client_error(health: &Health, error: KafkaError, reason: &str) {
-    let all_down = is_all_brokers_down(&error);
+    use rdkafka::types::RDKafkaErrorCode;
+    let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
     let hint = if is_missing_topic(&error) {
         MISSING_TOPIC_HINT
     } else {

@@ -58,15 +58,6 @@ impl SourceContext {
         }
     }
 
-    /// Kafka was marked not ready because every broker is down: the next statistics that show a
-    /// broker up mark it ready again. Called after marking it, so that recovery cannot come
-    /// first. An idle worker receives no message after the outage to show it, so a receive
-    /// error, which can arrive after the statistics already saw the broker back, needs this as
-    /// much as the error callback does.
-    pub fn recover_when_a_broker_is_up(&self) {
-        self.all_brokers_down.store(true, Ordering::Relaxed);
-    }
-
     /// Assignment changes since the last call, oldest first.
     pub fn take_changes(&self) -> Vec<Assignment> {
         std::mem::take(&mut *self.changes.lock().expect("assignment lock"))
@@ -205,11 +196,11 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let all_down = super::is_all_brokers_down(&error);
-        super::report_client_error(&self.health, error, reason);
-        if all_down {
-            self.recover_when_a_broker_is_up();
+        use rdkafka::types::RDKafkaErrorCode;
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.all_brokers_down.store(true, Ordering::Relaxed);
         }
+        super::report_client_error(&self.health, error, reason);
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
