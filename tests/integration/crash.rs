@@ -3,7 +3,7 @@
 //! gives, computed from the traffic itself.
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -99,14 +99,7 @@ async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
     support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(180)).await;
     support::wait_for_cache(&admin, &expected.tenants, Duration::from_secs(30)).await;
     // A clean stop: SIGTERM, exit 0.
-    let pid = worker.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = worker.0.wait().unwrap();
-    assert!(status.success(), "SIGTERM exit status {status:?}");
+    support::stop_cleanly(&mut worker.0);
     // The log went to a file: text without terminal colour codes.
     let logged = std::fs::read(&log).unwrap();
     assert!(!logged.is_empty(), "the worker logged nothing");

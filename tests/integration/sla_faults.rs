@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
@@ -365,13 +365,6 @@ async fn a_violation_stored_before_a_sigkill_is_published_after_the_restart() {
     assert_eq!(published, expected);
     support::assert_counted(&admin, &redis, &[tenant]).await;
 
-    let pid = second.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = second.0.wait().unwrap();
-    assert!(status.success(), "SIGTERM exit status {status:?}");
+    support::stop_cleanly(&mut second.0);
     db.drop().await;
 }

@@ -108,14 +108,20 @@ pub fn spawn_run(settings: &Settings) -> Child {
 
 /// SIGTERM, then the stderr of the stopped process.
 pub fn terminate(mut child: Child) -> String {
+    stop_cleanly(&mut child);
+    stderr_of(&mut child)
+}
+
+/// Sends SIGTERM and checks the process exits 0, as a worker stopping cleanly does.
+pub fn stop_cleanly(child: &mut Child) {
     let pid = child.id().to_string();
-    std::process::Command::new("kill")
+    let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
     let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM ends the worker cleanly");
-    stderr_of(&mut child)
+    assert!(status.success(), "SIGTERM exit status {status:?}");
 }
 
 /// What a stopped process wrote to its piped stderr.
