@@ -18,7 +18,9 @@ pub use partition::{PartitionRange, TopicPartition};
 pub use sample::{sample_config, sample_order};
 #[cfg(any(test, feature = "test-support"))]
 pub use sla::lag_violation_id;
-pub use sla::{deadline_violation_id, utc_day, SlaPolicy, SlaViolation, Transition, ViolationKind};
+pub use sla::{
+    deadline_violation_id, sla_rank, utc_day, SlaPolicy, SlaViolation, Transition, ViolationKind,
+};
 pub use tenant_config::{
     ConfigChangeEvent, ConfigKind, ConfigScope, ConfigTarget, TenantMap, TenantProfile,
     TenantStatus, ValidConfig,

@@ -37,8 +37,18 @@ impl Transition {
     }
 }
 
-/// The place of a status in the lifecycle (the database's `sla_status_rank`, cancellation
-/// aside); `None` for UPDATED and CANCELLED.
+/// How far a status takes an order towards its end, as the database's `sla_status_rank`:
+/// the lifecycle's place, and CANCELLED beyond every target (it ends every wait); `None` for
+/// UPDATED, which neither starts nor ends a wait.
+pub fn sla_rank(status: OrderEventType) -> Option<u8> {
+    match status {
+        OrderEventType::Cancelled => Some(100),
+        other => lifecycle_rank(other),
+    }
+}
+
+/// The place of a status in the lifecycle, cancellation aside; `None` for UPDATED and
+/// CANCELLED.
 fn lifecycle_rank(status: OrderEventType) -> Option<u8> {
     use OrderEventType::*;
     match status {

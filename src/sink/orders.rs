@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::cache_outbox::OutboxKind;
 use super::sla::SlaTracking;
 use super::SinkError;
-use crate::domain::{CacheItem, QueuedCache, TenantPolicy, ValidOrder};
+use crate::domain::{sla_rank, CacheItem, QueuedCache, TenantPolicy, ValidOrder};
 
 /// Upserts each tenant's newest order events under the tenant's context and queues their cache
 /// work under `group`; `applied` holds, per tenant, outbox rows to delete on the way. With
@@ -28,9 +28,10 @@ pub(super) async fn write_orders(
     sla: Option<&SlaTracking>,
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let by_tenant: Vec<_> = latest_per_order(orders).into_iter().collect();
+    let progress = progress_per_order(orders);
     let mut queued = Vec::new();
     for tenants in by_tenant.chunks(TENANTS_PER_CALL) {
-        let columns = Columns::grouped(tenants, applied);
+        let columns = Columns::grouped(tenants, applied, &progress);
         queued.extend(write_order_batch(tx, group, tenant_policy, &columns, sla).await?);
     }
     Ok(queued)
@@ -52,7 +53,7 @@ async fn write_order_batch(
 ) -> Result<Vec<QueuedCache>, SinkError> {
     let queued: Vec<(i64, Uuid, String, i64, String)> = sqlx::query_as(
         "SELECT * FROM write_order_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                         $14, $15, $16, $17, $18, $19, $20)",
+                                         $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
     )
     .bind(group)
     .bind(OutboxKind::Order.as_str())
@@ -74,6 +75,9 @@ async fn write_order_batch(
     .bind(&columns.applied_lasts)
     .bind(sla.is_some())
     .bind(sla.and_then(|sla| sla.default_policy.as_ref()))
+    .bind(&columns.reached)
+    .bind(&columns.starts)
+    .bind(&columns.started)
     .fetch_all(&mut **tx)
     .await?;
     Ok(queued
@@ -111,6 +115,38 @@ fn latest_per_order(orders: &[ValidOrder]) -> BTreeMap<Uuid, Vec<&ValidOrder>> {
     by_tenant
 }
 
+/// What one order's events of a batch mean for its deadlines, whichever of them is written:
+/// the furthest status they reach (clears), and the last lifecycle status with its
+/// occurred_at (starts). See migration `20261130000003`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Progress<'a> {
+    /// (rank, status)
+    reached: Option<(u8, &'a str)>,
+    /// (version, status, occurred_at)
+    start: Option<(i64, &'a str, i64)>,
+}
+
+fn progress_per_order(orders: &[ValidOrder]) -> HashMap<(Uuid, &str), Progress<'_>> {
+    let mut progress: HashMap<(Uuid, &str), Progress> = HashMap::new();
+    for order in orders {
+        let e = &order.event;
+        let Some(rank) = sla_rank(e.event_type) else {
+            continue;
+        };
+        let status = e.event_type.status();
+        let p = progress
+            .entry((order.tenant_id, e.order_id.as_str()))
+            .or_default();
+        if p.reached.is_none_or(|(r, _)| rank > r) {
+            p.reached = Some((rank, status));
+        }
+        if p.start.is_none_or(|(version, _, _)| e.version > version) {
+            p.start = Some((e.version, status, e.occurred_at));
+        }
+    }
+    progress
+}
+
 /// The parameters of `write_order_batch`: the rows as one array per column, tenant by tenant,
 /// with each tenant's range of positions (1-based, inclusive, as SQL arrays count) in the rows
 /// and in the applied outbox ids.
@@ -131,12 +167,16 @@ struct Columns<'a> {
     applied_ids: Vec<i64>,
     applied_firsts: Vec<i32>,
     applied_lasts: Vec<i32>,
+    reached: Vec<Option<&'a str>>,
+    starts: Vec<Option<&'a str>>,
+    started: Vec<Option<i64>>,
 }
 
 impl<'a> Columns<'a> {
     fn grouped(
         by_tenant: &[(Uuid, Vec<&'a ValidOrder>)],
         applied: &HashMap<Uuid, Vec<i64>>,
+        progress: &HashMap<(Uuid, &str), Progress<'a>>,
     ) -> Self {
         let mut columns = Columns::default();
         for (tenant, orders) in by_tenant {
@@ -156,6 +196,15 @@ impl<'a> Columns<'a> {
                     .push(serde_json::to_string(&e.items).expect("line items serialize"));
                 columns.occurred.push(e.occurred_at);
                 columns.event_ids.push(order.event_id);
+                let p = progress
+                    .get(&(tenant, e.order_id.as_str()))
+                    .copied()
+                    .unwrap_or_default();
+                columns.reached.push(p.reached.map(|(_, status)| status));
+                columns.starts.push(p.start.map(|(_, status, _)| status));
+                columns
+                    .started
+                    .push(p.start.map(|(_, _, occurred)| occurred));
             }
             columns.lasts.push(position(columns.order_ids.len()));
             columns
@@ -209,6 +258,31 @@ mod tests {
     }
 
     #[test]
+    fn progress_keeps_the_furthest_status_and_the_last_lifecycle_one() {
+        use crate::domain::OrderEventType::*;
+        let event = |version: i64, event_type, occurred_at| {
+            let mut e = sample_order();
+            e.version = version;
+            e.event_type = event_type;
+            e.occurred_at = occurred_at;
+            e.validate().unwrap()
+        };
+        // CONFIRMED then UPDATED: the newest (written) event is UPDATED, which alone would
+        // neither clear CREATED->CONFIRMED nor start CONFIRMED->SHIPPED.
+        let orders = [
+            event(2, Confirmed, 20),
+            event(3, Updated, 30),
+            event(1, Created, 10),
+        ];
+        let progress = progress_per_order(&orders);
+        let p = progress.values().next().unwrap();
+        assert_eq!(p.reached, Some((2, "confirmed")));
+        assert_eq!(p.start, Some((2, "confirmed", 20)));
+        // Only UPDATED: nothing to clear or start.
+        assert!(progress_per_order(&[event(4, Updated, 40)]).is_empty());
+    }
+
+    #[test]
     fn columns_give_each_tenant_its_range_of_rows_and_of_applied_ids() {
         let event = |tenant: u128, order: &str| {
             let mut e = sample_order();
@@ -222,7 +296,7 @@ mod tests {
             (Uuid::from_u128(9), vec![1]),
         ]);
         let grouped: Vec<_> = latest_per_order(&orders).into_iter().collect();
-        let columns = Columns::grouped(&grouped, &applied);
+        let columns = Columns::grouped(&grouped, &applied, &progress_per_order(&orders));
         assert_eq!(columns.tenants, [Uuid::from_u128(1), Uuid::from_u128(2)]);
         assert_eq!((columns.firsts, columns.lasts), (vec![1, 2], vec![1, 3]));
         assert_eq!(columns.order_ids[0], "a-1");

@@ -324,7 +324,7 @@ async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
     sqlx::query(
         "SELECT * FROM write_order_batch('g', 'order', true, $1, '{1}', '{1}', '{z-1}', '{1}',
                   '{created}', '{c}', '{EUR}', '{1}', '{\"[]\"}', '{0}', $2, '{}', '{1}', '{0}',
-                  false, NULL)",
+                  false, NULL, '{created}', '{created}', '{0}')",
     )
     .bind(vec![tenants[2]])
     .bind(vec![Uuid::new_v4()])

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::support::{self, OwnDatabase, RunningWorker, StoredDeadline};
 
-use OrderEventType::{Cancelled, Confirmed, Created, Shipped};
+use OrderEventType::{Cancelled, Confirmed, Created, Shipped, Updated};
 
 /// Where every test's clock starts: the start of a lag window (a multiple of [`WINDOW_MS`]),
 /// in 2027, after any deadline a system-clock worker could register soon.
@@ -559,6 +559,40 @@ async fn a_later_status_first_meets_the_deadline_and_the_stale_one_registers_not
     world.advance_to(START_MS + 2 * SHIP_MS);
     world.settle().await;
     let missed = confirm_missed(tenant, "control", START_MS, START_MS + 2 * SHIP_MS, 0);
+    assert_eq!(world.violations(tenant).await, [missed]);
+    world.finish().await;
+}
+
+/// Several events of one order in one batch: the batch writes only the newest, but the
+/// deadlines follow all of them. CREATED then UPDATED still starts CREATED->CONFIRMED (from
+/// CREATED's time); CONFIRMED then UPDATED still meets it and starts CONFIRMED->SHIPPED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_after_a_status_in_the_same_batch_hides_nothing() {
+    let world = World::running("deadline_same_batch", &deadline_policy()).await;
+    let tenant = Uuid::new_v4();
+    world
+        .send(&[
+            order(tenant, "o-1", 1, Created, START_MS),
+            order(tenant, "o-1", 2, Updated, START_MS + 1_000),
+            order(tenant, "o-2", 1, Created, START_MS),
+        ])
+        .await;
+    let o1 = deadline("o-1", "CREATED->CONFIRMED", START_MS, CONFIRM_MS, 0);
+    let o2 = deadline("o-2", "CREATED->CONFIRMED", START_MS, CONFIRM_MS, 0);
+    assert_eq!(world.deadlines(tenant).await, vec![o1.clone(), o2]);
+    let confirmed_at = START_MS + 60_000;
+    world
+        .send(&[
+            order(tenant, "o-2", 2, Confirmed, confirmed_at),
+            order(tenant, "o-2", 3, Updated, confirmed_at + 1_000),
+        ])
+        .await;
+    let shipping = deadline("o-2", "CONFIRMED->SHIPPED", confirmed_at, SHIP_MS, 0);
+    assert_eq!(world.deadlines(tenant).await, vec![o1, shipping]);
+
+    world.advance_to(START_MS + CONFIRM_MS + 1);
+    world.settle().await;
+    let missed = confirm_missed(tenant, "o-1", START_MS, START_MS + CONFIRM_MS + 1, 0);
     assert_eq!(world.violations(tenant).await, [missed]);
     world.finish().await;
 }
