@@ -83,10 +83,17 @@ impl ViolationPublisher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff: Backoff = RetryPolicy::BATCH.backoff();
         let mut gauges_at = Instant::now();
+        // Whether this publisher's last failure was Kafka's: a later pass without one ends it,
+        // even one with nothing to send (another worker may have published what failed here),
+        // so an idle worker does not stay unready for a failure that is over.
+        let mut kafka_failed = false;
         loop {
             let pause = match self.pass().await {
                 Ok(claimed) => {
                     backoff.reset();
+                    if std::mem::take(&mut kafka_failed) {
+                        self.health.recovered(Component::Kafka);
+                    }
                     if claimed >= CLAIM as usize {
                         Duration::ZERO
                     } else {
@@ -96,6 +103,7 @@ impl ViolationPublisher {
                 Err(error) => {
                     let retry_in = backoff.advance();
                     let component = error.component();
+                    kafka_failed = component == Component::Kafka;
                     self.health
                         .transient(component, Stage::SlaPublish, &error, retry_in);
                     retry_in
