@@ -10,9 +10,10 @@
 mod publisher;
 mod timer;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::metrics;
@@ -34,5 +35,24 @@ async fn refresh_gauges(pool: &PgPool, clock: &Clock) {
             state.outbox_depth,
             state.oldest_outbox_ms,
         );
+    }
+}
+
+/// Between two passes of the timer or the publisher: the backlog gauges when they are due
+/// (`gauges_at`: their last refresh), then `pause`. False when stopped meanwhile.
+async fn between_passes(
+    pool: &PgPool,
+    clock: &Clock,
+    gauges_at: &mut Instant,
+    pause: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    if gauges_at.elapsed() >= STATE_EVERY {
+        refresh_gauges(pool, clock).await;
+        *gauges_at = Instant::now();
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(pause) => true,
     }
 }

@@ -109,13 +109,9 @@ impl ViolationPublisher {
                     retry_in
                 }
             };
-            if gauges_at.elapsed() >= super::STATE_EVERY {
-                super::refresh_gauges(&self.pool, &self.clock).await;
-                gauges_at = Instant::now();
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+            let (pool, clock) = (&self.pool, &self.clock);
+            if !super::between_passes(pool, clock, &mut gauges_at, pause, &shutdown).await {
+                return;
             }
         }
     }
