@@ -188,7 +188,7 @@ pub struct SlaState {
     pub oldest_overdue_ms: i64,
     pub outbox_depth: i64,
     /// How long the oldest publishable violation has waited (a lag violation becomes
-    /// publishable when its window closes).
+    /// publishable 5 s after its window closes).
     pub oldest_outbox_ms: i64,
 }
 
