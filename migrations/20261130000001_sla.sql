@@ -84,38 +84,28 @@ GRANT SELECT, INSERT, UPDATE ON sla_violations TO tenantstream_worker;
 -- so the publisher finds work across tenants without a context; it reads each violation under
 -- its tenant's context. A row is claimed with a lease (a crashed publisher's rows come back
 -- when it ends), marked published once the broker acknowledged, and deleted once Redis also
--- counted it. A lag violation is published when its window has closed (publish_after).
+-- counted it. A lag violation is published 5 s after its window has closed (publish_after).
 CREATE TABLE sla_outbox (
     violation_id  uuid   PRIMARY KEY,
     tenant_id     uuid   NOT NULL,
     publish_after timestamptz NOT NULL,
     lease_until   timestamptz,
-    published     boolean NOT NULL DEFAULT false,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    published     boolean NOT NULL DEFAULT false
 );
 
 CREATE INDEX sla_outbox_due ON sla_outbox (publish_after);
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_outbox TO tenantstream_worker;
 
--- The effective policy of the tenant whose context is set (RLS applies: the caller's role).
-CREATE FUNCTION sla_policy_for(tenant uuid, default_policy jsonb,
-                               OUT policy jsonb, OUT policy_version bigint)
-    LANGUAGE sql STABLE
-AS $$
-    SELECT coalesce(p.value, default_policy), coalesce(p.version, 0)
-      FROM (SELECT 1) one
-      LEFT JOIN sla_policies p
-        ON p.tenant_id = tenant AND p.key = 'default' AND p.value IS NOT NULL
-$$;
-
 -- PROCESSING_LAG for a batch's order events, tenant by tenant under each tenant's context, in
 -- one round trip: tenant i's events' occurred_at (ms) are at occurred_ms[firsts[i]..lasts[i]].
 -- An event is late when now_ms - occurred_at > the tenant's lag_threshold_ms. A tenant's late
 -- events of one window (window_ms, aligned to the epoch) make one violation: created by the
--- first late batch, counted up and its worst lag raised by the next ones, published once the
--- window has closed. Returns, per tenant with late events, the violation and whether this call
--- created it.
+-- first late batch, counted up and its worst lag raised by the next ones, published 5 s after
+-- the window has closed (a batch that read the clock inside the window may commit a little
+-- later, or run on a worker whose clock is a little behind: its events still make the published
+-- figures). Returns, per tenant with late events, the violation and whether this call created
+-- it.
 CREATE FUNCTION record_processing_lag(
     tenant_ids uuid[], firsts int[], lasts int[], occurred_ms int8[],
     now_ms int8, window_ms int8, default_policy jsonb)
@@ -138,8 +128,13 @@ BEGIN
     FOR t IN 1 .. coalesce(array_length(tenant_ids, 1), 0) LOOP
         tid := tenant_ids[t];
         PERFORM set_config('app.tenant_id', tid::text, true);
-        SELECT p.policy, p.policy_version INTO pol, pol_version
-          FROM sla_policy_for(tid, default_policy) p;
+        SELECT p.value, p.version INTO pol, pol_version
+          FROM sla_policies p
+         WHERE p.tenant_id = tid AND p.key = 'default' AND p.value IS NOT NULL;
+        IF NOT FOUND THEN
+            pol := default_policy;
+            pol_version := 0;
+        END IF;
         threshold := (pol ->> 'lag_threshold_ms')::bigint;
         CONTINUE WHEN threshold IS NULL;
         SELECT count(*), max(now_ms - o) INTO late, worst
@@ -156,7 +151,7 @@ BEGIN
                observed_ms = greatest(v.observed_ms, EXCLUDED.observed_ms)
         RETURNING (xmax = 0) INTO inserted;
         INSERT INTO sla_outbox (violation_id, tenant_id, publish_after)
-        VALUES (vid, tid, to_timestamp((window_start + window_ms) / 1000.0))
+        VALUES (vid, tid, to_timestamp((window_start + window_ms + 5000) / 1000.0))
         ON CONFLICT (violation_id) DO NOTHING;
         violation_id := vid;
         tenant := tid;
@@ -268,7 +263,8 @@ BEGIN
                v.observed_ms, v.event_count, v.policy_version,
                (extract(epoch FROM v.detected_at) * 1000)::bigint, o.published
           FROM sla_violations v JOIN sla_outbox o ON o.violation_id = v.violation_id
-         WHERE v.violation_id = ANY(ids);
+         WHERE v.violation_id = ANY(ARRAY(
+               SELECT c.id FROM unnest(tenants, ids) AS c(tenant, id) WHERE c.tenant = t));
     END LOOP;
     PERFORM set_config('app.tenant_id', '', true);
 END
@@ -280,9 +276,21 @@ GRANT EXECUTE ON FUNCTION record_processing_lag(uuid[], int[], int[], int8[], in
     claim_sla_violations(int8, int8, int) TO tenantstream_worker;
 
 -- write_order_batch, now also keeping each order's deadlines (when track_sla: the live
--- worker; replay never does). Per tenant, after the upsert: the written orders' deadlines that
--- their new status meets are deleted, and the deadlines their new status starts are registered
--- with the effective policy's threshold and version (an existing one is kept).
+-- worker; replay only clears the deadlines its orders meet, registering none, so that a replay
+-- ahead of a lagging worker leaves no met deadline to fire). A batch writes each order once,
+-- from its newest event, but its deadlines follow all of its events in the batch, so that how
+-- Kafka cut the batches changes nothing: the client sends, per written order, the furthest
+-- status its events of the batch reached (`reached_statuses`: clears the deadlines whose target
+-- it reaches) and its last lifecycle status with that event's occurred_at (`start_statuses`,
+-- `start_occurred_ms`: registers the transitions it starts that the batch has not reached, with
+-- the effective policy's threshold and version; an existing deadline is kept). Without them
+-- CREATED then UPDATED in one batch would register nothing, and CONFIRMED then UPDATED clear
+-- nothing.
+--
+-- The effective policy is read inline in both functions: a SQL function (not inlined by
+-- plpgsql) cost about 55 µs per tenant, the query itself about 4 µs. Measured as the worker
+-- role on 2,000 tenants of one order each: write_order_batch about 185 µs per tenant with
+-- deadlines, 140 µs without; record_processing_lag about 10 µs.
 DROP FUNCTION write_order_batch(text, text, boolean, uuid[], int[], int[], text[], int8[],
     text[], text[], text[], int8[], text[], int8[], uuid[], int8[], int[], int[]);
 
@@ -292,7 +300,8 @@ CREATE FUNCTION write_order_batch(
     order_ids text[], versions int8[], statuses text[], customer_ids text[], currencies text[],
     totals int8[], item_lists text[], occurred_ms int8[], event_ids uuid[],
     applied_ids int8[], applied_firsts int[], applied_lasts int[],
-    track_sla boolean, default_policy jsonb)
+    track_sla boolean, default_policy jsonb,
+    reached_statuses text[], start_statuses text[], start_occurred_ms int8[])
     RETURNS TABLE (outbox_id bigint, tenant uuid, key_id text, version bigint, value text)
     LANGUAGE plpgsql VOLATILE
 AS $$
@@ -317,24 +326,34 @@ BEGIN
             DELETE FROM cache_outbox
              WHERE id = ANY(applied_ids[applied_firsts[t]:applied_lasts[t]]);
         END IF;
-        deadlines := NULL;
+        -- Without tracking (replay) deadlines are still cleared, never registered.
+        deadlines := '{}';
         IF track_sla THEN
-            SELECT p.policy, p.policy_version INTO pol, pol_version
-              FROM sla_policy_for(tenant_ids[t], default_policy) p;
+            SELECT p.value, p.version INTO pol, pol_version
+              FROM sla_policies p
+             WHERE p.tenant_id = tenant_ids[t] AND p.key = 'default' AND p.value IS NOT NULL;
+            IF NOT FOUND THEN
+                pol := default_policy;
+                pol_version := 0;
+            END IF;
             deadlines := coalesce(pol -> 'deadlines_ms', '{}');
         END IF;
         RETURN QUERY
-        WITH upserted AS (
+        WITH input AS (
+            SELECT * FROM UNNEST(order_ids[f:l], versions[f:l], statuses[f:l], customer_ids[f:l],
+                                 currencies[f:l], totals[f:l], item_lists[f:l], occurred_ms[f:l],
+                                 event_ids[f:l], reached_statuses[f:l], start_statuses[f:l],
+                                 start_occurred_ms[f:l])
+                   AS i(order_id, version, status, customer_id, currency, total_cents,
+                        items, occurred_ms, event_id, reached, start, start_ms)
+        ),
+        upserted AS (
             INSERT INTO orders AS o (tenant_id, order_id, version, status, customer_id, currency,
                                      total_cents, items, occurred_at, last_event_id, updated_at)
             SELECT tenant_ids[t], i.order_id, i.version, i.status, i.customer_id, i.currency,
                    i.total_cents, i.items::jsonb, to_timestamp(i.occurred_ms / 1000.0),
                    i.event_id, now()
-              FROM UNNEST(order_ids[f:l], versions[f:l], statuses[f:l], customer_ids[f:l],
-                          currencies[f:l], totals[f:l], item_lists[f:l], occurred_ms[f:l],
-                          event_ids[f:l])
-                   AS i(order_id, version, status, customer_id, currency, total_cents,
-                        items, occurred_ms, event_id)
+              FROM input i
             ON CONFLICT (tenant_id, order_id) DO UPDATE
                SET version = EXCLUDED.version, status = EXCLUDED.status,
                    customer_id = EXCLUDED.customer_id, currency = EXCLUDED.currency,
@@ -350,27 +369,30 @@ BEGIN
             SELECT group_id, tenant_ids[t], outbox_kind, u.order_id, u.version FROM upserted u
             RETURNING cache_outbox.id, cache_outbox.key_id
         ),
-        -- Met: the new status reaches the target (rank(target) <= rank(status)); registered:
-        -- the transitions the new status starts (rank(target) > rank(status)), so the two
-        -- never touch the same row.
+        -- Met: the furthest status the order's events of this batch reached (an UPDATED or
+        -- CANCELLED newest event hides no CONFIRMED before it) reaches the target. Registered:
+        -- the transitions the order's last lifecycle status of the batch starts, from that
+        -- event's occurred_at, whose target the batch has not reached. So the two never
+        -- touch the same row, and how Kafka cut the batches changes nothing.
         met AS (
-            DELETE FROM sla_deadlines d USING upserted u
-             WHERE deadlines IS NOT NULL
-               AND d.tenant_id = tenant_ids[t] AND d.order_id = u.order_id
+            DELETE FROM sla_deadlines d USING upserted u JOIN input i ON i.order_id = u.order_id
+             WHERE d.tenant_id = tenant_ids[t] AND d.order_id = u.order_id
                AND sla_status_rank(lower(split_part(d.transition, '->', 2)))
-                   <= sla_status_rank(u.status)
+                   <= greatest(sla_status_rank(u.status), sla_status_rank(i.reached))
         ),
         registered AS (
             INSERT INTO sla_deadlines (tenant_id, order_id, transition, started_at, due_at,
                                        threshold_ms, policy_version)
-            SELECT tenant_ids[t], u.order_id, p.key, u.occurred_at,
-                   u.occurred_at + p.value::bigint * interval '1 millisecond',
+            SELECT tenant_ids[t], u.order_id, p.key, to_timestamp(i.start_ms / 1000.0),
+                   to_timestamp(i.start_ms / 1000.0) + p.value::bigint * interval '1 millisecond',
                    p.value::bigint, pol_version
-              FROM upserted u CROSS JOIN jsonb_each_text(deadlines) p
-             WHERE lower(split_part(p.key, '->', 1)) = u.status
-               AND sla_status_rank(u.status) <= 3
+              FROM upserted u JOIN input i ON i.order_id = u.order_id
+                   CROSS JOIN jsonb_each_text(deadlines) p
+             WHERE lower(split_part(p.key, '->', 1)) = i.start
+               AND sla_status_rank(i.start) <= 3
                AND sla_status_rank(lower(split_part(p.key, '->', 2)))
-                   BETWEEN sla_status_rank(u.status) + 1 AND 4
+                   BETWEEN greatest(sla_status_rank(i.start), sla_status_rank(i.reached)) + 1
+                       AND 4
             ON CONFLICT (tenant_id, order_id, transition) DO NOTHING
         )
         SELECT q.id, tenant_ids[t], u.order_id, u.version, u.value
@@ -382,8 +404,8 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION write_order_batch(text, text, boolean, uuid[], int[], int[], text[], int8[],
-    text[], text[], text[], int8[], text[], int8[], uuid[], int8[], int[], int[], boolean, jsonb)
-    FROM PUBLIC;
+    text[], text[], text[], int8[], text[], int8[], uuid[], int8[], int[], int[], boolean, jsonb,
+    text[], text[], int8[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION write_order_batch(text, text, boolean, uuid[], int[], int[], text[],
     int8[], text[], text[], text[], int8[], text[], int8[], uuid[], int8[], int[], int[], boolean,
-    jsonb) TO tenantstream_worker;
+    jsonb, text[], text[], int8[]) TO tenantstream_worker;

@@ -117,7 +117,7 @@ fn latest_per_order(orders: &[ValidOrder]) -> BTreeMap<Uuid, Vec<&ValidOrder>> {
 
 /// What one order's events of a batch mean for its deadlines, whichever of them is written:
 /// the furthest status they reach (clears), and the last lifecycle status with its
-/// occurred_at (starts). See migration `20261130000003`.
+/// occurred_at (starts). See migration `20261130000001_sla.sql`.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Progress<'a> {
     /// (rank, status)

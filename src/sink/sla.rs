@@ -1,5 +1,4 @@
-//! The SLA engine's SQL (migration `20261130000001_sla.sql` explains each function; `…0002`
-//! and `…0003` replace some of them, saying why): lag checks
+//! The SLA engine's SQL (migration `20261130000001_sla.sql` explains each function): lag checks
 //! in the batch transaction, the deadline timer, the violation outbox and the engine's state.
 //! Deadlines themselves are kept by `write_order_batch`, in the statement that writes the order.
 //! Every time is the caller's clock, passed in as milliseconds: the database's own clock never
