@@ -70,6 +70,8 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
+    pub const ALL: [Self; 2] = [Self::DeadlineMissed, Self::ProcessingLag];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DeadlineMissed => "DEADLINE_MISSED",
@@ -78,9 +80,7 @@ impl ViolationKind {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::DeadlineMissed, Self::ProcessingLag]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 

@@ -22,7 +22,6 @@ use super::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use super::decoded::Decoded;
 use super::partitions::ReadyBatch;
 use crate::cache::{self, CacheLedger, Ttl};
-use crate::clock::Clock;
 use crate::decode::{DecodeError, Decoder};
 use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder, ViolationKind};
 use crate::health::{Component, Health};
@@ -78,8 +77,8 @@ pub(super) struct BatchPath {
     pub tenant_policy: TenantPolicy,
     pub ttl: Ttl,
     pub health: Health,
-    pub clock: Clock,
-    /// The SLA policy settings and the same clock: batches keep deadlines and lag.
+    /// The SLA policy settings and the clock the pipeline reads "now" from: batches keep
+    /// deadlines and lag, and time end-to-end latency by it.
     pub sla: SlaTracking,
     pub cache_ledger: Arc<CacheLedger>,
     /// Wakes the drainer when the batch could not write its cache keys.
@@ -170,7 +169,7 @@ impl BatchPath {
         let lag = ViolationKind::ProcessingLag.as_str();
         metrics::sla_violations_detected(lag, written.lag_violations as u64);
         let elapsed = started.elapsed();
-        let now = self.clock.now_ms();
+        let now = self.sla.clock.now_ms();
         let next_offset = position.next_offset;
         metrics::batch_committed(topic, partition, next_offset, elapsed, &occurred, now);
         self.apply_cache(&written.cache).await;

@@ -136,7 +136,6 @@ impl Worker {
             tenant_policy: TenantPolicy::strict(settings.tenants.strict),
             ttl: (&settings.redis).into(),
             health: health.clone(),
-            clock: Clock::system(),
             sla: SlaTracking {
                 default_policy,
                 lag_window_ms: settings.sla.lag_window_ms as i64,
@@ -184,8 +183,7 @@ impl Worker {
     /// The clock the pipeline and the SLA engine read "now" from (the system clock unless
     /// replaced).
     pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.path.sla.clock = clock.clone();
-        self.path.clock = clock;
+        self.path.sla.clock = clock;
         self
     }
 
@@ -194,8 +192,7 @@ impl Worker {
     pub fn register_metrics(settings: &Settings) {
         let kafka = &settings.kafka;
         let codes: Vec<&str> = super::dead_letter::codes().collect();
-        let kinds =
-            [ViolationKind::DeadlineMissed, ViolationKind::ProcessingLag].map(|k| k.as_str());
+        let kinds = ViolationKind::ALL.map(ViolationKind::as_str);
         metrics::register_at_zero(&[&kafka.orders_topic, &kafka.config_topic], &codes, &kinds);
     }
 

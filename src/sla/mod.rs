@@ -10,7 +10,7 @@
 mod publisher;
 mod timer;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,9 @@ pub use timer::DeadlineTimer;
 /// How often the engine's backlog gauges are read.
 const STATE_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads the engine's backlog into the gauges; a failure leaves them as they were (the timer
-/// and the publisher report Postgres failures themselves).
+/// Reads the engine's backlog (deadlines and outbox) into the gauges; a failure leaves them as
+/// they were (the timer and the publisher report Postgres failures themselves). The timer
+/// calls it, every [`STATE_EVERY`].
 async fn refresh_gauges(pool: &PgPool, clock: &Clock) {
     if let Ok(state) = sla::sla_state(pool, clock.now_ms()).await {
         metrics::sla_backlog(
@@ -38,19 +39,9 @@ async fn refresh_gauges(pool: &PgPool, clock: &Clock) {
     }
 }
 
-/// Between two passes of the timer or the publisher: the backlog gauges when they are due
-/// (`gauges_at`: their last refresh), then `pause`. False when stopped meanwhile.
-async fn between_passes(
-    pool: &PgPool,
-    clock: &Clock,
-    gauges_at: &mut Instant,
-    pause: Duration,
-    shutdown: &CancellationToken,
-) -> bool {
-    if gauges_at.elapsed() >= STATE_EVERY {
-        refresh_gauges(pool, clock).await;
-        *gauges_at = Instant::now();
-    }
+/// Between two passes of the timer or the publisher: waits `pause`. False when stopped
+/// meanwhile.
+async fn between_passes(pause: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(pause) => true,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::prelude::Client;
 use futures::future::join_all;
@@ -82,7 +82,6 @@ impl ViolationPublisher {
     /// Publishes violations until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff: Backoff = RetryPolicy::BATCH.backoff();
-        let mut gauges_at = Instant::now();
         // Whether this publisher's last failure was Kafka's: a later pass without one ends it,
         // even one with nothing to send (another worker may have published what failed here),
         // so an idle worker does not stay unready for a failure that is over.
@@ -109,8 +108,7 @@ impl ViolationPublisher {
                     retry_in
                 }
             };
-            let (pool, clock) = (&self.pool, &self.clock);
-            if !super::between_passes(pool, clock, &mut gauges_at, pause, &shutdown).await {
+            if !super::between_passes(pause, &shutdown).await {
                 return;
             }
         }

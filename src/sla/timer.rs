@@ -48,8 +48,11 @@ impl DeadlineTimer {
                     retry_in
                 }
             };
-            let (pool, clock) = (&self.pool, &self.clock);
-            if !super::between_passes(pool, clock, &mut gauges_at, pause, &shutdown).await {
+            if gauges_at.elapsed() >= super::STATE_EVERY {
+                super::refresh_gauges(&self.pool, &self.clock).await;
+                gauges_at = Instant::now();
+            }
+            if !super::between_passes(pause, &shutdown).await {
                 return;
             }
         }
