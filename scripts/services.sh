@@ -46,3 +46,14 @@ ensure_tansu() {
         wait_port "$TANSU_PORT" tansu
     fi
 }
+
+# Prometheus and promtool from Debian's package (installed once per machine): the tests run a
+# real Prometheus on loopback against a worker, and promtool checks and tests the alert rules.
+# The package's own service is not wanted (tests start their own on a free port); without
+# systemd, installing it starts nothing.
+ensure_prometheus() {
+    if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+        echo "== installing Debian's prometheus package (once per machine)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+    fi
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real services, starting what is missing:
-# PostgreSQL and Redis (if down) and a tansu Kafka broker on 127.0.0.1:9092 (installed once).
+# PostgreSQL and Redis (if down), a tansu Kafka broker on 127.0.0.1:9092 (installed once) and
+# Debian's prometheus package (prometheus, promtool; installed once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -8,6 +9,7 @@ source scripts/services.sh
 ensure_postgres
 ensure_redis
 ensure_tansu
+ensure_prometheus
 
 echo "== cargo doc (warnings are errors: a stale intra-doc link fails the suite)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
