@@ -54,6 +54,8 @@ ensure_tansu() {
 ensure_prometheus() {
     if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
         echo "== installing Debian's prometheus package (once per machine)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends prometheus; }
     fi
 }
