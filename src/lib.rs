@@ -8,7 +8,8 @@
 //! which validates what it decodes), `sink` (then `source`, which reads stored offsets) and
 //! `cache`; `sla` (the deadline timer and the violation publisher) above those, then
 //! `pipeline`; `tools` and `cli` on top. `config`, `clock`, `retry`,
-//! `health`, `metrics`, `telemetry` and `http` are leaves anything may use.
+//! `health`, `metrics`, `monitor` (per-tenant figures), `telemetry` and `http` are leaves
+//! anything may use.
 //! `tests/integration/layout.rs` checks it.
 
 mod cache;
@@ -20,6 +21,7 @@ mod domain;
 mod health;
 mod http;
 mod metrics;
+mod monitor;
 mod pipeline;
 mod retry;
 mod sink;

@@ -70,6 +70,11 @@ pub mod metrics {
     };
 }
 
+/// The per-tenant table and its metrics.
+pub mod monitor {
+    pub use crate::monitor::{TenantMonitor, TENANT_METRICS};
+}
+
 /// Generated traffic and its oracle.
 pub mod traffic {
     pub use crate::tools::traffic::*;

@@ -108,6 +108,15 @@ pub struct WorkerFlags {
     /// Address of the HTTP port (/metrics, /healthz, /readyz).
     #[arg(long, env = "TENANTSTREAM_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// Tenants per ranking (volume, latency, dead letters, SLA violations) given their own
+    /// `tenant` label on /metrics; the rest are folded into tenant="other" (at most 4K+1
+    /// series per per-tenant metric).
+    #[arg(long, env = "TENANTSTREAM_TENANT_METRICS_TOP")]
+    pub tenant_metrics_top: Option<usize>,
+    /// Seconds after its last event that a tenant leaves the in-memory per-tenant table
+    /// (/tenants, /tenants/{id}/health; at least 900: the longest window is 15 minutes).
+    #[arg(long, env = "TENANTSTREAM_TENANT_IDLE_SECONDS")]
+    pub tenant_idle_seconds: Option<u64>,
     /// Max events per partition batch.
     #[arg(long, env = "TENANTSTREAM_BATCH_MAX_EVENTS")]
     pub batch_max_events: Option<usize>,
@@ -251,6 +260,14 @@ impl Overrides {
         }
         set(&mut settings.http.listen, &worker.http_listen);
         set(
+            &mut settings.http.tenant_metrics_top,
+            &worker.tenant_metrics_top,
+        );
+        set(
+            &mut settings.http.tenant_idle_seconds,
+            &worker.tenant_idle_seconds,
+        );
+        set(
             &mut settings.kafka.batch_max_events,
             &worker.batch_max_events,
         );
@@ -299,6 +316,8 @@ pub fn default_of(id: &str, d: &Settings) -> Option<String> {
         "schemas_dir" => d.schemas.dir.display().to_string(),
         "schema_registry_url" => return d.schemas.registry_url.clone(),
         "http_listen" => d.http.listen.clone(),
+        "tenant_metrics_top" => d.http.tenant_metrics_top.to_string(),
+        "tenant_idle_seconds" => d.http.tenant_idle_seconds.to_string(),
         "batch_max_events" => d.kafka.batch_max_events.to_string(),
         "batch_linger_ms" => d.kafka.batch_linger_ms.to_string(),
         "session_timeout_ms" => d.kafka.session_timeout_ms.to_string(),

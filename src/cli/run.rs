@@ -1,12 +1,16 @@
 //! `tenantstream run` and `tenantstream migrate`.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::health::{Component, Health};
 use crate::http;
 use crate::metrics;
+use crate::monitor::TenantMonitor;
 use crate::pipeline::Worker;
 use crate::sink;
 
@@ -32,18 +36,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let health = Health::default();
     health.failed(Component::Startup, "connecting to dependencies");
     let listen = &settings.http.listen;
+    let tenants = TenantMonitor::new(
+        Clock::system(),
+        settings.http.tenant_metrics_top,
+        Duration::from_secs(settings.http.tenant_idle_seconds),
+    );
     let (addr, http_task) = http::serve(
         listen,
         health.clone(),
         metrics::install_recorder(),
+        tenants.clone(),
         shutdown.clone(),
     )
     .await
     .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(%addr, "Serving /metrics, /healthz and /readyz.");
+    tracing::info!(%addr, "Serving /metrics, /healthz, /readyz and /tenants.");
     Worker::register_metrics(&settings);
     if let Some(worker) = Worker::connect_retrying(settings, health, &shutdown).await? {
-        worker.run(shutdown.clone()).await?;
+        worker
+            .with_tenant_monitor(tenants)
+            .run(shutdown.clone())
+            .await?;
     }
     shutdown.cancel();
     let _ = http_task.await;

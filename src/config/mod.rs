@@ -90,8 +90,13 @@ pub struct SchemaSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Address serving /metrics, /healthz and /readyz.
+    /// Address serving /metrics, /healthz, /readyz and the tenant health API.
     pub listen: String,
+    /// Tenants per ranking (volume, latency, dead letters, violations) that get their own
+    /// `tenant` label on the per-tenant metrics; the rest are `tenant="other"`.
+    pub tenant_metrics_top: usize,
+    /// Seconds after its last activity that a tenant leaves the per-tenant table.
+    pub tenant_idle_seconds: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -260,6 +265,8 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9898".into(),
+            tenant_metrics_top: crate::monitor::DEFAULT_TOP_K,
+            tenant_idle_seconds: crate::monitor::DEFAULT_IDLE_EVICT.as_secs(),
         }
     }
 }
@@ -356,7 +363,7 @@ impl Settings {
                 return invalid(field, &format!("must differ from {other} ({topic:?})"));
             }
         }
-        let ranges: [(&'static str, u64, RangeInclusive<u64>); 12] = [
+        let ranges: [(&'static str, u64, RangeInclusive<u64>); 14] = [
             (
                 "kafka.batch_max_events",
                 self.kafka.batch_max_events as u64,
@@ -420,6 +427,18 @@ impl Settings {
                 "sla.poll_interval_ms",
                 self.sla.poll_interval_ms,
                 10..=60_000,
+            ),
+            // 1,000 per ranking is already 4,001 series per metric.
+            (
+                "http.tenant_metrics_top",
+                self.http.tenant_metrics_top as u64,
+                1..=1_000,
+            ),
+            // The 15-minute window must stay whole; a week at most.
+            (
+                "http.tenant_idle_seconds",
+                self.http.tenant_idle_seconds,
+                900..=604_800,
             ),
         ];
         for (field, value, range) in ranges {

@@ -17,6 +17,8 @@ mod framing;
 mod registry;
 mod schema_store;
 
+use uuid::Uuid;
+
 use crate::metrics::Stage;
 use crate::retry::{Classify, ErrorClass};
 use crate::validate::{InvalidField, Validate};
@@ -98,9 +100,24 @@ pub async fn decode_event<E: Validate>(
     decoder: &Decoder,
     payload: Option<&[u8]>,
 ) -> Result<E, DecodeError> {
-    let payload = payload.ok_or_else(|| DecodeError::Undecodable("message has no value".into()))?;
-    let wire: E::Wire = decoder.decode(payload).await?;
-    Ok(E::validate(wire)?)
+    decode_naming_tenant(decoder, payload)
+        .await
+        .map_err(|(error, _)| error)
+}
+
+/// [`decode_event`], and on failure the tenant the value names when it decoded but did not
+/// validate (for the per-tenant dead-letter count).
+pub async fn decode_naming_tenant<E: Validate>(
+    decoder: &Decoder,
+    payload: Option<&[u8]>,
+) -> Result<E, (DecodeError, Option<Uuid>)> {
+    let Some(payload) = payload else {
+        let error = DecodeError::Undecodable("message has no value".into());
+        return Err((error, None));
+    };
+    let wire: E::Wire = decoder.decode(payload).await.map_err(|e| (e, None))?;
+    let tenant = E::wire_tenant(&wire);
+    E::validate(wire).map_err(|invalid| (invalid.into(), tenant))
 }
 
 #[cfg(test)]

@@ -21,11 +21,13 @@ use uuid::Uuid;
 use super::dead_letter::{DeadLetter, DeadLetterError, DeadLetterSink};
 use super::decoded::Decoded;
 use super::partitions::ReadyBatch;
+use super::tenants::tenant_shares;
 use crate::cache::{self, CacheLedger, Ttl};
 use crate::decode::{DecodeError, Decoder};
 use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder, ViolationKind};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Outcome, Stage};
+use crate::monitor::TenantMonitor;
 use crate::retry::{self, Backoff, RetryPolicy};
 use crate::sink::sla::SlaTracking;
 use crate::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows, SinkError};
@@ -83,6 +85,8 @@ pub(super) struct BatchPath {
     pub cache_ledger: Arc<CacheLedger>,
     /// Wakes the drainer when the batch could not write its cache keys.
     pub cache_wake: Arc<Notify>,
+    /// Per-tenant figures of committed batches and dead letters.
+    pub tenants: TenantMonitor,
 }
 
 impl BatchPath {
@@ -146,12 +150,14 @@ impl BatchPath {
             applied: &applied,
             sla: &self.sla,
         };
+        let writing = Instant::now();
         let Some(outcome) = self
             .write(&position, &mut decoded, &mut backoff, shutdown)
             .await
         else {
             return Processed::Abandoned;
         };
+        let postgres = writing.elapsed();
         self.health.recovered(Component::Postgres);
         self.health.recovered(Component::Kafka);
         let (topic, partition) = (key.topic.as_str(), key.partition);
@@ -172,6 +178,12 @@ impl BatchPath {
         let now = self.sla.clock.now_ms();
         let next_offset = position.next_offset;
         metrics::batch_committed(topic, partition, next_offset, elapsed, &occurred, now);
+        let events = decoded.events();
+        let shares = tenant_shares(events, &written.cache, now, postgres);
+        self.tenants.batch_committed(&shares);
+        for profile in events.iter().filter(|e| e.registers_tenant()) {
+            profile.tenant().map(|t| self.tenants.forget_status(t));
+        }
         self.apply_cache(&written.cache).await;
         Processed::Committed { next_offset }
     }
@@ -272,13 +284,23 @@ impl BatchPath {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> bool {
-        letters.is_empty()
-            || self
-                .retrying(Stage::DeadLetter, backoff, shutdown, || {
-                    self.dead_letters.send_all(letters)
-                })
-                .await
-                .is_some()
+        if letters.is_empty() {
+            return true;
+        }
+        let sent = self
+            .retrying(Stage::DeadLetter, backoff, shutdown, || {
+                self.dead_letters.send_all(letters)
+            })
+            .await
+            .is_some();
+        if sent {
+            for letter in letters {
+                letter
+                    .tenant
+                    .map(|t| self.tenants.dead_lettered(t, letter.code));
+            }
+        }
+        sent
     }
 
     /// Runs one step until it succeeds, reporting each failure (readiness, metric, log) before

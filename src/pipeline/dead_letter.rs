@@ -17,6 +17,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
+use uuid::Uuid;
 
 use crate::decode::DecodeError;
 use crate::metrics::{self, Stage};
@@ -63,6 +64,8 @@ pub struct DeadLetter {
     pub reason: String,
     /// The SQLSTATE of a row Postgres rejected.
     pub sqlstate: Option<String>,
+    /// The tenant the message names, when it decoded far enough to tell.
+    pub tenant: Option<Uuid>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +251,7 @@ mod tests {
             stage: Stage::Validate,
             reason,
             sqlstate: None,
+            tenant: None,
         }
     }
 

@@ -9,7 +9,7 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 use super::dead_letter::{DeadLetter, REJECTED_BY_POSTGRES, UNKNOWN_TENANT};
-use crate::decode::{decode_event, DecodeError, Decoder};
+use crate::decode::{decode_naming_tenant, DecodeError, Decoder};
 use crate::domain::{unregistered_tenants, Event, TenantPolicy};
 use crate::metrics::Stage;
 use crate::retry::Classify;
@@ -48,18 +48,16 @@ impl<'m, E: Validate> Decoded<'m, E> {
                 since_yield = 0;
                 tokio::task::yield_now().await;
             }
-            match decode_event::<E>(decoder, message.payload()).await {
+            match decode_naming_tenant::<E>(decoder, message.payload()).await {
                 Ok(event) => {
                     decoded.messages.push(message);
                     decoded.events.push(event);
                 }
-                Err(error) if error.is_transient() => return Err(error),
-                Err(error) => decoded.dead.push(dead_letter(
-                    message,
-                    error.code(),
-                    error.stage(),
-                    error.to_string(),
-                )),
+                Err((error, _)) if error.is_transient() => return Err(error),
+                Err((error, tenant)) => decoded.dead.push(DeadLetter {
+                    tenant,
+                    ..dead_letter(message, error.code(), error.stage(), error.to_string())
+                }),
             }
         }
         Ok(decoded)
@@ -101,8 +99,10 @@ impl<'m, E: Event> Decoded<'m, E> {
         for (message, event) in self.remove(&unknown) {
             let tenant = event.tenant().expect("filtered on its tenant");
             let reason = format!("tenant {tenant} is not registered");
-            self.dead
-                .push(dead_letter(message, UNKNOWN_TENANT, Stage::Sink, reason));
+            self.dead.push(DeadLetter {
+                tenant: Some(tenant),
+                ..dead_letter(message, UNKNOWN_TENANT, Stage::Sink, reason)
+            });
         }
     }
 
@@ -126,13 +126,14 @@ impl<'m, E: Event> Decoded<'m, E> {
             });
         }
         let indices: Vec<usize> = rejected.iter().map(|r| r.index).collect();
-        for ((message, _), row) in self.remove(&indices).into_iter().zip(rejected) {
+        for ((message, event), row) in self.remove(&indices).into_iter().zip(rejected) {
             let reason = format!(
                 "Postgres rejected the row (SQLSTATE {}): {}",
                 row.sqlstate, row.message
             );
             self.dead.push(DeadLetter {
                 sqlstate: Some(row.sqlstate),
+                tenant: event.tenant(),
                 ..dead_letter(message, REJECTED_BY_POSTGRES, Stage::Sink, reason)
             });
         }
@@ -162,5 +163,6 @@ fn dead_letter(
         stage,
         reason,
         sqlstate: None,
+        tenant: None,
     }
 }

@@ -6,6 +6,7 @@ mod cache_drainer;
 pub mod dead_letter;
 mod decoded;
 mod partitions;
+mod tenants;
 mod worker;
 
 pub use worker::{Worker, WorkerError};

@@ -21,6 +21,7 @@ use super::batch::{BatchPath, Processed};
 use super::cache_drainer::CacheDrainer;
 use super::dead_letter::DeadLetterSink;
 use super::partitions::{sleep_until, Bounds, PartitionState, Partitions, ReadyBatch};
+use super::tenants::refresh_statuses;
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
@@ -30,6 +31,7 @@ use crate::domain::{
 };
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
+use crate::monitor::TenantMonitor;
 use crate::retry::{self, Classify, ErrorClass, RetryPolicy};
 use crate::sink::sla::SlaTracking;
 use crate::sink::{self, SinkError};
@@ -143,6 +145,11 @@ impl Worker {
             },
             cache_ledger: Arc::default(),
             cache_wake: Arc::new(Notify::new()),
+            tenants: TenantMonitor::new(
+                Clock::system(),
+                settings.http.tenant_metrics_top,
+                Duration::from_secs(settings.http.tenant_idle_seconds),
+            ),
         };
         Ok(Self {
             settings,
@@ -183,7 +190,15 @@ impl Worker {
     /// The clock the pipeline and the SLA engine read "now" from (the system clock unless
     /// replaced).
     pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.path.tenants = self.path.tenants.with_clock(clock.clone());
         self.path.sla.clock = clock;
+        self
+    }
+
+    /// Records per-tenant figures in `tenants` (the table the HTTP port serves) rather than in
+    /// a table of its own.
+    pub fn with_tenant_monitor(mut self, tenants: TenantMonitor) -> Self {
+        self.path.tenants = tenants.with_clock(self.path.sla.clock.clone());
         self
     }
 
@@ -222,11 +237,16 @@ impl Worker {
             .run(shutdown.child_token()),
         );
         let (timer, publisher) = self.start_sla(&shutdown);
+        let statuses = tokio::spawn(refresh_statuses(
+            self.path.tenants.clone(),
+            self.path.pool.clone(),
+            shutdown.child_token(),
+        ));
         self.run_until_stopped(&consumer, &shutdown).await;
         tracing::info!("Stopping: leaving the consumer group.");
         consumer.unsubscribe();
         drop(consumer);
-        let _ = tokio::join!(drainer, timer, publisher);
+        let _ = tokio::join!(drainer, timer, publisher, statuses);
         Ok(())
     }
 
@@ -252,6 +272,7 @@ impl Worker {
             clock,
             health: self.health.clone(),
             interval,
+            tenants: self.path.tenants.clone(),
         };
         (
             tokio::spawn(timer.run(shutdown.child_token())),

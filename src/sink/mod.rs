@@ -32,7 +32,7 @@ pub use pool::{
     check_reachable, connect_owner, connect_worker, connect_worker_checked, connect_worker_sized,
     ensure_rls_applies, migrate, Migrated,
 };
-pub use tenant::{known_tenants, set_tenant};
+pub use tenant::{known_tenants, set_tenant, tenant_statuses};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

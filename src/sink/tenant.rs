@@ -27,3 +27,17 @@ pub async fn known_tenants(pool: &PgPool, tenants: &[Uuid]) -> Result<HashSet<Uu
         .await?;
     Ok(known.into_iter().collect())
 }
+
+/// The stored status (`provisional`, `active`, `suspended`) of each of `tenants` that exists,
+/// each looked up under its own context, in one round trip (the database function
+/// `tenant_statuses`).
+pub async fn tenant_statuses(
+    pool: &PgPool,
+    tenants: &[Uuid],
+) -> Result<Vec<(Uuid, String)>, SinkError> {
+    let statuses = sqlx::query_as("SELECT tenant_id, status FROM tenant_statuses($1)")
+        .bind(tenants)
+        .fetch_all(pool)
+        .await?;
+    Ok(statuses)
+}

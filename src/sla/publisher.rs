@@ -22,9 +22,10 @@ use uuid::Uuid;
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::decode::Encoder;
-use crate::domain::utc_day;
+use crate::domain::{utc_day, SlaViolation, ViolationKind};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
+use crate::monitor::{TenantMonitor, ViolationCount};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::sink::sla::{self, Claimed};
 use crate::sink::SinkError;
@@ -51,6 +52,8 @@ pub struct ViolationPublisher {
     pub health: Health,
     /// The pause after a pass that found nothing to publish.
     pub interval: Duration,
+    /// Counts each published violation against its tenant.
+    pub tenants: TenantMonitor,
 }
 
 /// A failed pass: what failed, for readiness and the metric's labels.
@@ -165,6 +168,7 @@ impl ViolationPublisher {
             match result {
                 Ok(()) => {
                     acknowledged.push(claimed.id);
+                    self.count_for_tenant(&claimed.violation);
                     *published
                         .entry(claimed.violation.kind.as_str())
                         .or_default() += 1;
@@ -183,5 +187,15 @@ impl ViolationPublisher {
             metrics::sla_violations_published(kind, count);
         }
         (acknowledged, failure)
+    }
+
+    fn count_for_tenant(&self, violation: &SlaViolation) {
+        let kind = match violation.kind {
+            ViolationKind::DeadlineMissed => ViolationCount::DeadlineMissed,
+            ViolationKind::ProcessingLag => ViolationCount::ProcessingLag,
+        };
+        if let Ok(tenant) = Uuid::parse_str(&violation.tenant_id) {
+            self.tenants.violation_published(tenant, kind);
+        }
     }
 }

@@ -23,17 +23,31 @@ const MAX_OCCURRED_AT_MS: i64 = 253_402_300_799_999;
 /// An event type whose wire form can be checked into its valid form.
 pub trait Validate: Event {
     fn validate(wire: Self::Wire) -> Result<Self, InvalidField>;
+
+    /// The tenant a wire event names, if it names a valid one (read even when other fields
+    /// are invalid, to count the dead letter against its tenant).
+    fn wire_tenant(wire: &Self::Wire) -> Option<Uuid>;
 }
 
 impl Validate for ValidOrder {
     fn validate(wire: OrderEvent) -> Result<Self, InvalidField> {
         wire.validate()
     }
+
+    fn wire_tenant(wire: &OrderEvent) -> Option<Uuid> {
+        Uuid::parse_str(&wire.tenant_id).ok()
+    }
 }
 
 impl Validate for ValidConfig {
     fn validate(wire: ConfigChangeEvent) -> Result<Self, InvalidField> {
         wire.validate()
+    }
+
+    fn wire_tenant(wire: &ConfigChangeEvent) -> Option<Uuid> {
+        wire.tenant_id
+            .as_deref()
+            .and_then(|id| Uuid::parse_str(id).ok())
     }
 }
 

@@ -16,6 +16,7 @@ const LEAVES: &[&str] = &[
     "health",
     "http",
     "metrics",
+    "monitor",
     "retry",
     "telemetry",
 ];
