@@ -181,8 +181,9 @@ impl BatchPath {
         let events = decoded.events();
         let shares = tenant_shares(events, &written.cache, now, postgres);
         self.tenants.batch_committed(&shares);
-        for profile in events.iter().filter(|e| e.registers_tenant()) {
-            profile.tenant().map(|t| self.tenants.forget_status(t));
+        let profiles = events.iter().filter(|e| e.registers_tenant());
+        for tenant in profiles.filter_map(Event::tenant) {
+            self.tenants.forget_status(tenant);
         }
         self.apply_cache(&written.cache).await;
         Processed::Committed { next_offset }
@@ -295,9 +296,9 @@ impl BatchPath {
             .is_some();
         if sent {
             for letter in letters {
-                letter
-                    .tenant
-                    .map(|t| self.tenants.dead_lettered(t, letter.code));
+                if let Some(tenant) = letter.tenant {
+                    self.tenants.dead_lettered(tenant, letter.code);
+                }
             }
         }
         sent
