@@ -179,7 +179,8 @@ async fn a_tenants_health_equals_the_workload_sent_to_it() {
     }
 }
 
-/// 5,000 tenants, one order each: every per-tenant metric stays within 4K+1 series (K = 10),
+/// 5,000 tenants, one order each: every per-tenant metric (described, and in README's catalogue)
+/// stays within 4K+1 series (K = 10),
 /// the table holds all 5,000, and the health API answers for any of them. Prints the series
 /// count and the API's latency at 5,000 tenants (figures for the README, not asserted).
 #[tokio::test]
@@ -211,8 +212,18 @@ async fn five_thousand_tenants_keep_the_series_bound_and_each_answers() {
         .text()
         .await
         .unwrap();
+    let readme = std::fs::read_to_string(support::manifest_dir().join("README.md")).unwrap();
     let mut per_metric = BTreeMap::new();
     for (name, _) in TENANT_METRICS {
+        assert!(readme.contains(&format!("`{name}`")), "README lacks {name}");
+        assert!(
+            rendered.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+        assert!(
+            rendered.contains(&format!("# TYPE {name} gauge")),
+            "no TYPE for {name}"
+        );
         let series = rendered
             .lines()
             .filter(|l| l.starts_with(&format!("{name}{{")))
