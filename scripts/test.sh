@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real services, starting what is missing:
 # PostgreSQL and Redis (if down), a tansu Kafka broker on 127.0.0.1:9092 (installed once) and
-# Debian's prometheus package (prometheus, promtool; installed once).
+# Debian's prometheus package (prometheus, promtool; installed once). promtool checks and unit-tests
+# the alert rules in deploy/prometheus/ before cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -16,6 +17,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 echo "== cargo clippy (warnings are errors; the release build alone, then with the tests)"
 cargo clippy --quiet -- -D warnings
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== promtool check rules, test rules, check config (deploy/prometheus/)"
+promtool check rules deploy/prometheus/rules.yml
+promtool test rules deploy/prometheus/rules_test.yml
+promtool check config deploy/prometheus/prometheus.yml
 
 export TENANTSTREAM_TEST_BROKERS="127.0.0.1:${TANSU_PORT}"
 echo "== cargo test (Postgres 127.0.0.1:5432, Redis 127.0.0.1:6379, tansu ${TENANTSTREAM_TEST_BROKERS})"

@@ -15,6 +15,7 @@ mod fuzz_decode;
 mod hostile_inputs;
 mod layout;
 mod mock_pipeline;
+mod monitoring_files;
 mod offset_gaps;
 mod pipeline_tansu;
 mod redis_cluster;
