@@ -17,6 +17,7 @@ mod layout;
 mod mock_pipeline;
 mod offset_gaps;
 mod pipeline_tansu;
+mod prometheus_scrape;
 mod redis_cluster;
 mod rejected_rows;
 mod replay;
