@@ -18,6 +18,7 @@ mod mock_pipeline;
 mod monitoring_files;
 mod offset_gaps;
 mod pipeline_tansu;
+mod prometheus_scrape;
 mod redis_cluster;
 mod rejected_rows;
 mod replay;

@@ -1,12 +1,14 @@
 //! Shared test support, by concern: real Postgres (database `tenantstream_test`), real Redis,
 //! and a real Kafka-protocol broker (tansu, started by scripts/test.sh) or librdkafka's mock
-//! cluster. Each test isolates itself with its own topics, consumer group and tenants.
+//! cluster; a real Prometheus where a test checks what a scrape sees. Each test isolates itself
+//! with its own topics, consumer group and tenants.
 #![allow(dead_code)]
 
 mod kafka;
 mod metrics;
 mod postgres;
 mod process;
+mod prometheus;
 mod redis;
 mod services;
 mod sla;
@@ -17,6 +19,7 @@ pub use kafka::*;
 pub use metrics::*;
 pub use postgres::*;
 pub use process::*;
+pub use prometheus::*;
 pub use redis::*;
 pub use services::*;
 pub use sla::*;
