@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use tenantstream::testing::metrics::{Kind, CATALOGUE};
+use tenantstream::testing::monitor::TENANT_METRICS;
 use tenantstream::testing::traffic::{self, TrafficSpec};
 
 use crate::support::{self, Labels, Prometheus};
@@ -19,7 +20,8 @@ const JOB: &str = "tenantstream";
 /// Prometheus scrapes the worker (`up` is 1); after a workload of N messages with some
 /// malformed, PromQL sums give exactly N consumed and N processed (one outcome each), the
 /// malformed ones as dead_lettered and per error code; and every catalogued metric is stored
-/// (read from `CATALOGUE`, so a metric added later is checked too).
+/// (read from `CATALOGUE` and the per-tenant `TENANT_METRICS`, so a metric added later is
+/// checked too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_every_metric_and_counts_the_workload_exactly() {
     // A database of its own: the worker's drainer and SLA publisher then serve only this
@@ -113,9 +115,12 @@ async fn prometheus_sees_every_metric_and_counts_the_workload_exactly() {
         .into_iter()
         .filter_map(|(mut labels, _)| labels.remove("__name__"))
         .collect();
+    let per_tenant = TENANT_METRICS.iter().map(|(name, _)| (*name, Kind::Gauge));
     let missing: Vec<String> = CATALOGUE
         .iter()
-        .flat_map(|(name, kind, _)| series_names(name, *kind))
+        .map(|(name, kind, _)| (*name, *kind))
+        .chain(per_tenant)
+        .flat_map(|(name, kind)| series_names(name, kind))
         .filter(|series| !names.contains(series))
         .collect();
     drop(prometheus);
