@@ -45,6 +45,7 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(state): State<AppState>) -> String {
+    crate::metrics::scraped(state.health.is_ready());
     state.metrics.render()
 }
 
