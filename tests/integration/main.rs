@@ -25,3 +25,4 @@ mod sla;
 mod sla_faults;
 mod slow_rows;
 mod startup;
+mod worker_metrics;
