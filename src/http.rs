@@ -62,6 +62,7 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(state): State<AppState>) -> String {
+    crate::metrics::scraped(state.health.is_ready());
     let mut text = state.metrics.render();
     text.push_str(&state.tenants.render_prometheus());
     text

@@ -18,6 +18,7 @@ pub mod decode {
 
 /// Postgres: connections, tenant context, offsets and batch writes.
 pub mod sink {
+    pub use crate::sink::cache_outbox::{outbox_state, OutboxState};
     pub use crate::sink::sla::{self, SlaTracking};
     pub use crate::sink::{
         connect_worker, ensure_rls_applies, known_tenants, load_stored_offsets, migrate,
@@ -64,9 +65,12 @@ pub mod retry {
 /// Metric names and the recorder.
 pub mod metrics {
     pub use crate::metrics::{
-        install_recorder, Kind, CATALOGUE, CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED,
-        EVENTS_PROCESSED, OFFSETS_SKIPPED, OFFSET_GAPS, OFFSET_RESETS, SLA_PUBLISH_ERRORS,
-        SLA_VIOLATIONS, SLA_VIOLATIONS_PUBLISHED,
+        install_recorder, Kind, ASSIGNED_PARTITIONS, BATCH_SIZE_EVENTS, BUILD_INFO,
+        CACHE_OUTBOX_OLDEST_SECONDS, CACHE_OUTBOX_ROWS, CACHE_VISIBLE_SECONDS, CATALOGUE,
+        CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PROCESSED, OFFSETS_SKIPPED,
+        OFFSET_GAPS, OFFSET_RESETS, POSTGRES_POOL_CONNECTIONS, PROCESS_METRICS, READY, REBALANCES,
+        REDIS_ERRORS, REPLAY_MESSAGES, REPLAY_REMAINING, SLA_PUBLISH_ERRORS, SLA_VIOLATIONS,
+        SLA_VIOLATIONS_PUBLISHED, STAGE_DURATION_SECONDS,
     };
 }
 

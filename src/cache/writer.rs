@@ -348,18 +348,18 @@ pub async fn read_generations(
 
 /// Writes a committed batch's rows to Redis and notes the applied outbox rows in `ledger`. The
 /// rows of keys Redis refused are not noted: they stay queued for the drainer, and the call
-/// returns how many there were. An error means Redis is not answering.
+/// returns those keys. An error means Redis is not answering.
 pub async fn apply_queued(
     redis: &Client,
     ledger: &CacheLedger,
     queued: &[QueuedCache],
     ttl: &Ttl,
-) -> Result<usize, CacheError> {
+) -> Result<std::collections::HashSet<CacheRef>, CacheError> {
     let started = std::time::Instant::now();
     let items: Vec<CacheItem> = queued.iter().map(|q| q.item.clone()).collect();
     let applied = apply(redis, &items, ttl).await?;
-    let failed: std::collections::HashSet<&CacheRef> =
-        applied.failed.iter().map(|f| &f.item).collect();
+    let failed: std::collections::HashSet<CacheRef> =
+        applied.failed.iter().map(|f| f.item.clone()).collect();
     let done: Vec<QueuedCache> = queued
         .iter()
         .filter(|q| !failed.contains(&q.item.cache_ref()))
@@ -367,7 +367,7 @@ pub async fn apply_queued(
         .collect();
     ledger.record(&done);
     metrics::cache_keys_written(applied.written, applied.skipped_older, started.elapsed());
-    Ok(applied.failed.len())
+    Ok(failed)
 }
 
 #[cfg(test)]

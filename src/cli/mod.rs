@@ -223,7 +223,10 @@ impl Cli {
         match self.command {
             Command::Run { .. } => run::run(settings).await,
             Command::Migrate { .. } => run::migrate(&settings).await,
-            Command::Replay { args, .. } => replay::command(&settings, &args).await,
+            Command::Replay { args, flags } => {
+                let serve = flags.worker.http_listen.is_some();
+                replay::command(&settings, &args, serve).await
+            }
             Command::Produce { args, .. } => produce::produce(&settings, &args).await,
             Command::Demo { args, .. } => {
                 let shutdown = run::cancelled_on_signals();

@@ -1,9 +1,15 @@
 //! `tenantstream replay`: the flags, and the summary printed at the end.
 
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::clock::Clock;
 use crate::config::Settings;
+use crate::health::Health;
+use crate::monitor::{TenantMonitor, DEFAULT_IDLE_EVICT};
+use crate::pipeline::Worker;
 use crate::tools::replay::{self, ReplayOptions, StartFrom};
+use crate::{http, metrics};
 
 /// Flags of `tenantstream replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -48,9 +54,36 @@ impl From<&ReplayArgs> for ReplayOptions {
     }
 }
 
-/// `tenantstream replay`: runs the replay and prints its summary.
-pub async fn command(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()> {
-    let summary = replay::run(settings, &args.into()).await?;
-    println!("{summary}");
+/// `tenantstream replay`: runs the replay and prints its summary. With `serve_http` (the
+/// `--http-listen` flag or its variable was given), `/metrics` shows its progress meanwhile.
+pub async fn command(
+    settings: &Settings,
+    args: &ReplayArgs,
+    serve_http: bool,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    if serve_http {
+        serve_metrics(settings, &shutdown).await;
+    }
+    let summary = replay::run(settings, &args.into()).await;
+    shutdown.cancel();
+    println!("{}", summary?);
     Ok(())
+}
+
+/// Serves `/metrics` (replay progress, process metrics) until `shutdown`. A port that cannot be
+/// bound (a worker beside it holds it, say) is a warning: the replay goes on without it.
+async fn serve_metrics(settings: &Settings, shutdown: &CancellationToken) {
+    let listen = &settings.http.listen;
+    let handle = metrics::install_recorder();
+    Worker::register_metrics(settings);
+    // Replay keeps no per-tenant figures: its /tenants lists none.
+    let tenants = TenantMonitor::new(Clock::system(), 1, DEFAULT_IDLE_EVICT);
+    let served = http::serve(listen, Health::default(), handle, tenants, shutdown.clone());
+    match served.await {
+        Ok((addr, _task)) => tracing::info!(%addr, "Serving the replay's /metrics."),
+        Err(error) => {
+            tracing::warn!(%error, listen, "Cannot serve /metrics; replaying without it.");
+        }
+    }
 }

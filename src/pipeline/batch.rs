@@ -6,7 +6,7 @@
 //! A row Postgres rejects for its data is found, dead-lettered as `rejected_by_postgres` with
 //! its SQLSTATE, and the rest of the batch commits: poison never blocks a partition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,9 @@ use super::partitions::ReadyBatch;
 use super::tenants::tenant_shares;
 use crate::cache::{self, CacheLedger, Ttl};
 use crate::decode::{DecodeError, Decoder};
-use crate::domain::{Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder, ViolationKind};
+use crate::domain::{
+    CacheRef, Event, QueuedCache, TenantPolicy, ValidConfig, ValidOrder, ViolationKind,
+};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Outcome, Stage};
 use crate::monitor::TenantMonitor;
@@ -116,7 +118,12 @@ impl BatchPath {
         };
         let started = Instant::now();
         let mut backoff = RetryPolicy::BATCH.backoff();
-        let decode = || Decoded::<E>::decode(decoder, &batch.messages);
+        let decode = || {
+            timed(
+                Stage::Decode,
+                Decoded::<E>::decode(decoder, &batch.messages),
+            )
+        };
         let Some(mut decoded) = self
             .retrying(Stage::Decode, &mut backoff, shutdown, decode)
             .await
@@ -185,7 +192,7 @@ impl BatchPath {
         for tenant in profiles.filter_map(Event::tenant) {
             self.tenants.forget_status(tenant);
         }
-        self.apply_cache(&written.cache).await;
+        self.apply_cache(topic, &written.cache, events).await;
         Processed::Committed { next_offset }
     }
 
@@ -209,7 +216,8 @@ impl BatchPath {
         loop {
             let events: &[E] = decoded.events();
             let attempt = || async move {
-                match sink::write_batch(&self.pool, &position.batch(events.into())).await {
+                let batch = position.batch(events.into());
+                match timed(Stage::Sink, sink::write_batch(&self.pool, &batch)).await {
                     // Not retried: the rejected rows are isolated below.
                     Err(error) if error.rejects_row() => Ok(Err(error)),
                     result => result.map(Ok),
@@ -229,7 +237,8 @@ impl BatchPath {
                 "Postgres rejected the batch for its data; writing its rows one by one."
             );
             let attempt = || async move {
-                sink::write_each(&self.pool, &position.batch(events.into())).await
+                let batch = position.batch(events.into());
+                timed(Stage::Sink, sink::write_each(&self.pool, &batch)).await
             };
             match self
                 .retrying(Stage::Sink, backoff, shutdown, attempt)
@@ -331,8 +340,9 @@ impl BatchPath {
     /// Refreshes the batch's cache keys now; on failure the drainer applies them later. While
     /// Redis is known to be down the batch leaves the work to the drainer at once, so Postgres
     /// progress goes on at full speed. A key Redis refuses (of the wrong type, say) is left
-    /// queued alone: Redis answered, so the cache writes of other keys go on.
-    async fn apply_cache(&self, queued: &[QueuedCache]) {
+    /// queued alone: Redis answered, so the cache writes of other keys go on. The events whose
+    /// keys were written are timed from their `occurred_at` (cache-visible latency).
+    async fn apply_cache<E: Event>(&self, topic: &str, queued: &[QueuedCache], events: &[E]) {
         if queued.is_empty() {
             return;
         }
@@ -340,9 +350,24 @@ impl BatchPath {
             self.cache_wake.notify_one();
             return;
         }
-        match cache::apply_queued(&self.redis, &self.cache_ledger, queued, &self.ttl).await {
-            Ok(_refused) => self.health.recovered(Component::Redis),
+        let apply = cache::apply_queued(&self.redis, &self.cache_ledger, queued, &self.ttl);
+        match timed(Stage::Cache, apply).await {
+            Ok(refused) => {
+                self.health.recovered(Component::Redis);
+                if !refused.is_empty() {
+                    metrics::redis_error(Stage::Cache);
+                }
+                let written: HashSet<CacheRef> = queued
+                    .iter()
+                    .map(|q| q.item.cache_ref())
+                    .filter(|r| !refused.contains(r))
+                    .collect();
+                let visible = events.iter().filter(|e| written.contains(&e.cache_ref()));
+                let now = self.sla.clock.now_ms();
+                metrics::cache_visible(topic, visible.map(Event::occurred_at), now);
+            }
             Err(error) => {
+                metrics::redis_error(Stage::Cache);
                 let retry_in = Duration::ZERO;
                 self.health
                     .transient(Component::Redis, Stage::Cache, &error, retry_in);
@@ -350,6 +375,17 @@ impl BatchPath {
             }
         }
     }
+}
+
+/// Runs one attempt of a batch step and, when it succeeds, records how long it took as the
+/// duration of `stage` (failed attempts and the waits between them are not counted).
+async fn timed<T, E>(stage: Stage, step: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let started = Instant::now();
+    let result = step.await;
+    if result.is_ok() {
+        metrics::stage_finished(stage, started.elapsed());
+    }
+    result
 }
 
 /// Everything of a [`Batch`] but its rows, which shrink when rows are rejected.

@@ -4,6 +4,8 @@
 //! Guarantee: claimed outbox rows are locked, and deleted in the same transaction that reads
 //! their rows, committed only after Redis answered; a failure rolls the claim back and the work
 //! stays queued. The rows of a key Redis refused (of the wrong type, say) stay queued alone.
+//! Every 5 s it also reads the Postgres pool's connections and the outbox's size and age into
+//! their gauges.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +37,9 @@ const PER_SCOPE: i64 = 500;
 
 /// Tenants with leftover work drained per transaction.
 const TENANTS_PER_PAGE: i32 = 20;
+
+/// How often the pool and outbox gauges are read.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 /// A failed drain pass: always waited out (the work stays queued), never fatal.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +81,16 @@ impl CacheDrainer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = RetryPolicy::DRAIN.backoff();
         let mut pause = IDLE;
+        let mut gauges_due = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.wake.notified() => {}
+            }
+            if Instant::now() >= gauges_due {
+                gauges_due = Instant::now() + GAUGES_EVERY;
+                self.refresh_gauges().await;
             }
             match self.drain_once().await {
                 Ok(()) => {
@@ -97,6 +107,15 @@ impl CacheDrainer {
                         .transient(error.component(), Stage::Drain, &error, pause);
                 }
             }
+        }
+    }
+
+    /// Reads the Postgres pool's connections and the outbox's size and age into their gauges;
+    /// a failed read leaves the outbox gauges as they were (the pass reports Postgres failures).
+    async fn refresh_gauges(&self) {
+        metrics::postgres_pool(self.pool.size(), self.pool.num_idle());
+        if let Ok(state) = cache_outbox::outbox_state(&self.pool, &self.group).await {
+            metrics::cache_outbox(state.rows, state.oldest_ms);
         }
     }
 
@@ -146,7 +165,10 @@ impl CacheDrainer {
         // Prove Redis answers even when nothing was queued, so readiness tells the truth: only
         // an outage marks Redis failing (which sends the batches' cache work here), not a page
         // that failed while Redis answers.
-        let _: Value = self.redis.ping(None).await.map_err(CacheError::from)?;
+        let _: Value = self.redis.ping(None).await.map_err(|error| {
+            metrics::redis_error(Stage::Drain);
+            CacheError::from(error)
+        })?;
         if let Some(error) = first_error {
             let component = error.component();
             self.health
@@ -188,7 +210,15 @@ impl CacheDrainer {
                     Ok::<_, DrainError>(sink::read_current(&mut tx, &refs).await?)
                 }
             })
-            .await?;
+            .await
+            .inspect_err(|error| {
+                if let DrainError::Redis(_) = error {
+                    metrics::redis_error(Stage::Drain);
+                }
+            })?;
+        if !applied.failed.is_empty() {
+            metrics::redis_error(Stage::Drain);
+        }
         // The rows of keys Redis refused stay queued; the others are done.
         let refused: HashSet<&CacheRef> = applied.failed.iter().map(|f| &f.item).collect();
         let mut done: HashMap<Keyspace, Vec<i64>> = HashMap::new();

@@ -326,7 +326,7 @@ impl Worker {
                 }
             }
             for batch in partitions.take_ready(batch, linger) {
-                metrics::events_consumed(&batch.partition.topic, batch.messages.len());
+                metrics::batch_taken(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {
                     let processed = path.process(&batch, shutdown).await;

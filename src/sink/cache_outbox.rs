@@ -226,6 +226,26 @@ pub async fn pending_tenants(
     .await?)
 }
 
+/// The cache outbox of one consumer group, for its gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxState {
+    /// Rows queued, tenants' and shared.
+    pub rows: i64,
+    /// Age of the oldest, by Postgres's clock (0 when none).
+    pub oldest_ms: i64,
+}
+
+/// The rows of consumer group `group` queued in both outboxes and the age of the oldest,
+/// through the SECURITY DEFINER function `cache_outbox_state` (the worker's role sees one
+/// tenant's rows at a time).
+pub async fn outbox_state(pool: &PgPool, group: &str) -> Result<OutboxState, SinkError> {
+    let (rows, oldest_ms) = sqlx::query_as("SELECT * FROM cache_outbox_state($1)")
+        .bind(group)
+        .fetch_one(pool)
+        .await?;
+    Ok(OutboxState { rows, oldest_ms })
+}
+
 /// Outbox rows of consumer group `group` still queued, counted as the owner (bypassing RLS),
 /// for the demo's wait.
 pub async fn queued_count(admin: &PgPool, group: &str) -> Result<i64, SinkError> {

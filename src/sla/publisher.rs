@@ -142,6 +142,7 @@ impl ViolationPublisher {
             .collect();
         if let Err(error) = cache::count_violations(&self.redis, &counts).await {
             // The broker has them; only the count waits for Redis.
+            metrics::redis_error(Stage::SlaPublish);
             sla::release_violations(&self.pool, &ids, &sent).await?;
             return Err(error.into());
         }

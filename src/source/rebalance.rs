@@ -7,7 +7,7 @@
 //! The callback blocks the task that also drives the in-flight batches, so it reads through its
 //! own small pool: it never waits for a connection held by a batch it is blocking.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -133,6 +133,11 @@ impl SourceContext {
         })) {
             tracing::info!(topic, partitions, "Partitions assigned at stored offsets.");
         }
+        let topics: BTreeSet<&str> = assigned
+            .iter()
+            .map(|a| a.partition.topic.as_str())
+            .collect();
+        metrics::partitions_assigned(&held(consumer, &topics));
         self.health.recovered(Component::Kafka);
         self.push(Assignment::Assigned(assigned));
     }
@@ -152,11 +157,35 @@ impl SourceContext {
         if let Err(error) = consumer.unassign() {
             tracing::error!(%error, "Unassign failed.");
         }
+        let elements = tpl.elements();
+        let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
+        metrics::partitions_revoked(&held(consumer, &topics));
     }
 
     fn push(&self, change: Assignment) {
         self.changes.lock().expect("assignment lock").push(change);
     }
+}
+
+/// How many partitions the consumer holds now of each of `topics`.
+fn held<'a>(
+    consumer: &BaseConsumer<SourceContext>,
+    topics: &BTreeSet<&'a str>,
+) -> Vec<(&'a str, usize)> {
+    let assignment = consumer
+        .assignment()
+        .unwrap_or_else(|_| TopicPartitionList::new());
+    topics
+        .iter()
+        .map(|topic| {
+            let count = assignment
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == *topic)
+                .count();
+            (*topic, count)
+        })
+        .collect()
 }
 
 /// Per topic, its partitions as one plain text field (`0@1481,1@start`: partition, and where it

@@ -28,3 +28,4 @@ mod sla_faults;
 mod slow_rows;
 mod startup;
 mod tenant_health;
+mod worker_metrics;

@@ -349,6 +349,7 @@ async fn one_round_trip_per_batch_keeps_every_tenant_in_its_own_context() {
         definers,
         [
             "cache_outbox_pending_tenants",
+            "cache_outbox_state",
             "fire_due_deadlines",
             "sla_state"
         ]

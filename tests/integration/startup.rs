@@ -316,7 +316,7 @@ async fn json_logs_hold_plain_fields_under_meaningful_targets() {
 /// README's catalogue names every metric.
 #[tokio::test]
 async fn every_metric_is_described_and_present_from_the_first_scrape() {
-    use tenantstream::testing::metrics::{Kind, CATALOGUE, CONSUMER_LAG};
+    use tenantstream::testing::metrics::{Kind, CATALOGUE, CONSUMER_LAG, PROCESS_METRICS};
     support::admin_pool().await;
     let mock = MockCluster::new(1).unwrap();
     let mut settings = support::mock_settings(&mock, "metrics-zero");
@@ -353,6 +353,15 @@ async fn every_metric_is_described_and_present_from_the_first_scrape() {
         assert!(
             rendered.lines().any(|l| l.starts_with(&sample_name)),
             "no series of {name}"
+        );
+    }
+    // The process metrics are not catalogued (not ours), but read at every scrape.
+    for name in PROCESS_METRICS {
+        assert!(readme.contains(&format!("`{name}`")), "README lacks {name}");
+        assert!(rendered.contains(&format!("# TYPE {name} ")), "no {name}");
+        assert!(
+            support::sample(&rendered, name, &[]).is_some(),
+            "no value of {name}"
         );
     }
     let orders = settings.kafka.orders_topic.as_str();

@@ -1,9 +1,12 @@
-//! Replay's progress: a bar with events/s and ETA on a terminal, a line every 5 s otherwise.
+//! Replay's progress: a bar with events/s and ETA on a terminal, a line every 5 s otherwise;
+//! and the replay metrics (messages read, offsets remaining).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::metrics;
 
 /// Progress on a terminal (a bar with events/s and ETA) or as a line every 5 s.
 pub(super) struct Progress {
@@ -38,6 +41,7 @@ impl Progress {
                 if dry_run { " (dry run)" } else { "" }
             );
         }
+        metrics::replay_remaining(total);
         Self {
             bar,
             total,
@@ -49,6 +53,7 @@ impl Progress {
 
     pub fn inc(&self) {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::replay_read(self.total.saturating_sub(done));
         if let Some(bar) = &self.bar {
             bar.inc(1);
             return;
@@ -65,7 +70,10 @@ impl Progress {
         }
     }
 
+    /// The replay reached its end offsets (offsets it skipped, such as compacted ones, were
+    /// never read, so nothing remains).
     pub fn finish(&self) {
+        metrics::replay_remaining(0);
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -1,8 +1,11 @@
-//! Metric names (one place), their label values, and the telemetry events that record them
-//! together with a log line.
+//! Metric names (one place, [`catalogue`]), their label values, and the telemetry events that
+//! record them together with a log line.
 //!
 //! Naming: `tenantstream_<noun>_<unit>[_total]`; durations are `_seconds` histograms with explicit
-//! buckets; labels are bounded (topic, partition, outcome, error_code, component, stage).
+//! buckets; labels are bounded (topic, partition, outcome, error_code, component, stage, kind,
+//! state).
+
+mod catalogue;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -11,160 +14,74 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const EVENTS_CONSUMED: &str = "tenantstream_events_consumed_total";
-pub const EVENTS_PROCESSED: &str = "tenantstream_events_processed_total";
-pub const DEAD_LETTERS: &str = "tenantstream_dead_letters_total";
-pub const BATCH_COMMIT_SECONDS: &str = "tenantstream_batch_commit_seconds";
-pub const END_TO_END_SECONDS: &str = "tenantstream_end_to_end_latency_seconds";
-pub const CONSUMER_LAG: &str = "tenantstream_consumer_lag_messages";
-pub const CACHE_KEYS_WRITTEN: &str = "tenantstream_cache_keys_written_total";
-pub const CACHE_APPLY_SECONDS: &str = "tenantstream_cache_apply_seconds";
-pub const CACHE_OUTBOX_BACKLOG: &str = "tenantstream_cache_outbox_backlog";
-pub const TRANSIENT_ERRORS: &str = "tenantstream_transient_errors_total";
-pub const FENCED_BATCHES: &str = "tenantstream_fenced_batches_total";
-pub const OFFSET_GAPS: &str = "tenantstream_offset_gaps_total";
-pub const OFFSETS_SKIPPED: &str = "tenantstream_offsets_skipped_total";
-pub const OFFSET_RESETS: &str = "tenantstream_offset_resets_total";
-pub const SLA_VIOLATIONS: &str = "tenantstream_sla_violations_total";
-pub const SLA_VIOLATIONS_PUBLISHED: &str = "tenantstream_sla_violations_published_total";
-pub const SLA_PUBLISH_ERRORS: &str = "tenantstream_sla_publish_errors_total";
-pub const SLA_DEADLINES_PENDING: &str = "tenantstream_sla_deadlines_pending";
-pub const SLA_OLDEST_OVERDUE_SECONDS: &str = "tenantstream_sla_oldest_overdue_seconds";
-pub const SLA_OUTBOX_VIOLATIONS: &str = "tenantstream_sla_outbox_violations";
-pub const SLA_OUTBOX_OLDEST_SECONDS: &str = "tenantstream_sla_outbox_oldest_seconds";
+pub use catalogue::*;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Every metric with its HELP text and unit, for the exporter and the README catalogue.
-pub const CATALOGUE: &[(&str, Kind, &str)] = &[
-    (EVENTS_CONSUMED, Kind::Counter, "Messages received from Kafka, by topic."),
-    (
-        EVENTS_PROCESSED,
-        Kind::Counter,
-        "Consumed events by what became of them: written, superseded (an older version or a \
-         copy of another event of the same row in the same batch), stale (not newer than the \
-         stored row), dead_lettered.",
-    ),
-    (DEAD_LETTERS, Kind::Counter, "Messages sent to the dead-letter topic, by source topic and error code."),
-    (BATCH_COMMIT_SECONDS, Kind::Histogram, "Seconds from a batch's first step (decode) to its Postgres commit."),
-    (END_TO_END_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to the commit of its batch."),
-    (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition (librdkafka statistics, every 5 s)."),
-    (CACHE_KEYS_WRITTEN, Kind::Counter, "Redis writes of committed rows: written, or skipped_older (Redis held a newer version)."),
-    (CACHE_APPLY_SECONDS, Kind::Histogram, "Seconds one Redis refresh of a batch's (or the drainer's) cache work took."),
-    (CACHE_OUTBOX_BACKLOG, Kind::Gauge, "Tenants with cache work queued for the drainer, at its last pass."),
-    (TRANSIENT_ERRORS, Kind::Counter, "Failures of a dependency that are retried, by component and stage."),
-    (FENCED_BATCHES, Kind::Counter, "Batches discarded because another worker now owns their partition."),
-    (OFFSET_GAPS, Kind::Counter, "Times a partition's next message was not at the next offset."),
-    (OFFSETS_SKIPPED, Kind::Counter, "Offsets those gaps skipped."),
-    (OFFSET_RESETS, Kind::Counter, "Times a partition's log ended before its stored offset (recreated or truncated topic); it is read again from the start."),
-    (SLA_VIOLATIONS, Kind::Counter, "SLA violations detected and stored (each violation id once), by kind."),
-    (SLA_VIOLATIONS_PUBLISHED, Kind::Counter, "SLA violations the broker acknowledged on the violations topic, by kind (at least once: after a crash one can be published again)."),
-    (SLA_PUBLISH_ERRORS, Kind::Counter, "SLA violations whose publication failed; they stay queued and are retried."),
-    (SLA_DEADLINES_PENDING, Kind::Gauge, "Order deadlines registered and neither met nor fired (every 5 s)."),
-    (SLA_OLDEST_OVERDUE_SECONDS, Kind::Gauge, "How long the earliest unfired deadline has been due: the deadline timer's health, near 0 while it keeps up (every 5 s)."),
-    (SLA_OUTBOX_VIOLATIONS, Kind::Gauge, "SLA violations stored and not yet published and counted (lag violations wait for their window to close; every 5 s)."),
-    (SLA_OUTBOX_OLDEST_SECONDS, Kind::Gauge, "How long the oldest publishable SLA violation has waited to be published (every 5 s)."),
+/// Events per batch: a batch holds at most `kafka.batch_max_events` (default 1,000).
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
 
-/// The kind of a catalogued metric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+/// How often the exporter's histograms are drained into their buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The (component, stage) pairs at which the worker retries a dependency.
-const TRANSIENT_PAIRS: &[(Component, Stage)] = &[
-    (Component::Startup, Stage::Startup),
-    (Component::Postgres, Stage::Assign),
-    (Component::Kafka, Stage::Consume),
-    (Component::SchemaRegistry, Stage::Decode),
-    (Component::Kafka, Stage::DeadLetter),
-    (Component::Postgres, Stage::Sink),
-    (Component::Redis, Stage::Cache),
-    (Component::Redis, Stage::Drain),
-    (Component::Postgres, Stage::Drain),
-    (Component::Postgres, Stage::SlaTimer),
-    (Component::Postgres, Stage::SlaPublish),
-    (Component::Kafka, Stage::SlaPublish),
-    (Component::Redis, Stage::SlaPublish),
-];
-
-/// Describes every metric (HELP, unit) and creates every counter and gauge series the worker
-/// can know in advance at zero, so dashboards and `rate()` work from the first scrape: per
-/// topic, each outcome and each dead-letter code; each retried (component, stage) pair; each
-/// kind of SLA violation.
-pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str], violation_kinds: &[&str]) {
-    for (name, kind, help) in CATALOGUE {
-        let unit = if name.ends_with("_seconds") {
-            Some(metrics::Unit::Seconds)
-        } else {
-            None
-        };
-        match (kind, unit) {
-            (Kind::Counter, _) => metrics::describe_counter!(*name, *help),
-            (Kind::Gauge, _) => metrics::describe_gauge!(*name, *help),
-            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(*name, unit, *help),
-            (Kind::Histogram, None) => metrics::describe_histogram!(*name, *help),
-        }
-    }
-    for topic in topics {
-        let topic = topic.to_string();
-        counter!(EVENTS_CONSUMED, "topic" => topic.clone()).increment(0);
-        for outcome in Outcome::ALL {
-            counter!(EVENTS_PROCESSED, "topic" => topic.clone(), "outcome" => outcome.label())
-                .increment(0);
-        }
-        for code in dead_letter_codes {
-            counter!(DEAD_LETTERS, "topic" => topic.clone(), "error_code" => code.to_string())
-                .increment(0);
-        }
-        for name in [FENCED_BATCHES, OFFSET_GAPS, OFFSETS_SKIPPED, OFFSET_RESETS] {
-            counter!(name, "topic" => topic.clone()).increment(0);
-        }
-        // A histogram handle alone registers the series (all buckets at 0).
-        let _ = histogram!(BATCH_COMMIT_SECONDS, "topic" => topic.clone());
-        let _ = histogram!(END_TO_END_SECONDS, "topic" => topic.clone());
-    }
-    let _ = histogram!(CACHE_APPLY_SECONDS);
-    for (component, stage) in TRANSIENT_PAIRS {
-        counter!(TRANSIENT_ERRORS, "component" => component.as_str(), "stage" => stage.as_str())
-            .increment(0);
-    }
-    for outcome in ["written", "skipped_older"] {
-        counter!(CACHE_KEYS_WRITTEN, "outcome" => outcome).increment(0);
-    }
-    gauge!(CACHE_OUTBOX_BACKLOG).increment(0.0);
-    for kind in violation_kinds {
-        counter!(SLA_VIOLATIONS, "kind" => kind.to_string()).increment(0);
-        counter!(SLA_VIOLATIONS_PUBLISHED, "kind" => kind.to_string()).increment(0);
-    }
-    counter!(SLA_PUBLISH_ERRORS).increment(0);
-    for name in [
-        SLA_DEADLINES_PENDING,
-        SLA_OLDEST_OVERDUE_SECONDS,
-        SLA_OUTBOX_VIOLATIONS,
-        SLA_OUTBOX_OLDEST_SECONDS,
-    ] {
-        gauge!(name).increment(0.0);
-    }
-}
-
-/// Installs the Prometheus recorder once per process and returns its handle.
+/// Installs the Prometheus recorder once per process and returns its handle. A thread of its
+/// own drains the histograms' samples into their buckets every [`UPKEEP_EVERY`], so memory stays
+/// flat when nothing scrapes (rendering drains them too).
 pub fn install_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .expect("bucket list is not empty")
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BATCH_SIZE_EVENTS.into()),
+                        BATCH_SIZE_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are not empty")
                 .install_recorder()
-                .expect("no other metrics recorder is installed")
+                .expect("no other metrics recorder is installed");
+            let upkeep = handle.clone();
+            // A thread, not a task: the recorder outlives any one runtime (tests run many).
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                })
+                .expect("spawn the metrics upkeep thread");
+            handle
         })
         .clone()
+}
+
+/// Called at each scrape, before rendering: readiness (`/readyz`'s state) into
+/// `tenantstream_ready`, and the process metrics read now.
+pub fn scraped(ready: bool) {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+    PROCESS
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+}
+
+/// `tenantstream_build_info{version, commit} 1`: what is running.
+fn build_info() {
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("TENANTSTREAM_COMMIT")
+    )
+    .set(1.0);
 }
 
 /// What readiness is made of, and the `component` label: each dependency the worker needs, and
@@ -280,8 +197,15 @@ impl fmt::Display for Stage {
     }
 }
 
-pub fn events_consumed(topic: &str, count: usize) {
+/// A batch of `count` messages of `topic` handed to the writer.
+pub fn batch_taken(topic: &str, count: usize) {
     counter!(EVENTS_CONSUMED, "topic" => topic.to_owned()).increment(count as u64);
+    histogram!(BATCH_SIZE_EVENTS, "topic" => topic.to_owned()).record(count as f64);
+}
+
+/// One step of a batch (decode, sink or cache) succeeded in `elapsed`.
+pub fn stage_finished(stage: Stage, elapsed: Duration) {
+    histogram!(STAGE_DURATION_SECONDS, "stage" => stage.as_str()).record(elapsed.as_secs_f64());
 }
 
 pub fn events_processed(topic: &str, outcome: Outcome, count: usize) {
@@ -401,6 +325,62 @@ pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duratio
 
 pub fn cache_backlog(pending_tenants: usize) {
     gauge!(CACHE_OUTBOX_BACKLOG).set(pending_tenants as f64);
+}
+
+/// Events of `topic` whose Redis keys their batch has just written: each one's latency from
+/// `occurred_at` to `now_ms`.
+pub fn cache_visible(topic: &str, occurred_at_ms: impl IntoIterator<Item = i64>, now_ms: i64) {
+    let visible = histogram!(CACHE_VISIBLE_SECONDS, "topic" => topic.to_owned());
+    for occurred in occurred_at_ms {
+        visible.record(now_ms.saturating_sub(occurred).max(0) as f64 / 1000.0);
+    }
+}
+
+/// The cache outbox: rows queued and the age of the oldest (ms).
+pub fn cache_outbox(rows: i64, oldest_ms: i64) {
+    gauge!(CACHE_OUTBOX_ROWS).set(rows as f64);
+    gauge!(CACHE_OUTBOX_OLDEST_SECONDS).set(oldest_ms.max(0) as f64 / 1000.0);
+}
+
+/// A batch of Redis commands failed at `stage` (no answer, or errors for some keys).
+pub fn redis_error(stage: Stage) {
+    counter!(REDIS_ERRORS, "stage" => stage.as_str()).increment(1);
+}
+
+/// The worker's Postgres pool: `size` connections open, `idle` of them idle.
+pub fn postgres_pool(size: u32, idle: usize) {
+    let idle = idle.min(size as usize);
+    gauge!(POSTGRES_POOL_CONNECTIONS, "state" => POOL_STATES[0]).set((size as usize - idle) as f64);
+    gauge!(POSTGRES_POOL_CONNECTIONS, "state" => POOL_STATES[1]).set(idle as f64);
+}
+
+/// A rebalance gave this worker partitions; `held` is how many it now holds of each topic the
+/// rebalance named.
+pub fn partitions_assigned(held: &[(&str, usize)]) {
+    rebalanced(REBALANCE_KINDS[0], held);
+}
+
+/// A rebalance took partitions from this worker; `held` as for [`partitions_assigned`].
+pub fn partitions_revoked(held: &[(&str, usize)]) {
+    rebalanced(REBALANCE_KINDS[1], held);
+}
+
+fn rebalanced(kind: &'static str, held: &[(&str, usize)]) {
+    counter!(REBALANCES, "kind" => kind).increment(1);
+    for (topic, count) in held {
+        gauge!(ASSIGNED_PARTITIONS, "topic" => topic.to_string()).set(*count as f64);
+    }
+}
+
+/// A replay read one message; `remaining` offsets are left to read up to its end offsets.
+pub fn replay_read(remaining: u64) {
+    counter!(REPLAY_MESSAGES).increment(1);
+    gauge!(REPLAY_REMAINING).set(remaining as f64);
+}
+
+/// A replay planned `remaining` offsets to read (0: it has reached its end offsets).
+pub fn replay_remaining(remaining: u64) {
+    gauge!(REPLAY_REMAINING).set(remaining as f64);
 }
 
 /// SLA violations stored for the first time.
