@@ -44,6 +44,7 @@ pub const BUILD_INFO: &str = "tenantstream_build_info";
 /// `tenantstream_` names, so not in [`CATALOGUE`]; the crate describes them). Those every
 /// Linux process has; `process_max_fds`, `process_virtual_memory_max_bytes` and
 /// `process_start_time_seconds` are rendered too.
+#[cfg_attr(not(feature = "test-support"), allow(dead_code))] // for the tests
 pub const PROCESS_METRICS: &[&str] = &[
     "process_cpu_seconds_total",
     "process_open_fds",

@@ -157,14 +157,12 @@ impl BatchPath {
             applied: &applied,
             sla: &self.sla,
         };
-        let writing = Instant::now();
-        let Some(outcome) = self
+        let Some((outcome, postgres)) = self
             .write(&position, &mut decoded, &mut backoff, shutdown)
             .await
         else {
             return Processed::Abandoned;
         };
-        let postgres = writing.elapsed();
         self.health.recovered(Component::Postgres);
         self.health.recovered(Component::Kafka);
         let (topic, partition) = (key.topic.as_str(), key.partition);
@@ -198,7 +196,8 @@ impl BatchPath {
 
     /// Writes the batch. When Postgres rejects it for the data of some rows, the rejected rows
     /// are found ([`sink::write_each`]), dead-lettered as `rejected_by_postgres` and removed, and
-    /// the rest is written. `None` when stopped while retrying.
+    /// the rest is written. Returns what became of it and how long the write that succeeded
+    /// took; `None` when stopped while retrying.
     ///
     /// A failure that no single row explains (a deferred constraint at commit, say) is retried
     /// like a transient one, with readiness false: it needs an operator.
@@ -208,7 +207,7 @@ impl BatchPath {
         decoded: &mut Decoded<'_, E>,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
-    ) -> Option<BatchOutcome>
+    ) -> Option<(BatchOutcome, Duration)>
     where
         E: Event,
         for<'a> Rows<'a>: From<&'a [E]>,
@@ -217,7 +216,7 @@ impl BatchPath {
             let events: &[E] = decoded.events();
             let attempt = || async move {
                 let batch = position.batch(events.into());
-                match timed(Stage::Sink, sink::write_batch(&self.pool, &batch)).await {
+                match timed_for(Stage::Sink, sink::write_batch(&self.pool, &batch)).await {
                     // Not retried: the rejected rows are isolated below.
                     Err(error) if error.rejects_row() => Ok(Err(error)),
                     result => result.map(Ok),
@@ -238,14 +237,14 @@ impl BatchPath {
             );
             let attempt = || async move {
                 let batch = position.batch(events.into());
-                timed(Stage::Sink, sink::write_each(&self.pool, &batch)).await
+                timed_for(Stage::Sink, sink::write_each(&self.pool, &batch)).await
             };
             match self
                 .retrying(Stage::Sink, backoff, shutdown, attempt)
                 .await?
             {
-                Isolated::Written(outcome) => return Some(outcome),
-                Isolated::Rejected(rejected) => {
+                (Isolated::Written(outcome), took) => return Some((outcome, took)),
+                (Isolated::Rejected(rejected), _) => {
                     decoded.reject_rows(rejected, self.tenant_policy);
                     // A rejected profile leaves its tenant unregistered: strict tenants
                     // dead-letter the tenant's other events as unknown_tenant.
@@ -380,12 +379,19 @@ impl BatchPath {
 /// Runs one attempt of a batch step and, when it succeeds, records how long it took as the
 /// duration of `stage` (failed attempts and the waits between them are not counted).
 async fn timed<T, E>(stage: Stage, step: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    timed_for(stage, step).await.map(|(value, _)| value)
+}
+
+/// [`timed`], returning the duration with the value.
+async fn timed_for<T, E>(
+    stage: Stage,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<(T, Duration), E> {
     let started = Instant::now();
-    let result = step.await;
-    if result.is_ok() {
-        metrics::stage_finished(stage, started.elapsed());
-    }
-    result
+    let value = step.await?;
+    let took = started.elapsed();
+    metrics::stage_finished(stage, took);
+    Ok((value, took))
 }
 
 /// Everything of a [`Batch`] but its rows, which shrink when rows are rejected.
