@@ -6,7 +6,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::health::Health;
-use crate::monitor::{TenantMonitor, DEFAULT_IDLE_EVICT};
+use crate::monitor::TenantMonitor;
 use crate::pipeline::Worker;
 use crate::tools::replay::{self, ReplayOptions, StartFrom};
 use crate::{http, metrics};
@@ -78,7 +78,7 @@ async fn serve_metrics(settings: &Settings, shutdown: &CancellationToken) {
     let handle = metrics::install_recorder();
     Worker::register_metrics(settings);
     // Replay keeps no per-tenant figures: its /tenants lists none.
-    let tenants = TenantMonitor::new(Clock::system(), 1, DEFAULT_IDLE_EVICT);
+    let tenants = TenantMonitor::for_settings(&settings.http, Clock::system());
     let served = http::serve(listen, Health::default(), handle, tenants, shutdown.clone());
     match served.await {
         Ok((addr, _task)) => tracing::info!(%addr, "Serving the replay's /metrics."),

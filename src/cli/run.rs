@@ -1,7 +1,5 @@
 //! `tenantstream run` and `tenantstream migrate`.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -36,11 +34,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let health = Health::default();
     health.failed(Component::Startup, "connecting to dependencies");
     let listen = &settings.http.listen;
-    let tenants = TenantMonitor::new(
-        Clock::system(),
-        settings.http.tenant_metrics_top,
-        Duration::from_secs(settings.http.tenant_idle_seconds),
-    );
+    let tenants = TenantMonitor::for_settings(&settings.http, Clock::system());
     let (addr, http_task) = http::serve(
         listen,
         health.clone(),

@@ -69,7 +69,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (STAGE_DURATION_SECONDS, Kind::Histogram, "Seconds one step of a batch took, by stage: decode (framing, schemas, Avro, validation), sink (the Postgres write), cache (the inline Redis refresh). Only the attempt that succeeded: the time spent retrying a failing dependency is not in it."),
     (END_TO_END_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to the commit of its batch."),
     (CACHE_VISIBLE_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to its Redis key written by its own batch, by topic (keys written later by the drainer, after a Redis outage or a crash, are not in it)."),
-    (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition (librdkafka statistics, every 5 s)."),
+    (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition of this worker (librdkafka statistics, every 5 s; 0 once revoked, the new owner reports it)."),
     (REBALANCES, Kind::Counter, "Partition rebalances this worker took part in, by kind: assign (partitions received, at their stored offsets), revoke (partitions released)."),
     (ASSIGNED_PARTITIONS, Kind::Gauge, "Partitions this worker holds now, by topic."),
     (POSTGRES_POOL_CONNECTIONS, Kind::Gauge, "Connections of the worker's Postgres pool, by state: in_use, idle (every 5 s)."),

@@ -39,18 +39,40 @@ struct Row {
     counts: Counts,
 }
 
+/// Each per-tenant series: its name and its value from a tenant's last-minute counts and the
+/// seconds they cover (`None`: no sample, a p99 without events).
+const SERIES: [(&str, fn(&Counts, f64) -> Option<f64>); 5] = [
+    (TENANT_EVENTS, |c, seconds| {
+        Some(f64::from(c.events) / seconds)
+    }),
+    (TENANT_LATENCY_P99, |c, _| {
+        c.latency_quantile_ms(0.99).map(|ms| f64::from(ms) / 1000.0)
+    }),
+    (TENANT_DEAD_LETTERS, |c, seconds| {
+        Some(f64::from(c.dead_letters) / seconds)
+    }),
+    (TENANT_VIOLATIONS, |c, seconds| {
+        Some(f64::from(c.violations()) / seconds)
+    }),
+    (TENANT_POSTGRES, |c, seconds| {
+        Some(c.postgres_us as f64 / 1e6 / seconds)
+    }),
+];
+
 impl TenantMonitor {
     /// The per-tenant series in the Prometheus text format.
     pub fn render_prometheus(&self) -> String {
         let now = self.now_ms();
-        let (tracked, rows) = {
+        let (tracked, minute, overflow) = {
             let table = self.lock();
             let minute: Vec<(Uuid, Counts)> = table
+                .tenants
                 .iter()
                 .map(|(tenant, entry)| (*tenant, entry.minute.sum(now)))
                 .collect();
-            (table.len(), self.top_rows(minute))
+            (table.tenants.len(), minute, table.overflow.minute.sum(now))
         };
+        let rows = self.top_rows(minute, overflow);
         let seconds = LastMinute::covered_seconds(now);
         let mut out = String::new();
         for (name, help) in TENANT_METRICS {
@@ -59,26 +81,22 @@ impl TenantMonitor {
                 let _ = writeln!(out, "{name} {tracked}");
                 continue;
             }
+            let (_, value) = SERIES
+                .iter()
+                .find(|(series, _)| series == name)
+                .expect("every per-tenant metric but the count has a series");
             for row in &rows {
-                let c = &row.counts;
-                let value = match *name {
-                    TENANT_EVENTS => c.events as f64 / seconds,
-                    TENANT_LATENCY_P99 => match c.latency_quantile_ms(0.99) {
-                        Some(ms) => f64::from(ms) / 1000.0,
-                        None => continue,
-                    },
-                    TENANT_DEAD_LETTERS => c.dead_letters as f64 / seconds,
-                    TENANT_VIOLATIONS => c.violations() as f64 / seconds,
-                    _ => c.postgres_us as f64 / 1e6 / seconds,
-                };
-                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {value}", row.label);
+                if let Some(value) = value(&row.counts, seconds) {
+                    let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {value}", row.label);
+                }
             }
         }
         out
     }
 
-    /// The top K tenants of each ranking, each on its own row, then `other` with the rest.
-    fn top_rows(&self, mut minute: Vec<(Uuid, Counts)>) -> Vec<Row> {
+    /// The top K tenants of each ranking, each on its own row, then `other` with the rest
+    /// (and the overflow's counts).
+    fn top_rows(&self, mut minute: Vec<(Uuid, Counts)>, overflow: Counts) -> Vec<Row> {
         let rankings: [fn(&Counts) -> u64; 4] = [
             |c| c.events.into(),
             |c| c.latency_quantile_ms(0.99).map_or(0, u64::from),
@@ -92,7 +110,7 @@ impl TenantMonitor {
             top.extend(leaders.map(|(tenant, _)| *tenant));
         }
         let mut rows = Vec::with_capacity(top.len() + 1);
-        let mut other = Counts::default();
+        let mut other = overflow;
         for (tenant, counts) in minute {
             if top.contains(&tenant) {
                 let label = tenant.to_string();

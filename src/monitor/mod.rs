@@ -2,8 +2,9 @@
 //! `/tenants` and the per-tenant series of `/metrics`.
 //!
 //! Bounded: a tenant's entry is a fixed-size pair of time rings ([`window`]) plus its totals
-//! (about 2.6 KB), and entries idle for longer than the idle period are evicted, so memory
-//! follows the tenants active in the last idle period, not the stream's length. The figures
+//! (about 2.6 KB), entries idle for longer than the idle period are evicted, and the table
+//! holds at most [`MAX_TENANTS`]: beyond it (a producer inventing tenant ids, say) new tenants
+//! are counted together in one overflow entry, shown as `tenant="other"`. The figures
 //! are this worker's own: with several workers in a group, each sees the tenants of its
 //! partitions (and the violations it published).
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::config::HttpSettings;
 use window::{Counts, LastMinute, LastQuarter};
 
 #[cfg_attr(not(feature = "test-support"), allow(unused_imports))] // for the tests
@@ -29,14 +31,42 @@ pub const DEFAULT_TOP_K: usize = 10;
 /// Default idle period after which a tenant's entry is evicted: longer than the 15-minute
 /// window, so every figure of a tenant still in memory is complete.
 pub const DEFAULT_IDLE_EVICT: Duration = Duration::from_secs(30 * 60);
+/// Most tenants with an entry of their own: about 52 MB.
+pub const MAX_TENANTS: usize = 20_000;
+/// A stored status is read again after this long (another worker, or an operator, may have
+/// changed it).
+const STATUS_TTL_MS: i64 = 60_000;
 
 /// The per-tenant table; cheap to clone and share.
 #[derive(Clone)]
 pub struct TenantMonitor {
-    inner: Arc<Mutex<HashMap<Uuid, TenantEntry>>>,
+    inner: Arc<Mutex<Table>>,
     clock: Clock,
     top_k: usize,
     idle_evict: Duration,
+}
+
+#[derive(Default)]
+struct Table {
+    tenants: HashMap<Uuid, TenantEntry>,
+    /// The tenants that found the table full, counted together.
+    overflow: TenantEntry,
+}
+
+impl Table {
+    /// The tenant's entry (created when there is room), or the overflow entry.
+    fn entry(&mut self, tenant: Uuid, now_ms: i64) -> &mut TenantEntry {
+        let room = self.tenants.len() < MAX_TENANTS;
+        let entry = match self.tenants.entry(tenant) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) if room => {
+                e.insert(TenantEntry::default())
+            }
+            std::collections::hash_map::Entry::Vacant(_) => &mut self.overflow,
+        };
+        entry.last_seen_ms = now_ms;
+        entry
+    }
 }
 
 /// One tenant's figures.
@@ -50,7 +80,10 @@ struct TenantEntry {
     last_event_ms: Option<i64>,
     /// Its last activity of any kind, for eviction.
     last_seen_ms: i64,
+    /// As stored in `tenants`; `None` when not registered or not read yet.
     status: Option<String>,
+    /// When the status was last read (ms); `None`: to be read.
+    status_read_ms: Option<i64>,
 }
 
 /// One tenant's share of a committed batch.
@@ -75,6 +108,12 @@ pub enum ViolationCount {
 }
 
 impl TenantMonitor {
+    /// A table for the settings of the HTTP port (`tenant_metrics_top`, `tenant_idle_seconds`).
+    pub fn for_settings(settings: &HttpSettings, clock: Clock) -> Self {
+        let idle = Duration::from_secs(settings.tenant_idle_seconds);
+        Self::new(clock, settings.tenant_metrics_top, idle)
+    }
+
     pub fn new(clock: Clock, top_k: usize, idle_evict: Duration) -> Self {
         Self {
             inner: Arc::default(),
@@ -99,8 +138,7 @@ impl TenantMonitor {
         let now = self.now_ms();
         let mut table = self.lock();
         for share in tenants {
-            let entry = table.entry(share.tenant).or_default();
-            entry.last_seen_ms = now;
+            let entry = table.entry(share.tenant, now);
             entry.last_event_ms = Some(now);
             let mut counts = Counts {
                 events: share.events,
@@ -121,8 +159,7 @@ impl TenantMonitor {
     pub fn dead_lettered(&self, tenant: Uuid, code: &'static str) {
         let now = self.now_ms();
         let mut table = self.lock();
-        let entry = table.entry(tenant).or_default();
-        entry.last_seen_ms = now;
+        let entry = table.entry(tenant, now);
         entry.last_event_ms = Some(now);
         *entry.dead_letters_by_code.entry(code).or_default() += 1;
         let counts = Counts {
@@ -137,8 +174,7 @@ impl TenantMonitor {
     pub fn violation_published(&self, tenant: Uuid, kind: ViolationCount) {
         let now = self.now_ms();
         let mut table = self.lock();
-        let entry = table.entry(tenant).or_default();
-        entry.last_seen_ms = now;
+        let entry = table.entry(tenant, now);
         let mut counts = Counts::default();
         match kind {
             ViolationCount::DeadlineMissed => counts.deadline_missed = 1,
@@ -147,56 +183,74 @@ impl TenantMonitor {
         entry.add(now, &counts);
     }
 
-    /// The tenant's profile status (`provisional`, `active`, `suspended`), as last read.
-    pub fn set_status(&self, tenant: Uuid, status: &str) {
-        if let Some(entry) = self.lock().get_mut(&tenant) {
-            if entry.status.as_deref() != Some(status) {
-                entry.status = Some(status.to_owned());
+    /// The statuses read for `asked` (`found`: those registered, with their stored status;
+    /// the others are not registered).
+    pub fn statuses_read(&self, asked: &[Uuid], found: &[(Uuid, String)]) {
+        let now = self.now_ms();
+        let found: HashMap<Uuid, &str> = found.iter().map(|(t, s)| (*t, s.as_str())).collect();
+        let mut table = self.lock();
+        for tenant in asked {
+            if let Some(entry) = table.tenants.get_mut(tenant) {
+                entry.status = found.get(tenant).map(|s| (*s).to_owned());
+                entry.status_read_ms = Some(now);
             }
         }
     }
 
-    /// Forgets the tenant's status, to be read again (its profile was just written).
+    /// Makes the tenant's status due to be read again (its profile was just written).
     pub fn forget_status(&self, tenant: Uuid) {
-        if let Some(entry) = self.lock().get_mut(&tenant) {
-            entry.status = None;
+        if let Some(entry) = self.lock().tenants.get_mut(&tenant) {
+            entry.status_read_ms = None;
         }
     }
 
-    /// The tenants in memory whose status has not been read yet, at most `max`.
-    pub fn without_status(&self, max: usize) -> Vec<Uuid> {
+    /// At most `max` tenants whose status is due to be read: never read first, then the
+    /// longest ago, among those not read for [`STATUS_TTL_MS`].
+    pub fn statuses_due(&self, max: usize) -> Vec<Uuid> {
+        let due_before = self.now_ms() - STATUS_TTL_MS;
         let table = self.lock();
-        table
+        let mut due: Vec<(Option<i64>, Uuid)> = table
+            .tenants
             .iter()
-            .filter(|(_, entry)| entry.status.is_none())
-            .map(|(tenant, _)| *tenant)
+            .map(|(tenant, entry)| (entry.status_read_ms, *tenant))
+            .filter(|(read, _)| read.is_none_or(|read| read < due_before))
+            .collect();
+        drop(table);
+        due.sort_unstable();
+        due.into_iter()
             .take(max)
+            .map(|(_, tenant)| tenant)
             .collect()
     }
 
     /// Every tenant in memory.
     pub fn tenants(&self) -> Vec<Uuid> {
-        self.lock().keys().copied().collect()
+        self.lock().tenants.keys().copied().collect()
     }
 
     /// Forgets the tenants idle for longer than the idle period; returns how many remain.
     pub fn evict_idle(&self) -> usize {
         let horizon = self.now_ms() - self.idle_evict.as_millis() as i64;
         let mut table = self.lock();
-        table.retain(|_, entry| entry.last_seen_ms >= horizon);
-        table.len()
+        table
+            .tenants
+            .retain(|_, entry| entry.last_seen_ms >= horizon);
+        if table.overflow.last_seen_ms < horizon {
+            table.overflow = TenantEntry::default();
+        }
+        table.tenants.len()
     }
 
     /// Tenants in memory.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().tenants.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, TenantEntry>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves counts, never a broken invariant.
         self.inner
             .lock()
@@ -236,6 +290,57 @@ mod tests {
         clock.advance(Duration::from_secs(900));
         assert_eq!(monitor.evict_idle(), 1);
         assert_eq!(monitor.tenants(), vec![busy]);
+    }
+
+    #[test]
+    fn beyond_the_cap_new_tenants_share_the_overflow_entry_shown_as_other() {
+        let monitor = monitor(&Clock::manual(0));
+        let batches: Vec<TenantBatch> = (0..=MAX_TENANTS as u128)
+            .map(|n| TenantBatch {
+                tenant: Uuid::from_u128(n + 1),
+                events: 1,
+                ..TenantBatch::default()
+            })
+            .collect();
+        monitor.batch_committed(&batches);
+        monitor.dead_lettered(Uuid::from_u128(u128::MAX), "invalid_field");
+        assert_eq!(monitor.len(), MAX_TENANTS);
+        assert!(monitor
+            .health(Uuid::from_u128(MAX_TENANTS as u128 + 1))
+            .is_none());
+        let text = monitor.render_prometheus();
+        // Three of top-K (3 per ranking) by volume, all tied at 1 event: the rest, with the
+        // overflowed tenant and the dead letter, are other's.
+        let other = text
+            .lines()
+            .find(|l| {
+                l.starts_with("tenantstream_tenant_dead_letters_per_second{tenant=\"other\"}")
+            })
+            .unwrap();
+        assert!(!other.ends_with(" 0"), "{other}");
+    }
+
+    #[test]
+    fn statuses_are_due_unread_first_then_after_a_minute() {
+        let clock = Clock::manual(1_000_000);
+        let monitor = monitor(&clock);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        for tenant in [a, b] {
+            monitor.dead_lettered(tenant, "invalid_field");
+        }
+        let mut due = monitor.statuses_due(10);
+        due.sort();
+        assert_eq!(due, [a, b]);
+        // a is registered, b is not: both are read and not due again for a minute.
+        monitor.statuses_read(&[a, b], &[(a, "active".to_owned())]);
+        assert!(monitor.statuses_due(10).is_empty());
+        assert_eq!(monitor.health(a).unwrap().status.as_deref(), Some("active"));
+        assert_eq!(monitor.health(b).unwrap().status, None);
+        monitor.forget_status(b);
+        assert_eq!(monitor.statuses_due(10), [b]);
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(monitor.statuses_due(1), [b], "never read again comes first");
+        assert_eq!(monitor.statuses_due(10).len(), 2);
     }
 
     #[test]

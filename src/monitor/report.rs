@@ -175,7 +175,7 @@ impl TenantMonitor {
     pub fn health(&self, tenant: Uuid) -> Option<TenantHealth> {
         let now = self.now_ms();
         let table = self.lock();
-        let entry = table.get(&tenant)?;
+        let entry = table.tenants.get(&tenant)?;
         let (minute, quarter) = (entry.minute.sum(now), entry.quarter.sum(now));
         let (verdict, reason) = verdict(&minute, &quarter);
         let mut totals = Figures::of(&entry.totals);
@@ -199,6 +199,7 @@ impl TenantMonitor {
         let mut all: Vec<TenantSummary> = {
             let table = self.lock();
             table
+                .tenants
                 .iter()
                 .map(|(tenant, entry)| summary(*tenant, entry, now, seconds))
                 .collect()

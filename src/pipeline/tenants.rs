@@ -62,9 +62,10 @@ pub(super) fn tenant_shares<E: Event>(
     shares
 }
 
-/// Every [`REFRESH_EVERY`] until `shutdown`: reads the stored status of the tenants in memory
-/// that have none yet, and evicts the idle ones. A failure waits for the next pass (the
-/// statuses are informational; the batch path reports Postgres' health).
+/// Every [`REFRESH_EVERY`] until `shutdown`: evicts the idle tenants and reads the stored status
+/// of those due (never read, or read over a minute ago: the longest ago first, so at 5,000
+/// tenants each is read about once a minute). A failure waits for the next pass (the statuses
+/// are informational; the batch path reports Postgres' health).
 pub(super) async fn refresh_statuses(
     monitor: TenantMonitor,
     pool: PgPool,
@@ -76,16 +77,12 @@ pub(super) async fn refresh_statuses(
             () = tokio::time::sleep(REFRESH_EVERY) => {}
         }
         monitor.evict_idle();
-        let unknown = monitor.without_status(STATUSES_PER_CALL);
-        if unknown.is_empty() {
+        let due = monitor.statuses_due(STATUSES_PER_CALL);
+        if due.is_empty() {
             continue;
         }
-        match sink::tenant_statuses(&pool, &unknown).await {
-            Ok(statuses) => {
-                for (tenant, status) in statuses {
-                    monitor.set_status(tenant, &status);
-                }
-            }
+        match sink::tenant_statuses(&pool, &due).await {
+            Ok(found) => monitor.statuses_read(&due, &found),
             Err(error) => {
                 tracing::debug!(%error, "Tenant statuses not read; trying again next pass.");
             }
@@ -96,7 +93,7 @@ pub(super) async fn refresh_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{sample_order, ValidOrder};
+    use crate::domain::{sample_order, CacheItem, ValidOrder};
 
     fn order(tenant: Uuid, order_id: &str, version: i64) -> ValidOrder {
         let mut event = sample_order();
@@ -121,12 +118,27 @@ mod tests {
             order(b, "o-9", 1),
         ];
         let postgres = Duration::from_millis(40);
-        let written: Vec<QueuedCache> = Vec::new();
+        // Written: a's newest o-1 and b's o-9; a's o-2 was stale.
+        let written: Vec<QueuedCache> = [&events[1], &events[3]]
+            .iter()
+            .enumerate()
+            .map(|(n, order)| QueuedCache {
+                outbox_id: n as i64,
+                item: CacheItem::Order {
+                    tenant: order.tenant_id,
+                    order_id: order.event.order_id.clone(),
+                    version: order.event.version,
+                    json: String::new(),
+                },
+            })
+            .collect();
         let mut shares = tenant_shares(&events, &written, 1_250, postgres);
         shares.sort_by_key(|s| s.tenant);
         assert_eq!(shares.len(), 2);
         let first = &shares[0];
-        assert_eq!((first.events, first.superseded, first.stale), (3, 1, 2));
+        let outcomes = (first.written, first.superseded, first.stale);
+        assert_eq!((first.events, outcomes), (3, (1, 1, 1)));
+        assert_eq!((shares[1].written, shares[1].stale), (1, 0));
         assert_eq!(first.latencies_ms, [250, 250, 250]);
         assert_eq!(first.postgres, Duration::from_millis(30));
         assert_eq!((shares[1].events, shares[1].postgres), (1, postgres / 4));

@@ -145,11 +145,7 @@ impl Worker {
             },
             cache_ledger: Arc::default(),
             cache_wake: Arc::new(Notify::new()),
-            tenants: TenantMonitor::new(
-                Clock::system(),
-                settings.http.tenant_metrics_top,
-                Duration::from_secs(settings.http.tenant_idle_seconds),
-            ),
+            tenants: TenantMonitor::for_settings(&settings.http, Clock::system()),
         };
         Ok(Self {
             settings,

@@ -153,6 +153,11 @@ impl SourceContext {
         {
             tracing::info!(topic, partitions, "Partitions revoked.");
         }
+        // Their lag is the new owner's to report: summed over the workers, a stale value left
+        // here would count twice.
+        for p in &revoked {
+            metrics::consumer_lag(&p.topic, p.partition, 0);
+        }
         self.push(Assignment::Revoked(revoked));
         if let Err(error) = consumer.unassign() {
             tracing::error!(%error, "Unassign failed.");

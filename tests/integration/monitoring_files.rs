@@ -1,6 +1,6 @@
-//! The monitoring files of `deploy/`, checked against each other and the README: every metric the
-//! alerts and the dashboard query is one the README documents (a typo there is a panel that stays
-//! empty or an alert that never fires), every alert has a severity, a templated summary, a runbook
+//! The monitoring files of `deploy/`, checked against each other, the worker's metric lists and
+//! the README: every metric the alerts and the dashboard query is one the worker exports and the
+//! README documents (a typo there is a panel that stays empty or an alert that never fires), every alert has a severity, a templated summary, a runbook
 //! section in the README and a promtool test that makes it fire and resolve, and the dashboard is
 //! JSON whose every panel queries a datasource. Text checks, no services needed; promtool itself
 //! (`check rules`, `test rules`) runs in scripts/test.sh.
@@ -92,12 +92,24 @@ fn anchor(heading: &str) -> String {
 }
 
 #[test]
-fn every_metric_the_alerts_and_dashboard_query_is_documented() {
+fn every_metric_the_alerts_and_dashboard_query_is_one_the_worker_exports_and_documents() {
+    use tenantstream::testing::metrics::CATALOGUE;
+    use tenantstream::testing::monitor::TENANT_METRICS;
+    let exported: BTreeSet<&str> = CATALOGUE
+        .iter()
+        .map(|(name, _, _)| *name)
+        .chain(TENANT_METRICS.iter().map(|(name, _)| *name))
+        .collect();
     let readme = read("README.md");
     for file in [RULES, DASHBOARD] {
         let names = metric_names(&read(file));
         assert!(names.len() >= 5, "{file}: only {names:?}");
         for name in names {
+            assert!(
+                exported.contains(name.as_str()),
+                "{file} queries {name}, which the worker does not export (CATALOGUE, \
+                 TENANT_METRICS)"
+            );
             assert!(
                 readme.contains(&format!("`{name}`")),
                 "{file} queries {name}, which README.md does not name"
