@@ -39,9 +39,11 @@ struct Row {
     counts: Counts,
 }
 
+type SeriesValue = fn(&Counts, f64) -> Option<f64>;
+
 /// Each per-tenant series: its name and its value from a tenant's last-minute counts and the
 /// seconds they cover (`None`: no sample, a p99 without events).
-const SERIES: [(&str, fn(&Counts, f64) -> Option<f64>); 5] = [
+const SERIES: [(&str, SeriesValue); 5] = [
     (TENANT_EVENTS, |c, seconds| {
         Some(f64::from(c.events) / seconds)
     }),
