@@ -265,8 +265,9 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9898".into(),
-            tenant_metrics_top: crate::monitor::DEFAULT_TOP_K,
-            tenant_idle_seconds: crate::monitor::DEFAULT_IDLE_EVICT.as_secs(),
+            tenant_metrics_top: 10,
+            // Longer than the 15-minute window, so every figure of a tenant in memory is whole.
+            tenant_idle_seconds: 30 * 60,
         }
     }
 }

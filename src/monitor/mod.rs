@@ -26,11 +26,6 @@ use window::{Counts, LastMinute, LastQuarter};
 pub use export::TENANT_METRICS;
 pub use report::Sort;
 
-/// Default tenants per per-tenant metric and ranking: see [`export`].
-pub const DEFAULT_TOP_K: usize = 10;
-/// Default idle period after which a tenant's entry is evicted: longer than the 15-minute
-/// window, so every figure of a tenant still in memory is complete.
-pub const DEFAULT_IDLE_EVICT: Duration = Duration::from_secs(30 * 60);
 /// Most tenants with an entry of their own: about 52 MB.
 pub const MAX_TENANTS: usize = 20_000;
 /// A stored status is read again after this long (another worker, or an operator, may have
