@@ -186,6 +186,9 @@ impl BatchPath {
         let events = decoded.events();
         let shares = tenant_shares(events, &written.cache, now, postgres);
         self.tenants.batch_committed(&shares);
+        for (tenant, code) in decoded.dead_letters_by_tenant() {
+            self.tenants.dead_lettered(*tenant, code);
+        }
         let profiles = events.iter().filter(|e| e.registers_tenant());
         for tenant in profiles.filter_map(Event::tenant) {
             self.tenants.forget_status(tenant);
@@ -293,23 +296,13 @@ impl BatchPath {
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> bool {
-        if letters.is_empty() {
-            return true;
-        }
-        let sent = self
-            .retrying(Stage::DeadLetter, backoff, shutdown, || {
-                self.dead_letters.send_all(letters)
-            })
-            .await
-            .is_some();
-        if sent {
-            for letter in letters {
-                if let Some(tenant) = letter.tenant {
-                    self.tenants.dead_lettered(tenant, letter.code);
-                }
-            }
-        }
-        sent
+        letters.is_empty()
+            || self
+                .retrying(Stage::DeadLetter, backoff, shutdown, || {
+                    self.dead_letters.send_all(letters)
+                })
+                .await
+                .is_some()
     }
 
     /// Runs one step until it succeeds, reporting each failure (readiness, metric, log) before

@@ -25,6 +25,8 @@ pub(super) struct Decoded<'m, E> {
     events: Vec<E>,
     /// Dead letters of the messages that are not usable events.
     dead: Vec<DeadLetter>,
+    /// The tenant and code of each dead letter taken to be sent whose message names a tenant.
+    taken: Vec<(Uuid, &'static str)>,
 }
 
 impl<'m, E: Validate> Decoded<'m, E> {
@@ -40,6 +42,7 @@ impl<'m, E: Validate> Decoded<'m, E> {
             messages: Vec::with_capacity(batch.len()),
             events: Vec::with_capacity(batch.len()),
             dead: Vec::new(),
+            taken: Vec::new(),
         };
         let mut since_yield = 0;
         for message in batch {
@@ -77,7 +80,16 @@ impl<'m, E: Event> Decoded<'m, E> {
 
     /// The dead letters so far, to be sent.
     pub fn take_dead(&mut self) -> Vec<DeadLetter> {
-        std::mem::take(&mut self.dead)
+        let letters = std::mem::take(&mut self.dead);
+        let named = letters.iter().filter_map(|l| l.tenant.map(|t| (t, l.code)));
+        self.taken.extend(named);
+        letters
+    }
+
+    /// The tenant and error code of every dead letter taken whose message names a tenant: what
+    /// the batch dead-lettered per tenant, once it has committed.
+    pub fn dead_letters_by_tenant(&self) -> &[(Uuid, &'static str)] {
+        &self.taken
     }
 
     /// Tenants that must already be registered under strict tenants.
