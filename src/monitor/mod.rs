@@ -12,6 +12,7 @@ mod export;
 mod report;
 pub mod window;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -53,11 +54,9 @@ impl Table {
     fn entry(&mut self, tenant: Uuid, now_ms: i64) -> &mut TenantEntry {
         let room = self.tenants.len() < MAX_TENANTS;
         let entry = match self.tenants.entry(tenant) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) if room => {
-                e.insert(TenantEntry::default())
-            }
-            std::collections::hash_map::Entry::Vacant(_) => &mut self.overflow,
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) if room => e.insert(TenantEntry::default()),
+            Entry::Vacant(_) => &mut self.overflow,
         };
         entry.last_seen_ms = now_ms;
         entry
