@@ -107,20 +107,53 @@ const INVALID_AUTHORIZATION: &str = "28000";
 /// SQLSTATE 28P01: wrong password.
 const INVALID_PASSWORD: &str = "28P01";
 
-/// Fails unless the pool's role is subject to RLS (not superuser, no BYPASSRLS, owns no table).
+/// Fails unless the pool's role is subject to RLS: it owns no table, and neither it nor any
+/// role it can reach through membership (directly or through other roles, whether it inherits
+/// their rights or must `SET ROLE` first) is a superuser, has BYPASSRLS or owns a table with
+/// row-level security. The error names the role reached and how.
 pub async fn ensure_rls_applies(pool: &PgPool) -> Result<(), SinkError> {
-    let (role, bypasses, owned): (String, bool, i64) = sqlx::query_as(
-        "SELECT r.rolname::text, r.rolsuper OR r.rolbypassrls,
-                (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid AND c.relkind = 'r')
-           FROM pg_roles r WHERE r.rolname = current_user",
+    let (role, owned): (String, i64) = sqlx::query_as(
+        "SELECT current_user::text,
+                (SELECT count(*) FROM pg_class c
+                  WHERE c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                    AND c.relkind IN ('r', 'p'))",
     )
     .fetch_one(pool)
     .await?;
-    if bypasses || owned > 0 {
+    let reached: Vec<(String, bool, bool, Option<String>)> = sqlx::query_as(
+        "SELECT r.rolname::text, r.rolsuper, r.rolbypassrls,
+                (SELECT min(c.relname)::text FROM pg_class c
+                  WHERE c.relowner = r.oid AND c.relrowsecurity)
+           FROM pg_roles r
+          WHERE pg_has_role(current_user, r.oid, 'MEMBER')
+            AND (r.rolsuper OR r.rolbypassrls OR EXISTS (
+                    SELECT 1 FROM pg_class c WHERE c.relowner = r.oid AND c.relrowsecurity))
+          ORDER BY r.rolname",
+    )
+    .fetch_all(pool)
+    .await?;
+    let fix = "set DATABASE_URL to the tenantstream_worker role (see README)";
+    if let Some((reached, superuser, bypass, table)) = reached.first() {
+        let power = if *superuser {
+            "is a superuser".to_owned()
+        } else if *bypass {
+            "has BYPASSRLS".to_owned()
+        } else {
+            format!("owns the RLS table {}", table.as_deref().unwrap_or("?"))
+        };
+        let how = if *reached == role {
+            format!("the worker connects as {role:?}, which {power}")
+        } else {
+            format!("the worker connects as {role:?}, a member of {reached:?}, which {power}")
+        };
         return Err(SinkError::Setup(format!(
-            "the worker connects as {role:?}, which {} row-level security; set DATABASE_URL to the \
-             tenantstream_worker role (see README)",
-            if bypasses { "bypasses" } else { "owns tables and so could alter" }
+            "{how}: it bypasses row-level security; {fix}"
+        )));
+    }
+    if owned > 0 {
+        return Err(SinkError::Setup(format!(
+            "the worker connects as {role:?}, which owns tables and so could alter row-level \
+             security; {fix}"
         )));
     }
     Ok(())

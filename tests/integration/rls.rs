@@ -190,6 +190,98 @@ async fn worker_role_owns_nothing_and_cannot_bypass() {
     assert!(refused.contains("bypasses"), "{refused}");
 }
 
+/// A login role that reaches power only through membership is refused, naming the role it
+/// reaches: a member (even NOINHERIT, which can still `SET ROLE`) of a BYPASSRLS role, of a
+/// role owning an RLS table, and a member of a member of a superuser. The plain worker role,
+/// a member of a harmless role, passes.
+#[tokio::test]
+async fn a_role_reaching_power_through_membership_is_refused() {
+    let admin = support::admin_pool().await;
+    let tag = &Uuid::new_v4().simple().to_string()[..8];
+    let role = |name: &str| format!("ts_rls_{name}_{tag}");
+    let (bypass, owner, middle, harmless) = (
+        role("bypass"),
+        role("owner"),
+        role("middle"),
+        role("harmless"),
+    );
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let mut setup = vec![
+        format!("CREATE ROLE {bypass} NOLOGIN BYPASSRLS"),
+        format!("CREATE ROLE {owner} NOLOGIN"),
+        format!("CREATE TABLE {owner}_t (id int)"),
+        format!("ALTER TABLE {owner}_t ENABLE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {owner}_t OWNER TO {owner}"),
+        format!("CREATE ROLE {middle} NOLOGIN"),
+        format!("GRANT postgres TO {middle}"),
+        format!("CREATE ROLE {harmless} NOLOGIN"),
+    ];
+    // (login role, what it is a member of, the role the refusal must name)
+    let cases = [
+        (role("a"), bypass.clone(), Some(bypass.clone())),
+        (role("b"), owner.clone(), Some(owner.clone())),
+        (role("c"), middle.clone(), Some("postgres".to_owned())),
+        (role("d"), harmless.clone(), None),
+    ];
+    for (login, member_of, _) in &cases {
+        setup.push(format!("CREATE ROLE {login} LOGIN NOINHERIT"));
+        setup.push(format!("GRANT {member_of} TO {login}"));
+        setup.push(format!("GRANT CONNECT ON DATABASE {database} TO {login}"));
+    }
+    for statement in &setup {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    let mut outcomes = Vec::new();
+    for (login, _, refused_for) in &cases {
+        let url = support::WORKER_URL.replace("tenantstream_worker", login);
+        let pool = PgPool::connect(&url).await.unwrap();
+        let checked = sink::ensure_rls_applies(&pool).await;
+        pool.close().await;
+        outcomes.push((
+            login.clone(),
+            checked.map_err(|e| e.to_string()),
+            refused_for,
+        ));
+    }
+    let mut teardown: Vec<String> = cases
+        .iter()
+        .flat_map(|(login, _, _)| {
+            [
+                format!("REVOKE CONNECT ON DATABASE {database} FROM {login}"),
+                format!("DROP ROLE {login}"),
+            ]
+        })
+        .collect();
+    teardown.push(format!("DROP TABLE {owner}_t"));
+    for name in [&bypass, &owner, &middle, &harmless] {
+        teardown.push(format!("DROP ROLE {name}"));
+    }
+    for statement in &teardown {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    for (login, checked, refused_for) in outcomes {
+        match (checked, refused_for) {
+            (Ok(()), None) => {}
+            (Err(error), Some(reached)) => {
+                assert!(
+                    error.contains(&format!("a member of \"{reached}\"")),
+                    "{login}: {error}"
+                );
+                assert!(
+                    error.contains("bypasses row-level security"),
+                    "{login}: {error}"
+                );
+            }
+            (checked, refused_for) => {
+                panic!("{login}: {checked:?}, expected refusal for {refused_for:?}")
+            }
+        }
+    }
+}
+
 fn order(tenant: Uuid, order_id: &str) -> ValidOrder {
     OrderEvent {
         tenant_id: tenant.to_string(),
