@@ -13,6 +13,7 @@ mod decoding;
 mod fencing;
 mod fuzz_decode;
 mod hostile_inputs;
+mod isolation;
 mod layout;
 mod mock_pipeline;
 mod monitoring_files;
