@@ -3,11 +3,13 @@
 //!
 //! - the isolation matrix: every RLS table × SELECT, INSERT, UPDATE, DELETE and upsert, under
 //!   the row's own tenant, under another tenant and with no context (this file);
+//! - the tenant context never outlives its transaction on a pooled connection ([`context`]);
 //! - the worker role's privileges are exactly the minimum the README documents ([`privileges`]).
 //!
 //! rls.rs holds the first checks of the policies (one table each, the `SECURITY DEFINER` list,
 //! the startup refusal); these extend them to every table and operation.
 
+mod context;
 mod privileges;
 
 use std::fmt;
