@@ -212,9 +212,11 @@ async fn a_role_reaching_power_through_membership_is_refused() {
     let mut setup = vec![
         format!("CREATE ROLE {bypass} NOLOGIN BYPASSRLS"),
         format!("CREATE ROLE {owner} NOLOGIN"),
-        format!("CREATE TABLE {owner}_t (id int)"),
-        format!("ALTER TABLE {owner}_t ENABLE ROW LEVEL SECURITY"),
-        format!("ALTER TABLE {owner}_t OWNER TO {owner}"),
+        // In a schema of its own: tests that list public's RLS tables must not see it.
+        format!("CREATE SCHEMA {owner}"),
+        format!("CREATE TABLE {owner}.t (id int)"),
+        format!("ALTER TABLE {owner}.t ENABLE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {owner}.t OWNER TO {owner}"),
         format!("CREATE ROLE {middle} NOLOGIN"),
         format!("GRANT postgres TO {middle}"),
         format!("CREATE ROLE {harmless} NOLOGIN"),
@@ -255,7 +257,7 @@ async fn a_role_reaching_power_through_membership_is_refused() {
             ]
         })
         .collect();
-    teardown.push(format!("DROP TABLE {owner}_t"));
+    teardown.push(format!("DROP SCHEMA {owner} CASCADE"));
     for name in [&bypass, &owner, &middle, &harmless] {
         teardown.push(format!("DROP ROLE {name}"));
     }
