@@ -2,9 +2,8 @@
 //! dependency reachable; 503 with the failing ones named otherwise), and the tenant health API
 //! (`/tenants/{tenant_id}/health`, `/tenants?sort=&limit=`, JSON). Routes only.
 
-use std::net::SocketAddr;
-
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

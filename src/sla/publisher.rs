@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::cache::{self, CacheError};
 use crate::clock::Clock;
 use crate::decode::Encoder;
-use crate::domain::{utc_day, SlaViolation, ViolationKind};
+use crate::domain::{utc_day, ViolationKind};
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
 use crate::monitor::{TenantMonitor, ViolationCount};
@@ -169,7 +169,7 @@ impl ViolationPublisher {
             match result {
                 Ok(()) => {
                     acknowledged.push(claimed.id);
-                    self.count_for_tenant(&claimed.violation);
+                    self.count_for_tenant(claimed);
                     *published
                         .entry(claimed.violation.kind.as_str())
                         .or_default() += 1;
@@ -190,13 +190,11 @@ impl ViolationPublisher {
         (acknowledged, failure)
     }
 
-    fn count_for_tenant(&self, violation: &SlaViolation) {
-        let kind = match violation.kind {
+    fn count_for_tenant(&self, claimed: &Claimed) {
+        let kind = match claimed.violation.kind {
             ViolationKind::DeadlineMissed => ViolationCount::DeadlineMissed,
             ViolationKind::ProcessingLag => ViolationCount::ProcessingLag,
         };
-        if let Ok(tenant) = Uuid::parse_str(&violation.tenant_id) {
-            self.tenants.violation_published(tenant, kind);
-        }
+        self.tenants.violation_published(claimed.tenant, kind);
     }
 }
