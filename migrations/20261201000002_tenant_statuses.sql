@@ -1,6 +1,8 @@
--- The status of each of a set of tenants, for the worker's tenant health API, in one round trip:
--- each id is looked up under its own context, as the worker would look it up, so RLS still
--- decides (the same shape as registered_tenants). Tenants not in `tenants` are left out.
+-- The status of each of a set of tenants, in one round trip: each id is looked up under its own
+-- context, as the worker would look it up, so RLS still decides. Tenants not in `tenants` are
+-- left out, so the ids it returns are the registered ones: it serves the tenant health API's
+-- statuses and the strict-tenant check both, and replaces registered_tenants, which did the
+-- latter alone with the same loop.
 CREATE FUNCTION tenant_statuses(tenant_ids uuid[])
     RETURNS TABLE (tenant_id uuid, status text)
     LANGUAGE plpgsql VOLATILE
@@ -18,3 +20,5 @@ $$;
 
 REVOKE ALL ON FUNCTION tenant_statuses(uuid[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenant_statuses(uuid[]) TO tenantstream_worker;
+
+DROP FUNCTION registered_tenants(uuid[]);

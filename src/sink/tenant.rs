@@ -18,19 +18,15 @@ pub async fn set_tenant(tx: &mut Transaction<'_, Postgres>, tenant: Uuid) -> Res
 }
 
 /// The tenants among `tenants` that exist in `tenants`, each looked up under its own context,
-/// in one round trip (the database function `registered_tenants`; the contexts it sets end with
-/// the statement's own transaction).
+/// in one round trip ([`tenant_statuses`], whose ids are the registered tenants).
 pub async fn known_tenants(pool: &PgPool, tenants: &[Uuid]) -> Result<HashSet<Uuid>, SinkError> {
-    let known: Vec<Uuid> = sqlx::query_scalar("SELECT registered_tenants($1)")
-        .bind(tenants)
-        .fetch_all(pool)
-        .await?;
-    Ok(known.into_iter().collect())
+    let known = tenant_statuses(pool, tenants).await?;
+    Ok(known.into_iter().map(|(tenant, _)| tenant).collect())
 }
 
 /// The stored status (`provisional`, `active`, `suspended`) of each of `tenants` that exists,
 /// each looked up under its own context, in one round trip (the database function
-/// `tenant_statuses`).
+/// `tenant_statuses`; the contexts it sets end with the statement's own transaction).
 pub async fn tenant_statuses(
     pool: &PgPool,
     tenants: &[Uuid],

@@ -174,13 +174,6 @@ type Call = for<'a> fn(
     Uuid,
 ) -> futures::future::BoxFuture<'a, usize>;
 
-fn call_registered_tenants<'a>(
-    tx: &'a mut Transaction<'static, Postgres>,
-    t: Uuid,
-) -> futures::future::BoxFuture<'a, usize> {
-    Box::pin(async move { rows(tx, "SELECT * FROM registered_tenants($1)", t).await })
-}
-
 fn call_tenant_statuses<'a>(
     tx: &'a mut Transaction<'static, Postgres>,
     t: Uuid,
@@ -297,11 +290,10 @@ async fn rows(tx: &mut Transaction<'static, Postgres>, sql: &str, tenant: Uuid) 
 async fn every_context_setting_function_leaves_no_context_behind() {
     let admin = support::admin_pool().await;
     let pool = worker_pool(1).await;
-    let calls: [(&str, Call, bool); 6] = [
+    let calls: [(&str, Call, bool); 5] = [
         ("claim_sla_violations", call_claim_sla_violations, false),
         ("read_orders", call_read_orders, true),
         ("record_processing_lag", call_record_processing_lag, false),
-        ("registered_tenants", call_registered_tenants, true),
         ("tenant_statuses", call_tenant_statuses, true),
         ("write_order_batch", call_write_order_batch, false),
     ];

@@ -31,7 +31,6 @@ const FUNCTIONS: &[&str] = &[
     "order_cache_json(orders)",
     "read_orders(uuid[],integer[],integer[],text[])",
     "record_processing_lag(uuid[],integer[],integer[],bigint[],bigint,bigint,jsonb)",
-    "registered_tenants(uuid[])",
     "sla_state(bigint)",
     "sla_status_rank(text)",
     "sla_violation_id(uuid,text,text)",
