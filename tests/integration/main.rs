@@ -27,6 +27,7 @@ mod rls;
 mod sla;
 mod sla_faults;
 mod slow_rows;
+mod soak;
 mod startup;
 mod tenant_health;
 mod worker_metrics;

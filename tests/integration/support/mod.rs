@@ -7,6 +7,7 @@
 mod kafka;
 mod metrics;
 mod postgres;
+mod postgres_server;
 mod process;
 mod prometheus;
 mod redis;
@@ -18,6 +19,7 @@ mod worker;
 pub use kafka::*;
 pub use metrics::*;
 pub use postgres::*;
+pub use postgres_server::*;
 pub use process::*;
 pub use prometheus::*;
 pub use redis::*;

@@ -20,6 +20,8 @@ pub struct PrivateRedis {
     dir: tempfile::TempDir,
     pub url: String,
     pub ports: Vec<u16>,
+    /// Keeps its data across a restart (append-only file in `dir`).
+    persistent: bool,
 }
 
 /// A port picked by [`free_port`] can be taken again before the server binds it, so a server that
@@ -33,6 +35,7 @@ impl PrivateRedis {
             dir: tempfile::tempdir().unwrap(),
             url: String::new(),
             ports: Vec::new(),
+            persistent: false,
         }
     }
 
@@ -42,7 +45,8 @@ impl PrivateRedis {
         let log = self.dir.path().join(format!("redis-{port}.log"));
         let mut command = std::process::Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
-        command.args(["--save", "", "--appendonly", "no"]);
+        let appendonly = if self.persistent { "yes" } else { "no" };
+        command.args(["--save", "", "--appendonly", appendonly]);
         command.arg("--dir").arg(self.dir.path());
         command.arg("--logfile").arg(&log);
         if let Some(bus_port) = bus_port {
@@ -91,6 +95,16 @@ impl PrivateRedis {
     /// One standalone server.
     pub fn single() -> Self {
         let mut redis = Self::empty();
+        redis.start_on_free_ports(false);
+        redis.url = format!("redis://127.0.0.1:{}", redis.ports[0]);
+        redis
+    }
+
+    /// One standalone server that keeps its data across [`PrivateRedis::restart`], as a
+    /// production Redis with an append-only file does.
+    pub fn single_persistent() -> Self {
+        let mut redis = Self::empty();
+        redis.persistent = true;
         redis.start_on_free_ports(false);
         redis.url = format!("redis://127.0.0.1:{}", redis.ports[0]);
         redis
@@ -152,6 +166,25 @@ impl PrivateRedis {
         for mut child in self.children.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+impl PrivateRedis {
+    /// A standalone server's clean restart: SIGTERM (a persistent server writes its data out),
+    /// `down_for` without a server, then a start on the same port and directory.
+    pub fn restart(&mut self, down_for: Duration) {
+        let port = self.ports.pop().expect("a running server");
+        let mut child = self.children.pop().expect("a running server");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM redis-server");
+        child.wait().unwrap();
+        std::thread::sleep(down_for);
+        if let Err(reason) = self.start(port, None) {
+            panic!("{reason}");
         }
     }
 }

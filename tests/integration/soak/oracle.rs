@@ -1,0 +1,209 @@
+//! The soak's traffic on its way to the broker, and the checks of the end state that are the
+//! soak's own (rows and cache keys are checked by the suite's shared assertions).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use rdkafka::Message;
+use sqlx::PgPool;
+use tenantstream::testing::dead_letter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use tenantstream::testing::domain::{self, OrderEventType};
+use tenantstream::testing::traffic::{self, Expected, Generated, Sent};
+use tenantstream::Settings;
+use uuid::Uuid;
+
+use crate::support;
+
+/// The transition every tenant without a policy of its own must make within a second.
+const TRANSITION: &str = "CREATED->CONFIRMED";
+
+/// The global default SLA policy of the soak's workers.
+pub fn default_policy() -> String {
+    support::deadline_policy(&[(TRANSITION, 1_000)])
+}
+
+/// Tenants with orders that stay CREATED, under the global default policy (they have no
+/// configuration changes): each such order must give exactly one violation, whose id is known.
+pub struct StuckOrders {
+    pub tenants: Vec<Uuid>,
+    pub violations: BTreeSet<Uuid>,
+}
+
+/// Adds three orders that never leave CREATED for each of `tenants` new tenants, spread evenly
+/// among `messages` and added to `expected`.
+pub fn stuck_orders(
+    settings: &Settings,
+    tenants: usize,
+    messages: &mut Vec<Generated>,
+    expected: &mut Expected,
+) -> StuckOrders {
+    let encoder = support::order_encoder(settings);
+    let now = tenantstream::Clock::system().now_ms();
+    let mut stuck = StuckOrders {
+        tenants: (0..tenants).map(|_| Uuid::new_v4()).collect(),
+        violations: BTreeSet::new(),
+    };
+    let events: Vec<_> = stuck
+        .tenants
+        .iter()
+        .flat_map(|tenant| (0..3).map(move |n| (*tenant, format!("stuck-{n}"))))
+        .map(|(tenant, order_id)| {
+            support::order_event(tenant, &order_id, 1, OrderEventType::Created, now)
+        })
+        .collect();
+    for (i, event) in events.iter().enumerate() {
+        let tenant: Uuid = event.tenant_id.parse().unwrap();
+        stuck.violations.insert(domain::deadline_violation_id(
+            tenant,
+            &event.order_id,
+            TRANSITION,
+        ));
+        expected
+            .orders
+            .insert((tenant, event.order_id.clone()), event.clone());
+        let at = (i + 1) * messages.len() / (events.len() + 1);
+        messages.insert(
+            at,
+            Generated {
+                key: event.order_id.clone().into_bytes(),
+                value: encoder.encode(event, false),
+                malformed: None,
+            },
+        );
+    }
+    expected.tenants.extend(&stuck.tenants);
+    stuck
+}
+
+/// Sends `messages` to `topic`, spread evenly over `over`, from a task of its own, with an
+/// idempotent producer: a retry after the broker's outage adds no copy to the topic, so each
+/// message has exactly the position the oracle records.
+pub fn produce(
+    settings: &Settings,
+    topic: &str,
+    messages: Vec<Generated>,
+    over: Duration,
+) -> tokio::task::JoinHandle<Sent> {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer");
+    let topic = topic.to_owned();
+    let rate = (messages.len() as f64 / over.as_secs_f64()).ceil().max(1.0) as u32;
+    tokio::spawn(async move {
+        traffic::send(&producer, &topic, &messages, rate, None)
+            .await
+            .expect("the traffic is sent")
+    })
+}
+
+/// Waits until every stuck order's violation is stored and no violation of `tenants` waits in
+/// the outbox (published and counted); returns the ids stored for `tenants`.
+pub async fn wait_for_violations(
+    admin: &PgPool,
+    stuck: &StuckOrders,
+    tenants: &[Uuid],
+) -> BTreeSet<Uuid> {
+    support::wait_until(
+        Duration::from_secs(120),
+        "stuck orders' violations",
+        || async {
+            let stored = support::stored_violation_ids(admin, &stuck.tenants).await;
+            stored.len() >= stuck.violations.len()
+        },
+    )
+    .await;
+    support::wait_until(
+        Duration::from_secs(120),
+        "the SLA outbox drained",
+        || async { support::outbox(admin, tenants).await.is_empty() },
+    )
+    .await;
+    support::stored_violation_ids(admin, tenants)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Asserts the stuck orders' violations are exactly the ones stored for their tenants, with no
+/// deadline left; that every violation stored for `tenants` is on the topic (at least once, and
+/// nothing else is) and counted once in Redis. Returns how many are stored.
+pub async fn assert_violations(
+    admin: &PgPool,
+    redis: &fred::prelude::Client,
+    settings: &Settings,
+    stuck: &StuckOrders,
+    stored: &BTreeSet<Uuid>,
+    tenants: &[Uuid],
+) -> usize {
+    let of_stuck: BTreeSet<Uuid> = support::stored_violation_ids(admin, &stuck.tenants)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(of_stuck, stuck.violations, "the stuck orders' violations");
+    assert_eq!(support::pending_deadlines(admin, &stuck.tenants).await, 0);
+    let published = support::published_ids(settings, stored.len(), Duration::from_secs(60)).await;
+    assert_eq!(
+        &published, stored,
+        "published violations are the stored ones"
+    );
+    support::assert_counted(admin, redis, tenants).await;
+    stored.len()
+}
+
+/// How the dead letters compared with the malformed messages.
+pub struct DeadLetters {
+    pub distinct: usize,
+    pub copies: usize,
+}
+
+/// Asserts every malformed message is in the dead-letter topic, nothing else is, and each
+/// copy (re-sent after a kill between send and commit) is byte-identical.
+pub fn assert_dead_letters(
+    settings: &Settings,
+    messages: &[Generated],
+    sent: &Sent,
+) -> DeadLetters {
+    let malformed = support::malformed_by_position(messages, sent);
+    assert!(!malformed.is_empty(), "the traffic has malformed messages");
+    let dead = support::read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.dead_letter_topic,
+        malformed.len(),
+        Duration::from_secs(60),
+    );
+    let mut seen: HashMap<(i32, i64), Option<Vec<u8>>> = HashMap::new();
+    for letter in &dead {
+        let source = (
+            support::header(letter, HEADER_SOURCE_PARTITION)
+                .parse::<i32>()
+                .unwrap(),
+            support::header(letter, HEADER_SOURCE_OFFSET)
+                .parse::<i64>()
+                .unwrap(),
+        );
+        let original = malformed
+            .get(&source)
+            .unwrap_or_else(|| panic!("dead letter for a valid message {source:?}"));
+        assert_eq!(
+            letter.payload(),
+            Some(&original.value[..]),
+            "original bytes"
+        );
+        if let Some(previous) = seen.insert(source, letter.payload().map(<[u8]>::to_vec)) {
+            assert_eq!(previous.as_deref(), letter.payload(), "copies differ");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        malformed.len(),
+        "every malformed message dead-lettered"
+    );
+    DeadLetters {
+        distinct: seen.len(),
+        copies: dead.len(),
+    }
+}
