@@ -130,6 +130,10 @@ pub struct WorkerFlags {
     /// Dead-letter events of unknown tenants instead of registering them as provisional.
     #[arg(long, env = "TENANTSTREAM_STRICT_TENANTS")]
     pub strict_tenants: Option<bool>,
+    /// Dead-letter configuration changes whose Kafka key is not their tenant id (GLOBAL:
+    /// KIND:key) as tenant_key_mismatch; orders are not checked.
+    #[arg(long, env = "TENANTSTREAM_TENANT_KEY_MUST_MATCH")]
+    pub tenant_key_must_match: Option<bool>,
     /// Largest message value decoded, in bytes; larger ones are dead-lettered as too_large.
     #[arg(long, env = "TENANTSTREAM_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -278,6 +282,10 @@ impl Overrides {
         );
         set(&mut settings.tenants.strict, &worker.strict_tenants);
         set(
+            &mut settings.tenants.key_must_match,
+            &worker.tenant_key_must_match,
+        );
+        set(
             &mut settings.limits.max_message_bytes,
             &worker.max_message_bytes,
         );
@@ -322,6 +330,7 @@ pub fn default_of(id: &str, d: &Settings) -> Option<String> {
         "batch_linger_ms" => d.kafka.batch_linger_ms.to_string(),
         "session_timeout_ms" => d.kafka.session_timeout_ms.to_string(),
         "strict_tenants" => d.tenants.strict.to_string(),
+        "tenant_key_must_match" => d.tenants.key_must_match.to_string(),
         "max_message_bytes" => d.limits.max_message_bytes.to_string(),
         "max_items" => d.limits.max_items.to_string(),
         "max_buffered_bytes" => d.limits.max_buffered_bytes.to_string(),
@@ -362,5 +371,16 @@ mod tests {
         let s = overrides.load().unwrap();
         assert_eq!(s.kafka.group_id, "from-flag");
         assert_eq!(s.kafka.orders_topic, "o");
+    }
+
+    #[test]
+    fn the_worker_and_replay_take_the_key_rule() {
+        use clap::Parser;
+        assert!(!Settings::default().tenants.key_must_match);
+        for command in ["run", "replay"] {
+            let args = ["tenantstream", command, "--tenant-key-must-match", "true"];
+            let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+            assert!(cli.settings().unwrap().tenants.key_must_match, "{command}");
+        }
     }
 }

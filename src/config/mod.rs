@@ -105,6 +105,11 @@ pub struct TenantSettings {
     /// Dead-letter events of unknown tenants (`unknown_tenant`) instead of registering them
     /// as provisional.
     pub strict: bool,
+    /// Dead-letter configuration changes whose Kafka key is not the one the contract gives
+    /// them (`tenant_key_mismatch`): the body's tenant id (as a UUID), or `<KIND>:<key>` for a
+    /// GLOBAL change. Off, the key only partitions and the body alone names the tenant.
+    /// Orders (keyed by order id) are not checked.
+    pub key_must_match: bool,
 }
 
 /// Bounds on what one message may cost: a producer's message beyond them is dead-lettered as

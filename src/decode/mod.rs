@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::metrics::Stage;
 use crate::retry::{Classify, ErrorClass};
-use crate::validate::{InvalidField, Validate};
+use crate::validate::{InvalidField, KeyMismatch, KeyPolicy, Validate, TENANT_KEY_MISMATCH};
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
@@ -47,6 +47,9 @@ pub enum DecodeError {
     },
     #[error(transparent)]
     Invalid(#[from] InvalidField),
+    /// The Kafka key is not the one the body's contract gives it (`tenants.key_must_match`).
+    #[error(transparent)]
+    KeyMismatch(#[from] KeyMismatch),
     /// Over a bound of [`LimitSettings`](crate::config::LimitSettings).
     #[error("too large: {0}")]
     TooLarge(String),
@@ -57,12 +60,13 @@ pub enum DecodeError {
 impl DecodeError {
     /// Every dead-letter code [`DecodeError::code`] gives (a registry outage is retried, never
     /// dead-lettered).
-    pub const DEAD_LETTER_CODES: [&'static str; 5] = [
+    pub const DEAD_LETTER_CODES: [&'static str; 6] = [
         "undecodable",
         "unknown_schema",
         "incompatible_schema",
         "invalid_field",
         "too_large",
+        TENANT_KEY_MISMATCH,
     ];
 
     /// The dead-letter error code.
@@ -73,6 +77,7 @@ impl DecodeError {
             Self::IncompatibleSchema { .. } => "incompatible_schema",
             Self::Invalid(_) => "invalid_field",
             Self::TooLarge(_) => "too_large",
+            Self::KeyMismatch(_) => TENANT_KEY_MISMATCH,
             Self::RegistryUnavailable(_) => "registry_unavailable",
         }
     }
@@ -80,7 +85,7 @@ impl DecodeError {
     /// The pipeline stage that failed (dead-letter header).
     pub fn stage(&self) -> Stage {
         match self {
-            Self::Invalid(_) => Stage::Validate,
+            Self::Invalid(_) | Self::KeyMismatch(_) => Stage::Validate,
             _ => Stage::Decode,
         }
     }
@@ -95,21 +100,28 @@ impl Classify for DecodeError {
     }
 }
 
-/// Decodes and validates one message value (`None`: a message without a value).
+/// Decodes and validates one message value (`None`: a message without a value), whatever its
+/// key.
+#[cfg(feature = "test-support")]
 pub async fn decode_event<E: Validate>(
     decoder: &Decoder,
     payload: Option<&[u8]>,
 ) -> Result<E, DecodeError> {
-    decode_naming_tenant(decoder, payload)
+    decode_message(decoder, payload, None, KeyPolicy::Partitioning)
         .await
         .map_err(|(error, _)| error)
 }
 
-/// [`decode_event`], and on failure the tenant the value names when it decoded but did not
-/// validate (for the per-tenant dead-letter count).
-pub async fn decode_naming_tenant<E: Validate>(
+/// Decodes and validates one message (its value, `None` for a message without one), then
+/// checks its Kafka `key` by `keys`: what decides, for the worker and for replay alike, whether
+/// a message is an event or a dead letter. On failure also the tenant the body names when it
+/// decoded far enough to tell (for the per-tenant dead-letter count: a key mismatch counts
+/// against the body's tenant, never the key's).
+pub async fn decode_message<E: Validate>(
     decoder: &Decoder,
     payload: Option<&[u8]>,
+    key: Option<&[u8]>,
+    keys: KeyPolicy,
 ) -> Result<E, (DecodeError, Option<Uuid>)> {
     let Some(payload) = payload else {
         let error = DecodeError::Undecodable("message has no value".into());
@@ -117,7 +129,11 @@ pub async fn decode_naming_tenant<E: Validate>(
     };
     let wire: E::Wire = decoder.decode(payload).await.map_err(|e| (e, None))?;
     let tenant = E::wire_tenant(&wire);
-    E::validate(wire).map_err(|invalid| (invalid.into(), tenant))
+    let event = E::validate(wire).map_err(|invalid| (invalid.into(), tenant))?;
+    match keys.check(event.contract_key(), key) {
+        Ok(()) => Ok(event),
+        Err(mismatch) => Err((mismatch.into(), event.tenant())),
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +156,10 @@ mod tests {
                 reason: s(),
             }),
             DecodeError::TooLarge(s()),
+            DecodeError::KeyMismatch(KeyMismatch {
+                key: None,
+                expected: crate::validate::ContractKey::Shared(s()),
+            }),
         ];
         let codes: Vec<&str> = errors.iter().map(DecodeError::code).collect();
         assert_eq!(codes, DecodeError::DEAD_LETTER_CODES);

@@ -33,7 +33,7 @@ use crate::monitor::TenantMonitor;
 use crate::retry::{self, Backoff, RetryPolicy};
 use crate::sink::sla::SlaTracking;
 use crate::sink::{self, Batch, BatchOutcome, Isolated, PartitionKey, Rows, SinkError};
-use crate::validate::Validate;
+use crate::validate::{KeyPolicy, Validate};
 
 /// A failure of one batch step that waits and retries: a dependency is down, or (Postgres)
 /// something only an operator can fix. Never dead-lettered.
@@ -79,6 +79,8 @@ pub(super) struct BatchPath {
     pub config: Decoder,
     pub dead_letters: DeadLetterSink,
     pub tenant_policy: TenantPolicy,
+    /// Whether a message's key must agree with its body (`tenants.key_must_match`).
+    pub key_policy: KeyPolicy,
     pub ttl: Ttl,
     pub health: Health,
     /// The SLA policy settings and the clock the pipeline reads "now" from: batches keep
@@ -121,7 +123,7 @@ impl BatchPath {
         let decode = || {
             timed(
                 Stage::Decode,
-                Decoded::<E>::decode(decoder, &batch.messages),
+                Decoded::<E>::decode(decoder, self.key_policy, &batch.messages),
             )
         };
         let Some(mut decoded) = self

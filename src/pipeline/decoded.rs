@@ -1,5 +1,6 @@
-//! A batch's messages after decoding: the events that validated, each beside its message, and
-//! the dead letters of the rest. Events leave it (as dead letters) when their tenant is unknown
+//! A batch's messages after decoding: the events that validated (and whose key agrees with
+//! the body, under `tenants.key_must_match`), each beside its message, and the dead letters of
+//! the rest. Events leave it (as dead letters) when their tenant is unknown
 //! under strict tenants, or when Postgres rejects their row.
 
 use std::collections::HashSet;
@@ -9,12 +10,12 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 use super::dead_letter::{DeadLetter, REJECTED_BY_POSTGRES, UNKNOWN_TENANT};
-use crate::decode::{decode_naming_tenant, DecodeError, Decoder};
+use crate::decode::{decode_message, DecodeError, Decoder};
 use crate::domain::{unregistered_tenants, Event, TenantPolicy};
 use crate::metrics::Stage;
 use crate::retry::Classify;
 use crate::sink::RejectedRow;
-use crate::validate::Validate;
+use crate::validate::{KeyPolicy, Validate};
 
 /// Bytes of values decoded between two yields to the worker's main loop.
 const DECODE_BUDGET_BYTES: usize = 256 * 1024;
@@ -30,14 +31,19 @@ pub(super) struct Decoded<'m, E> {
 }
 
 impl<'m, E: Validate> Decoded<'m, E> {
-    /// Decodes and validates each message; permanent failures become dead letters. Fails only
-    /// when a failure is transient (the schema registry is unreachable).
+    /// Decodes and validates each message and checks its key by `keys`; permanent failures
+    /// become dead letters. Fails only when a failure is transient (the schema registry is
+    /// unreachable).
     ///
     /// Decoding runs on the task that also receives messages and handles rebalances, so it
     /// yields to it after every [`DECODE_BUDGET_BYTES`] of values: one message's decoding,
     /// bounded by `limits.max_message_bytes` (and time linear in bytes, see
     /// [`crate::decode`]), is the longest that task waits.
-    pub async fn decode(decoder: &Decoder, batch: &'m [OwnedMessage]) -> Result<Self, DecodeError> {
+    pub async fn decode(
+        decoder: &Decoder,
+        keys: KeyPolicy,
+        batch: &'m [OwnedMessage],
+    ) -> Result<Self, DecodeError> {
         let mut decoded = Self {
             messages: Vec::with_capacity(batch.len()),
             events: Vec::with_capacity(batch.len()),
@@ -51,7 +57,8 @@ impl<'m, E: Validate> Decoded<'m, E> {
                 since_yield = 0;
                 tokio::task::yield_now().await;
             }
-            match decode_naming_tenant::<E>(decoder, message.payload()).await {
+            let event = decode_message::<E>(decoder, message.payload(), message.key(), keys);
+            match event.await {
                 Ok(event) => {
                     decoded.messages.push(message);
                     decoded.events.push(event);

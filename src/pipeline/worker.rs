@@ -37,7 +37,7 @@ use crate::sink::sla::SlaTracking;
 use crate::sink::{self, SinkError};
 use crate::sla::{DeadlineTimer, ViolationPublisher};
 use crate::source::{self, Source, WorkerProducer};
-use crate::validate::parse_sla_policy;
+use crate::validate::{parse_sla_policy, KeyPolicy};
 
 /// A partition stops fetching when this many batches wait behind the one being written: enough
 /// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
@@ -136,6 +136,7 @@ impl Worker {
             config,
             dead_letters,
             tenant_policy: TenantPolicy::strict(settings.tenants.strict),
+            key_policy: KeyPolicy::key_must_match(settings.tenants.key_must_match),
             ttl: (&settings.redis).into(),
             health: health.clone(),
             sla: SlaTracking {

@@ -1,17 +1,20 @@
 //! The field rules the schemas cannot say, per event type. Validation happens once, right
 //! after decoding; an event that fails it is dead-lettered with code `invalid_field` and the
-//! field named in the reason.
+//! field named in the reason. With `tenants.key_must_match`, the message's Kafka key is
+//! checked against the body too ([`key`]).
 
 mod iso4217;
+mod key;
 mod order;
 mod tenant_config;
 
 use uuid::Uuid;
 
-use crate::domain::{ConfigChangeEvent, Event, OrderEvent, ValidConfig, ValidOrder};
+use crate::domain::{ConfigChangeEvent, ConfigTarget, Event, OrderEvent, ValidConfig, ValidOrder};
 use crate::retry::{Classify, ErrorClass};
 
 use iso4217::is_iso4217;
+pub use key::{ContractKey, KeyMismatch, KeyPolicy, TENANT_KEY_MISMATCH};
 pub use tenant_config::parse_sla_policy;
 
 /// Versions above 2^53 lose precision in Redis' Lua numbers, where cache writes are compared.
@@ -27,6 +30,10 @@ pub trait Validate: Event {
     /// The tenant a wire event names, if it names a valid one (read even when other fields
     /// are invalid, to count the dead letter against its tenant).
     fn wire_tenant(wire: &Self::Wire) -> Option<Uuid>;
+
+    /// The Kafka key the contract gives the event when that key names its tenant or its
+    /// shared entry (what `tenants.key_must_match` checks); `None` when the key names neither.
+    fn contract_key(&self) -> Option<ContractKey>;
 }
 
 impl Validate for ValidOrder {
@@ -36,6 +43,11 @@ impl Validate for ValidOrder {
 
     fn wire_tenant(wire: &OrderEvent) -> Option<Uuid> {
         Uuid::parse_str(&wire.tenant_id).ok()
+    }
+
+    /// Orders are keyed by `order_id`, which names no tenant.
+    fn contract_key(&self) -> Option<ContractKey> {
+        None
     }
 }
 
@@ -48,6 +60,16 @@ impl Validate for ValidConfig {
         wire.tenant_id
             .as_deref()
             .and_then(|id| Uuid::parse_str(id).ok())
+    }
+
+    /// TENANT scope: the tenant id; GLOBAL scope: kind and key (`CATEGORY:books`).
+    fn contract_key(&self) -> Option<ContractKey> {
+        Some(match &self.target {
+            ConfigTarget::Profile { tenant } | ConfigTarget::Entry { tenant, .. } => {
+                ContractKey::Tenant(*tenant)
+            }
+            ConfigTarget::Category { id } => ContractKey::Shared(format!("CATEGORY:{id}")),
+        })
     }
 }
 

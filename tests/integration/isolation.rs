@@ -4,12 +4,14 @@
 //! - the isolation matrix: every RLS table × SELECT, INSERT, UPDATE, DELETE and upsert, under
 //!   the row's own tenant, under another tenant and with no context (this file);
 //! - the tenant context never outlives its transaction on a pooled connection ([`context`]);
-//! - the worker role's privileges are exactly the minimum the README documents ([`privileges`]).
+//! - the worker role's privileges are exactly the minimum the README documents ([`privileges`]);
+//! - a change keyed by one tenant whose body names another, through the worker ([`key_trust`]).
 //!
 //! rls.rs holds the first checks of the policies (one table each, the `SECURITY DEFINER` list,
 //! the startup refusal); these extend them to every table and operation.
 
 mod context;
+mod key_trust;
 mod privileges;
 
 use std::fmt;

@@ -15,13 +15,13 @@ use super::progress::Progress;
 use super::{ReplayOptions, ReplaySummary};
 use crate::cache::{self, Ttl};
 use crate::config::Settings;
-use crate::decode::{decode_event, Decoder, SchemaStore};
+use crate::decode::{decode_message, Decoder, SchemaStore};
 use crate::domain::{
     unregistered_tenants, CacheItem, CacheRef, Event, Keyspace, PartitionRange, TenantPolicy,
 };
 use crate::retry::{self, Classify, RetryPolicy};
 use crate::sink::{self, Rows};
-use crate::validate::Validate;
+use crate::validate::{KeyPolicy, Validate};
 
 /// What this run has done so far.
 #[derive(Default)]
@@ -128,8 +128,9 @@ impl<'a> Replayer<'a> {
         rebuilt
     }
 
-    /// Decodes one message into `chunk`, or counts it as another tenant's or dead. While the
-    /// schema registry is down it waits for it, as the worker does.
+    /// Decodes one message into `chunk`, or counts it as another tenant's or dead (by the
+    /// worker's own rules, `tenants.key_must_match` included). While the schema registry is
+    /// down it waits for it, as the worker does.
     async fn accept<E: Validate>(
         &self,
         decoder: &Decoder,
@@ -138,9 +139,10 @@ impl<'a> Replayer<'a> {
         summary: &mut ReplaySummary,
     ) {
         let mut backoff = RetryPolicy::REPLAY.backoff();
+        let keys = KeyPolicy::key_must_match(self.settings.tenants.key_must_match);
         let decode = || async {
-            match decode_event::<E>(decoder, message.payload()).await {
-                Err(error) if error.is_transient() => Err(error),
+            match decode_message::<E>(decoder, message.payload(), message.key(), keys).await {
+                Err((error, _)) if error.is_transient() => Err(error),
                 decoded => Ok(decoded),
             }
         };

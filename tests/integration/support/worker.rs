@@ -5,6 +5,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tenantstream::testing::monitor::TenantMonitor;
 use tenantstream::testing::traffic::EndOffsets;
 use tenantstream::{Clock, Health, Settings, Worker, WorkerError};
 use uuid::Uuid;
@@ -32,6 +33,20 @@ impl RunningWorker {
             .await
             .expect("worker connects")
             .with_clock(clock);
+        Self::spawn(worker)
+    }
+
+    /// [`RunningWorker::start`] recording its per-tenant figures in `monitor`, which the test
+    /// reads.
+    pub async fn start_with_monitor(
+        settings: &Settings,
+        health: Health,
+        monitor: TenantMonitor,
+    ) -> Self {
+        let worker = Worker::connect(settings.clone(), health)
+            .await
+            .expect("worker connects")
+            .with_tenant_monitor(monitor);
         Self::spawn(worker)
     }
 
