@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::Generated;
 
@@ -37,14 +37,9 @@ pub async fn send(
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        in_flight.push_back(
-            producer.send(
-                FutureRecord::to(topic)
-                    .key(&message.key)
-                    .payload(&message.value),
-                Duration::from_secs(30),
-            ),
-        );
+        // Enqueued now, not when its delivery is awaited: `FutureProducer::send` is lazy,
+        // so a paced send through it would hold every message back until the end.
+        in_flight.push_back(enqueue(producer, topic, message).await?);
         if in_flight.len() >= 10_000 {
             record_delivery(in_flight.next().await, &mut sent)?;
         }
@@ -65,22 +60,90 @@ pub async fn send(
 }
 
 type Delivery = Result<
-    rdkafka::producer::future_producer::Delivery,
-    (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
+    rdkafka::producer::future_producer::OwnedDeliveryResult,
+    futures::channel::oneshot::Canceled,
 >;
+
+/// Hands `message` to the producer's queue, waiting while the queue is full.
+async fn enqueue(
+    producer: &FutureProducer,
+    topic: &str,
+    message: &Generated,
+) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+    loop {
+        let record = FutureRecord::to(topic)
+            .key(&message.key)
+            .payload(&message.value);
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((error, _)) if error == full => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((error, _)) => return Err(error),
+        }
+    }
+}
 
 fn record_delivery(
     delivery: Option<Delivery>,
     sent: &mut Sent,
 ) -> Result<(), rdkafka::error::KafkaError> {
     match delivery {
-        Some(Ok(d)) => {
+        Some(Ok(Ok(d))) => {
             sent.positions.push((d.partition, d.offset));
             let end = sent.ends.entry(d.partition).or_insert(0);
             *end = (*end).max(d.offset + 1);
             Ok(())
         }
-        Some(Err((error, _))) => Err(error),
+        Some(Ok(Err((error, _)))) => Err(error),
+        Some(Err(_)) => Err(rdkafka::error::KafkaError::Canceled),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A paced send puts each message on the broker at its time, not all of them at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paced_send_reaches_the_broker_while_it_runs() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("paced", 1, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let messages: Vec<Generated> = (0..40)
+            .map(|i| Generated {
+                key: vec![i],
+                value: vec![i],
+                malformed: None,
+            })
+            .collect();
+        let sending =
+            tokio::spawn(
+                async move { send(&producer, "paced", &messages, 10, None).await.unwrap() },
+            );
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let watcher: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let (_, midway) = watcher
+            .fetch_watermarks("paced", 0, Duration::from_secs(5))
+            .unwrap();
+        // 40 messages at 10/s take 4 s: after 1.5 s some are on the broker, not all.
+        assert!(
+            (1..40).contains(&midway),
+            "{midway} of 40 on the broker after 1.5 s"
+        );
+        let sent = sending.await.unwrap();
+        assert_eq!(sent.ends[&0], 40);
     }
 }
