@@ -97,7 +97,6 @@ async fn soak(protocol: &'static str) {
     settings.database.url = Secret::new(postgres.url("tenantstream_worker", database));
     settings.database.admin_url = Secret::new(&admin_url);
     settings.redis.url = Secret::new(&redis_server.url);
-    settings.sla.default_policy = oracle::default_policy();
     settings.sla.poll_interval_ms = 250;
 
     // The traffic and its oracle, generated before the clock starts.
@@ -124,6 +123,7 @@ async fn soak(protocol: &'static str) {
     for slot in 0..3 {
         fleet.start(slot);
     }
+    let policies_sent = fleet.check_alive(sla.set_policies(&settings, &admin)).await;
     let production = Duration::from_secs(knobs.seconds);
     let orders_sent = oracle::produce(
         &settings,
@@ -176,9 +176,11 @@ async fn soak(protocol: &'static str) {
         &settings.kafka.config_topic,
         config_partitions(knobs.partitions),
     ));
+    let mut sent_ends = configs_sent.ends.clone();
+    support::merge_ends(&mut sent_ends, &policies_sent);
     assert_eq!(
-        config_ends, configs_sent.ends,
-        "the configuration topic holds the traffic"
+        config_ends, sent_ends,
+        "the configuration topic holds the policies and the traffic"
     );
     fleet
         .check_alive(support::wait_for_offsets(&admin, &settings, &ends, drain))

@@ -8,25 +8,53 @@ use rdkafka::Message;
 use sqlx::PgPool;
 use tenantstream::testing::dead_letter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use tenantstream::testing::domain::{self, OrderEventType};
-use tenantstream::testing::traffic::{self, Expected, Generated, Sent};
+use tenantstream::testing::traffic::{self, EndOffsets, Expected, Generated, Sent};
 use tenantstream::Settings;
 use uuid::Uuid;
 
 use crate::support;
 
-/// The transition every tenant without a policy of its own must make within a second.
+/// The one deadline of the stuck orders' tenants.
 const TRANSITION: &str = "CREATED->CONFIRMED";
 
-/// The global default SLA policy of the soak's workers.
-pub fn default_policy() -> String {
-    support::deadline_policy(&[(TRANSITION, 1_000)])
-}
-
-/// Tenants with orders that stay CREATED, under the global default policy (they have no
-/// configuration changes): each such order must give exactly one violation, whose id is known.
+/// Tenants whose orders stay CREATED under a policy with a 1 s deadline: each such order must
+/// give exactly one violation, whose id is known. (The other tenants' generated policies have
+/// deadlines of an hour or more, which the soak never reaches.)
 pub struct StuckOrders {
     pub tenants: Vec<Uuid>,
     pub violations: BTreeSet<Uuid>,
+}
+
+impl StuckOrders {
+    /// Sends each stuck tenant's policy and waits until the workers have stored them all, so
+    /// that every stuck order is written under its policy.
+    pub async fn set_policies(&self, settings: &Settings, admin: &PgPool) -> EndOffsets {
+        let now = tenantstream::Clock::system().now_ms();
+        let policy: serde_json::Value =
+            serde_json::from_str(&support::deadline_policy(&[(TRANSITION, 1_000)])).unwrap();
+        let changes: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|tenant| support::sla_policy_change(*tenant, 1, &policy, now))
+            .collect();
+        let ends = support::send_config_changes(settings, &changes).await;
+        support::wait_until(
+            Duration::from_secs(120),
+            "the stuck tenants' policies",
+            || async {
+                let stored: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM sla_policies WHERE tenant_id = ANY($1)",
+                )
+                .bind(&self.tenants)
+                .fetch_one(admin)
+                .await
+                .unwrap();
+                stored == self.tenants.len() as i64
+            },
+        )
+        .await;
+        ends
+    }
 }
 
 /// Adds three orders that never leave CREATED for each of `tenants` new tenants, spread evenly
@@ -128,9 +156,9 @@ pub async fn wait_for_violations(
         .collect()
 }
 
-/// Asserts the stuck orders' violations are exactly the ones stored for their tenants, with no
-/// deadline left; that every violation stored for `tenants` is on the topic (at least once, and
-/// nothing else is) and counted once in Redis. Returns how many are stored.
+/// Asserts the violations stored for `tenants` are exactly the stuck orders', with no deadline
+/// left; that each is on the topic (at least once, and nothing else is) and counted once in
+/// Redis. Returns how many are stored.
 pub async fn assert_violations(
     admin: &PgPool,
     redis: &fred::prelude::Client,
@@ -139,11 +167,10 @@ pub async fn assert_violations(
     stored: &BTreeSet<Uuid>,
     tenants: &[Uuid],
 ) -> usize {
-    let of_stuck: BTreeSet<Uuid> = support::stored_violation_ids(admin, &stuck.tenants)
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(of_stuck, stuck.violations, "the stuck orders' violations");
+    assert_eq!(
+        stored, &stuck.violations,
+        "the stored violations are the stuck orders'"
+    );
     assert_eq!(support::pending_deadlines(admin, &stuck.tenants).await, 0);
     let published = support::published_ids(settings, stored.len(), Duration::from_secs(60)).await;
     assert_eq!(
