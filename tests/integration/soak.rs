@@ -138,6 +138,11 @@ async fn soak(protocol: &'static str) {
     let clock = Instant::now();
     for (at, fault) in &plan {
         tokio::time::sleep_until((clock + *at).into()).await;
+        // Progress of a long soak (shown with --nocapture, as scripts/soak.sh runs it).
+        eprintln!(
+            "soak ({protocol}) at {:.1} s: {fault:?}",
+            clock.elapsed().as_secs_f64()
+        );
         match fault {
             Fault::Postgres => {
                 tokio::task::block_in_place(|| postgres.crash_and_restart(Duration::from_secs(2)))
@@ -154,9 +159,17 @@ async fn soak(protocol: &'static str) {
             other => tokio::task::block_in_place(|| fleet.apply(*other)),
         }
     }
+    eprintln!(
+        "soak ({protocol}) at {:.1} s: faults done",
+        clock.elapsed().as_secs_f64()
+    );
     let orders_sent = orders_sent.await.unwrap();
     let configs_sent = configs_sent.await.unwrap();
     let produced_in = clock.elapsed();
+    eprintln!(
+        "soak ({protocol}) at {:.1} s: traffic sent",
+        produced_in.as_secs_f64()
+    );
     fleet.ensure_running();
 
     // Drained: every offset stored, every queued cache write and violation delivered.

@@ -117,6 +117,9 @@ pub fn produce(
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "120000")
+        // The broker's outage leaves requests unanswered (the mock cluster drops them), which
+        // librdkafka gives up after this; the workers keep its default (60 s).
+        .set("socket.timeout.ms", "5000")
         .create()
         .expect("producer");
     let topic = topic.to_owned();
