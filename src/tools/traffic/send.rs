@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::Generated;
 
@@ -37,14 +39,25 @@ pub async fn send(
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        in_flight.push_back(
-            producer.send(
-                FutureRecord::to(topic)
-                    .key(&message.key)
-                    .payload(&message.value),
-                Duration::from_secs(30),
-            ),
-        );
+        // Handed to librdkafka now, not when a delivery future is first polled: a send at a
+        // rate must reach the broker at that rate, not in bursts of the deliveries awaited.
+        let mut record = FutureRecord::to(topic)
+            .key(&message.key)
+            .payload(&message.value);
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    match in_flight.next().await {
+                        Some(delivery) => record_delivery(Some(delivery), &mut sent)?,
+                        None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                Err((error, _)) => return Err(error),
+            }
+        };
+        in_flight.push_back(async move { delivery.await.map_err(|_| KafkaError::Canceled) });
         if in_flight.len() >= 10_000 {
             record_delivery(in_flight.next().await, &mut sent)?;
         }
@@ -64,23 +77,17 @@ pub async fn send(
     Ok(sent)
 }
 
-type Delivery = Result<
-    rdkafka::producer::future_producer::Delivery,
-    (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
->;
+type Delivery = Result<rdkafka::producer::future_producer::OwnedDeliveryResult, KafkaError>;
 
-fn record_delivery(
-    delivery: Option<Delivery>,
-    sent: &mut Sent,
-) -> Result<(), rdkafka::error::KafkaError> {
+fn record_delivery(delivery: Option<Delivery>, sent: &mut Sent) -> Result<(), KafkaError> {
     match delivery {
-        Some(Ok(d)) => {
+        Some(Ok(Ok(d))) => {
             sent.positions.push((d.partition, d.offset));
             let end = sent.ends.entry(d.partition).or_insert(0);
             *end = (*end).max(d.offset + 1);
             Ok(())
         }
-        Some(Err((error, _))) => Err(error),
+        Some(Ok(Err((error, _))) | Err(error)) => Err(error),
         None => Ok(()),
     }
 }
