@@ -198,7 +198,10 @@ impl SourceContext {
 
 /// The group uses the cooperative protocol: assignments change incrementally.
 fn is_cooperative(consumer: &BaseConsumer<SourceContext>) -> bool {
-    matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative)
+    matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    )
 }
 
 /// How many partitions the consumer holds now of each of `topics`.

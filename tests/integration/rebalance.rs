@@ -234,7 +234,10 @@ async fn join_and_leave(protocol: RebalanceProtocol, leave: Leave) {
     drop(a);
     for (worker, figures) in [("A", a_end), ("B", b_last)] {
         assert_eq!(figures.gaps, 0.0, "{worker} skipped offsets: {figures:?}");
-        assert_eq!(figures.stale, 0.0, "{worker} applied events twice: {figures:?}");
+        assert_eq!(
+            figures.stale, 0.0,
+            "{worker} applied events twice: {figures:?}"
+        );
     }
 }
 
@@ -276,7 +279,10 @@ fn the_protocol_is_a_setting_shown_by_config_and_a_bad_name_is_refused() {
     let shown = |output: std::process::Output| {
         assert!(output.status.success(), "{output:?}");
         let text = String::from_utf8(output.stdout).unwrap();
-        toml::from_str::<Settings>(&text).unwrap().kafka.rebalance_protocol
+        toml::from_str::<Settings>(&text)
+            .unwrap()
+            .kafka
+            .rebalance_protocol
     };
     assert_eq!(shown(config(None, None)), RebalanceProtocol::Eager);
     assert_eq!(
@@ -294,7 +300,12 @@ fn the_protocol_is_a_setting_shown_by_config_and_a_bad_name_is_refused() {
         String::from_utf8(output.stderr).unwrap()
     };
     let stderr = refused(config(Some("sticky"), None));
-    for word in ["\"sticky\"", "TENANTSTREAM_REBALANCE_PROTOCOL", "eager", "cooperative"] {
+    for word in [
+        "\"sticky\"",
+        "TENANTSTREAM_REBALANCE_PROTOCOL",
+        "eager",
+        "cooperative",
+    ] {
         assert!(stderr.contains(word), "{word}: {stderr}");
     }
     let stderr = refused(config(None, Some("sticky")));
