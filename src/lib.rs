@@ -36,8 +36,8 @@ mod validate;
 pub use cli::{describe_error, Cli};
 pub use clock::Clock;
 pub use config::{
-    ConfigError, DatabaseSettings, HttpSettings, KafkaSettings, LogFormat, RedisSettings,
-    SchemaSettings, Secret, Settings, SlaSettings, TenantSettings,
+    ConfigError, DatabaseSettings, HttpSettings, KafkaSettings, LogFormat, RebalanceProtocol,
+    RedisSettings, SchemaSettings, Secret, Settings, SlaSettings, TenantSettings,
 };
 pub use domain::PartitionRange;
 pub use health::{Component, Health};

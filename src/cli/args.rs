@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
-use crate::config::{ConfigError, LogFormat, Secret, Settings};
+use crate::config::{ConfigError, LogFormat, RebalanceProtocol, Secret, Settings};
 
 /// Flags every command takes, before or after its name.
 #[derive(Args, Debug, Clone, Default)]
@@ -127,6 +127,15 @@ pub struct WorkerFlags {
     /// Kafka consumer session timeout (ms): how soon a dead worker's partitions move on.
     #[arg(long, env = "TENANTSTREAM_SESSION_TIMEOUT_MS")]
     pub session_timeout_ms: Option<u64>,
+    /// How partitions move when a worker joins or leaves: eager (every partition of every
+    /// worker is revoked) or cooperative (cooperative-sticky: only the partitions that move
+    /// stop). The same for every worker of the group; switch with all of them stopped.
+    #[arg(
+        long,
+        env = "TENANTSTREAM_REBALANCE_PROTOCOL",
+        value_parser = PossibleValuesParser::new(RebalanceProtocol::NAMES).map(|s| s.parse::<RebalanceProtocol>().expect("a listed name"))
+    )]
+    pub rebalance_protocol: Option<RebalanceProtocol>,
     /// Dead-letter events of unknown tenants instead of registering them as provisional.
     #[arg(long, env = "TENANTSTREAM_STRICT_TENANTS")]
     pub strict_tenants: Option<bool>,
@@ -280,6 +289,10 @@ impl Overrides {
             &mut settings.kafka.session_timeout_ms,
             &worker.session_timeout_ms,
         );
+        set(
+            &mut settings.kafka.rebalance_protocol,
+            &worker.rebalance_protocol,
+        );
         set(&mut settings.tenants.strict, &worker.strict_tenants);
         set(
             &mut settings.tenants.key_must_match,
@@ -329,6 +342,7 @@ pub fn default_of(id: &str, d: &Settings) -> Option<String> {
         "batch_max_events" => d.kafka.batch_max_events.to_string(),
         "batch_linger_ms" => d.kafka.batch_linger_ms.to_string(),
         "session_timeout_ms" => d.kafka.session_timeout_ms.to_string(),
+        "rebalance_protocol" => d.kafka.rebalance_protocol.to_string(),
         "strict_tenants" => d.tenants.strict.to_string(),
         "tenant_key_must_match" => d.tenants.key_must_match.to_string(),
         "max_message_bytes" => d.limits.max_message_bytes.to_string(),

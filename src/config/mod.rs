@@ -4,6 +4,7 @@
 //! [`Settings::validate`] names the bad field. Connection strings are [`Secret`]s so that
 //! passwords never reach logs or `Debug`.
 
+mod rebalance;
 mod secret;
 
 use std::ops::RangeInclusive;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::retry::{Classify, ErrorClass};
 
+pub use rebalance::RebalanceProtocol;
 pub use secret::Secret;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,9 @@ pub struct KafkaSettings {
     /// its next batch, so batches grow with the backlog and cost no latency without one.
     pub batch_linger_ms: u64,
     pub session_timeout_ms: u64,
+    /// `eager` or `cooperative` (see [`RebalanceProtocol`]); the same for every worker of a
+    /// group.
+    pub rebalance_protocol: RebalanceProtocol,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,6 +227,7 @@ impl Default for KafkaSettings {
             batch_max_events: 1000,
             batch_linger_ms: 0,
             session_timeout_ms: 10_000,
+            rebalance_protocol: RebalanceProtocol::Eager,
         }
     }
 }

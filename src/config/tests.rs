@@ -63,3 +63,28 @@ fn unknown_file_key_is_an_error() {
     let err = toml::from_str::<Settings>("[kafka]\nbrokerz = \"x\"\n").unwrap_err();
     assert!(err.to_string().contains("brokerz"));
 }
+
+#[test]
+fn rebalance_protocol_is_eager_or_cooperative_and_a_bad_one_is_named_with_both() {
+    assert_eq!(
+        Settings::default().kafka.rebalance_protocol,
+        RebalanceProtocol::Eager
+    );
+    let s: Settings = toml::from_str("[kafka]\nrebalance_protocol = \"cooperative\"\n").unwrap();
+    assert_eq!(s.kafka.rebalance_protocol, RebalanceProtocol::Cooperative);
+    assert_eq!(
+        s.kafka.rebalance_protocol.assignment_strategy(),
+        Some("cooperative-sticky")
+    );
+    let err = toml::from_str::<Settings>("[kafka]\nrebalance_protocol = \"sticky\"\n")
+        .unwrap_err()
+        .to_string();
+    for word in ["sticky", "eager", "cooperative"] {
+        assert!(err.contains(word), "{word}: {err}");
+    }
+    for name in RebalanceProtocol::NAMES {
+        let protocol: RebalanceProtocol = name.parse().unwrap();
+        assert_eq!(protocol.to_string(), name);
+    }
+    assert!("Cooperative".parse::<RebalanceProtocol>().is_err());
+}

@@ -70,7 +70,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (END_TO_END_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to the commit of its batch."),
     (CACHE_VISIBLE_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to its Redis key written by its own batch, by topic (keys written later by the drainer, after a Redis outage or a crash, are not in it)."),
     (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition of this worker (librdkafka statistics, every 5 s; 0 once revoked, the new owner reports it)."),
-    (REBALANCES, Kind::Counter, "Partition rebalances this worker took part in, by kind: assign (partitions received, at their stored offsets), revoke (partitions released)."),
+    (REBALANCES, Kind::Counter, "Partition rebalances that moved partitions of this worker, by kind: assign (partitions received, at their stored offsets), revoke (partitions released; under the cooperative protocol only those that move)."),
     (ASSIGNED_PARTITIONS, Kind::Gauge, "Partitions this worker holds now, by topic."),
     (POSTGRES_POOL_CONNECTIONS, Kind::Gauge, "Connections of the worker's Postgres pool, by state: in_use, idle (every 5 s)."),
     (CACHE_KEYS_WRITTEN, Kind::Counter, "Redis writes of committed rows: written, or skipped_older (Redis held a newer version)."),

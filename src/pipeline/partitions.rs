@@ -330,6 +330,64 @@ mod tests {
         assert_eq!(offsets(&mut partitions, usize::MAX), [3, 4]);
     }
 
+    /// A cooperative rebalance revokes some partitions and adds others: the kept ones keep
+    /// their assignment, buffer and batch in flight; a revoked one's batch is no longer current
+    /// (its outcome is ignored, and the stored offset fences it), even once it comes back.
+    #[test]
+    fn a_partial_revocation_and_an_added_assignment_leave_the_kept_partitions_as_they_were() {
+        let [kept, moved, added] = [0, 1, 2].map(|p| TopicPartition::new("t", p));
+        let at = |partition: &TopicPartition, stored| crate::source::AssignedPartition {
+            partition: partition.clone(),
+            stored,
+        };
+        let mut partitions = Partitions::default();
+        partitions.apply(vec![Assignment::Assigned(vec![
+            at(&kept, Some(10)),
+            at(&moved, Some(20)),
+        ])]);
+        for (partition, first) in [(&kept, 10), (&moved, 20)] {
+            let state = partitions.states.get_mut(partition).unwrap();
+            (first..first + 3).for_each(|offset| assert!(state.accept(message(offset))));
+        }
+        let unbounded = Bounds {
+            messages: usize::MAX,
+            bytes: usize::MAX,
+        };
+        let in_flight = partitions.take_ready(unbounded, Duration::ZERO);
+        let epoch_of =
+            |p: &TopicPartition| in_flight.iter().find(|b| &b.partition == p).unwrap().epoch;
+        let (kept_epoch, moved_epoch) = (epoch_of(&kept), epoch_of(&moved));
+        partitions
+            .current(&kept, kept_epoch)
+            .unwrap()
+            .accept(message(13));
+
+        partitions.apply(vec![
+            Assignment::Revoked(vec![moved.clone()]),
+            Assignment::Assigned(vec![at(&added, Some(5))]),
+        ]);
+        let state = partitions
+            .current(&kept, kept_epoch)
+            .expect("kept as it was");
+        assert!(state.in_flight);
+        assert_eq!(state.committed, Some(10));
+        let buffered: Vec<i64> = state.buffer.iter().map(|m| m.offset()).collect();
+        assert_eq!(buffered, [13]);
+        assert!(partitions.current(&moved, moved_epoch).is_none());
+        let added_state = partitions.states.get(&added).unwrap();
+        assert_eq!(
+            (added_state.committed, added_state.position),
+            (Some(5), Some(5))
+        );
+
+        partitions.apply(vec![Assignment::Assigned(vec![at(&moved, Some(23))])]);
+        assert!(
+            partitions.current(&moved, moved_epoch).is_none(),
+            "a batch from before the revocation stays stale"
+        );
+        assert_eq!(partitions.states.get(&moved).unwrap().committed, Some(23));
+    }
+
     #[test]
     fn a_buffer_is_full_at_either_bound() {
         let mut state = PartitionState::starting_at(None, 1);

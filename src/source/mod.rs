@@ -56,7 +56,11 @@ pub fn subscribe(
     shutdown: CancellationToken,
 ) -> Result<Source, KafkaError> {
     let context = SourceContext::new(offsets_pool, settings.group_id.clone(), health, shutdown);
-    let consumer: Source = client_config(settings)
+    let mut config = client_config(settings);
+    if let Some(strategy) = settings.rebalance_protocol.assignment_strategy() {
+        config.set("partition.assignment.strategy", strategy);
+    }
+    let consumer: Source = config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")

@@ -1,5 +1,10 @@
 //! Rebalances: each assigned partition starts at the next offset stored in Postgres.
 //!
+//! Under the eager protocol a rebalance revokes the whole assignment and assigns a new one;
+//! under the cooperative one (`cooperative-sticky`) it revokes only the partitions that move
+//! (`incremental_unassign`) and adds the ones that arrive (`incremental_assign`), and the
+//! pipeline keeps the buffers and batches of the others.
+//!
 //! Guarantee: the stored offsets are read inside the rebalance callback, before the partitions
 //! are assigned, so no message from an older position is ever handed to the pipeline (Kafka's
 //! committed offset is written afterwards, for lag monitoring only).
@@ -13,7 +18,7 @@ use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, Statistics, TopicPartitionList};
@@ -118,14 +123,22 @@ impl SourceContext {
                 });
             }
         }
-        if let Err(error) = consumer.assign(tpl) {
+        let result = if is_cooperative(consumer) {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        };
+        if let Err(error) = result {
             tracing::error!(%error, "Partition assignment failed.");
             return;
         }
         // librdkafka keeps an application pause across revoke and assign; a partition paused
-        // for backpressure before a rebalance would otherwise never fetch again.
-        if let Err(error) = consumer.resume(tpl) {
-            tracing::error!(%error, "Resuming assigned partitions failed.");
+        // for backpressure before a rebalance would otherwise never fetch again. Only the
+        // partitions just assigned: a kept one stays paused until its batch is written.
+        if tpl.count() > 0 {
+            if let Err(error) = consumer.resume(tpl) {
+                tracing::error!(%error, "Resuming assigned partitions failed.");
+            }
         }
         for (topic, partitions) in by_topic_text(assigned.iter().map(|a| {
             let start = a.stored.map_or("start".to_owned(), |o| o.to_string());
@@ -133,11 +146,15 @@ impl SourceContext {
         })) {
             tracing::info!(topic, partitions, "Partitions assigned at stored offsets.");
         }
-        let topics: BTreeSet<&str> = assigned
-            .iter()
-            .map(|a| a.partition.topic.as_str())
-            .collect();
-        metrics::partitions_assigned(&held(consumer, &topics));
+        // A cooperative rebalance ends with an assignment call on every member, empty for
+        // those that get nothing new: counted only when partitions arrive.
+        if !assigned.is_empty() {
+            let topics: BTreeSet<&str> = assigned
+                .iter()
+                .map(|a| a.partition.topic.as_str())
+                .collect();
+            metrics::partitions_assigned(&held(consumer, &topics));
+        }
         self.health.recovered(Component::Kafka);
         self.push(Assignment::Assigned(assigned));
     }
@@ -159,17 +176,32 @@ impl SourceContext {
             metrics::consumer_lag(&p.topic, p.partition, 0);
         }
         self.push(Assignment::Revoked(revoked));
-        if let Err(error) = consumer.unassign() {
+        let result = if is_cooperative(consumer) {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(error) = result {
             tracing::error!(%error, "Unassign failed.");
         }
         let elements = tpl.elements();
-        let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
-        metrics::partitions_revoked(&held(consumer, &topics));
+        if !elements.is_empty() {
+            let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
+            metrics::partitions_revoked(&held(consumer, &topics));
+        }
     }
 
     fn push(&self, change: Assignment) {
         self.changes.lock().expect("assignment lock").push(change);
     }
+}
+
+/// The group uses the cooperative protocol: assignments change incrementally.
+fn is_cooperative(consumer: &BaseConsumer<SourceContext>) -> bool {
+    matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    )
 }
 
 /// How many partitions the consumer holds now of each of `topics`.

@@ -20,6 +20,7 @@ mod monitoring_files;
 mod offset_gaps;
 mod pipeline_tansu;
 mod prometheus_scrape;
+mod rebalance;
 mod redis_cluster;
 mod rejected_rows;
 mod replay;

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::Generated;
 
@@ -37,9 +39,25 @@ pub async fn send(
             let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
             tokio::time::sleep_until(due.into()).await;
         }
-        // Enqueued now, not when its delivery is awaited: `FutureProducer::send` is lazy,
-        // so a paced send through it would hold every message back until the end.
-        in_flight.push_back(enqueue(producer, topic, message).await?);
+        // Handed to librdkafka now, not when a delivery future is first polled: a send at a
+        // rate must reach the broker at that rate, not in bursts of the deliveries awaited.
+        let mut record = FutureRecord::to(topic)
+            .key(&message.key)
+            .payload(&message.value);
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    match in_flight.next().await {
+                        Some(delivery) => record_delivery(Some(delivery), &mut sent)?,
+                        None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                Err((error, _)) => return Err(error),
+            }
+        };
+        in_flight.push_back(async move { delivery.await.map_err(|_| KafkaError::Canceled) });
         if in_flight.len() >= 10_000 {
             record_delivery(in_flight.next().await, &mut sent)?;
         }
@@ -59,37 +77,9 @@ pub async fn send(
     Ok(sent)
 }
 
-type Delivery = Result<
-    rdkafka::producer::future_producer::OwnedDeliveryResult,
-    futures::channel::oneshot::Canceled,
->;
+type Delivery = Result<rdkafka::producer::future_producer::OwnedDeliveryResult, KafkaError>;
 
-/// Hands `message` to the producer's queue, waiting while the queue is full.
-async fn enqueue(
-    producer: &FutureProducer,
-    topic: &str,
-    message: &Generated,
-) -> Result<DeliveryFuture, rdkafka::error::KafkaError> {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-    let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-    loop {
-        let record = FutureRecord::to(topic)
-            .key(&message.key)
-            .payload(&message.value);
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((error, _)) if error == full => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err((error, _)) => return Err(error),
-        }
-    }
-}
-
-fn record_delivery(
-    delivery: Option<Delivery>,
-    sent: &mut Sent,
-) -> Result<(), rdkafka::error::KafkaError> {
+fn record_delivery(delivery: Option<Delivery>, sent: &mut Sent) -> Result<(), KafkaError> {
     match delivery {
         Some(Ok(Ok(d))) => {
             sent.positions.push((d.partition, d.offset));
@@ -97,8 +87,7 @@ fn record_delivery(
             *end = (*end).max(d.offset + 1);
             Ok(())
         }
-        Some(Ok(Err((error, _)))) => Err(error),
-        Some(Err(_)) => Err(rdkafka::error::KafkaError::Canceled),
+        Some(Ok(Err((error, _))) | Err(error)) => Err(error),
         None => Ok(()),
     }
 }
