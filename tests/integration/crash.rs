@@ -2,12 +2,9 @@
 //! state (rows, versions, cache keys, stored offsets, dead letters) equals what one clean run
 //! gives, computed from the traffic itself.
 
-use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
-use tenantstream::testing::dead_letter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use tenantstream::testing::sink;
 use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
 use tenantstream::Settings;
@@ -112,41 +109,5 @@ async fn sigkill_mid_stream_and_restart_gives_the_clean_run_state() {
     support::assert_rows(&admin, &expected).await;
     support::assert_cache(&redis, &expected).await;
 
-    // Dead letters are at least once: every malformed message is there, nothing else is, and
-    // a copy (re-sent after a kill between send and commit) is byte-identical.
-    let malformed: HashSet<(i32, i64)> = messages
-        .iter()
-        .zip(&sent.positions)
-        .filter(|(m, _)| m.malformed.is_some())
-        .map(|(_, p)| *p)
-        .collect();
-    let dead = support::read_topic(
-        &brokers,
-        &settings.kafka.dead_letter_topic,
-        malformed.len(),
-        Duration::from_secs(60),
-    );
-    let mut seen = std::collections::HashMap::new();
-    for letter in &dead {
-        let source = (
-            support::header(letter, HEADER_SOURCE_PARTITION)
-                .parse::<i32>()
-                .unwrap(),
-            support::header(letter, HEADER_SOURCE_OFFSET)
-                .parse::<i64>()
-                .unwrap(),
-        );
-        assert!(
-            malformed.contains(&source),
-            "dead letter for a valid message {source:?}"
-        );
-        if let Some(previous) = seen.insert(source, letter.payload().map(<[u8]>::to_vec)) {
-            assert_eq!(previous.as_deref(), letter.payload(), "duplicate differs");
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        malformed.len(),
-        "every malformed message dead-lettered"
-    );
+    support::assert_dead_letters(&settings, &messages, &sent);
 }

@@ -50,10 +50,6 @@ impl Member {
         let process = support::binary("run", settings)
             .env("TENANTSTREAM_HTTP_LISTEN", &http)
             .env(
-                "TENANTSTREAM_REBALANCE_PROTOCOL",
-                settings.kafka.rebalance_protocol.to_string(),
-            )
-            .env(
                 "TENANTSTREAM_SESSION_TIMEOUT_MS",
                 settings.kafka.session_timeout_ms.to_string(),
             )

@@ -19,7 +19,7 @@ mod oracle;
 use std::time::{Duration, Instant};
 
 use tenantstream::testing::traffic::{self, TrafficSpec, WireFormat};
-use tenantstream::{Secret, Settings};
+use tenantstream::{RebalanceProtocol, Secret, Settings};
 
 use crate::support::{self, PrivatePostgres, PrivateRedis};
 use faults::{Fault, Fleet};
@@ -34,6 +34,8 @@ struct Knobs {
     seconds: u64,
     kills: usize,
     partitions: i32,
+    /// Seeds the traffic and the faults' times (`SOAK_SEED`; random unless set, and printed).
+    seed: u64,
 }
 
 impl Knobs {
@@ -53,21 +55,22 @@ impl Knobs {
             seconds: knob("SOAK_SECONDS", 30),
             kills: knob("SOAK_KILLS", 10) as usize,
             partitions: knob("SOAK_PARTITIONS", 6) as i32,
+            seed: knob("SOAK_SEED", rand::random()),
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_with_faults_under_the_eager_protocol() {
-    soak("eager").await;
+    soak(RebalanceProtocol::Eager).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_with_faults_under_the_cooperative_protocol() {
-    soak("cooperative").await;
+    soak(RebalanceProtocol::Cooperative).await;
 }
 
-async fn soak(protocol: &'static str) {
+async fn soak(protocol: RebalanceProtocol) {
     let knobs = Knobs::from_env();
     let started = Instant::now();
     let postgres = tokio::task::block_in_place(PrivatePostgres::start);
@@ -97,6 +100,7 @@ async fn soak(protocol: &'static str) {
     settings.database.url = Secret::new(postgres.url("tenantstream_worker", database));
     settings.database.admin_url = Secret::new(&admin_url);
     settings.redis.url = Secret::new(&redis_server.url);
+    settings.kafka.rebalance_protocol = protocol;
     settings.sla.poll_interval_ms = 250;
 
     // The traffic and its oracle, generated before the clock starts.
@@ -107,7 +111,7 @@ async fn soak(protocol: &'static str) {
         duplicates: 0.05,
         reorder: 0.05,
         format: WireFormat::Mixed,
-        seed: rand::random(),
+        seed: knobs.seed,
         ..Default::default()
     };
     let (mut orders, mut expected) = traffic::generate(&spec, &support::order_encoder(&settings));
@@ -119,7 +123,11 @@ async fn soak(protocol: &'static str) {
         &mut expected,
     );
 
-    let mut fleet = Fleet::new(&settings, protocol);
+    eprintln!(
+        "soak ({protocol}): {knobs:?} (SOAK_SEED={} repeats these orders and these faults' times)",
+        knobs.seed
+    );
+    let mut fleet = Fleet::new(&settings);
     for slot in 0..3 {
         fleet.start(slot);
     }
@@ -134,7 +142,7 @@ async fn soak(protocol: &'static str) {
     let configs_sent =
         oracle::produce(&settings, &settings.kafka.config_topic, configs, production);
 
-    let plan = faults::plan(production, knobs.kills);
+    let plan = faults::plan(production, knobs.kills, knobs.seed);
     let clock = Instant::now();
     for (at, fault) in &plan {
         tokio::time::sleep_until((clock + *at).into()).await;
@@ -230,7 +238,7 @@ async fn soak(protocol: &'static str) {
     support::assert_cache(&redis, &expected).await;
     support::assert_config_rows(&admin, &expected_config).await;
     support::assert_config_cache(&redis, &expected_config).await;
-    let dead = oracle::assert_dead_letters(&settings, &orders, &orders_sent);
+    let dead = support::assert_dead_letters(&settings, &orders, &orders_sent);
     let counted =
         oracle::assert_violations(&admin, &redis, &settings, &sla, &violations, &all_tenants).await;
 

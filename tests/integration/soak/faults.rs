@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tenantstream::Settings;
 
 use crate::support::{self, WorkerProcess};
@@ -33,9 +34,9 @@ pub enum Fault {
 /// The faults over `production`, sorted by time: `kills` SIGKILLs spread over 5–90% of it
 /// (each restarted 1.5 s later), the leave at 25% and the join at 45%, Postgres at 35%, Redis
 /// at 60% and the broker at 75%.
-pub fn plan(production: Duration, kills: usize) -> Vec<(Duration, Fault)> {
+pub fn plan(production: Duration, kills: usize, seed: u64) -> Vec<(Duration, Fault)> {
     let at = |share: f64| production.mul_f64(share);
-    let mut rng = rand::thread_rng();
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut plan = vec![
         (at(0.25), Fault::Leave),
         (at(0.45), Fault::Join),
@@ -56,19 +57,17 @@ pub fn plan(production: Duration, kills: usize) -> Vec<(Duration, Fault)> {
 /// Three `tenantstream run` processes in one consumer group, each logging to a file of its own.
 pub struct Fleet {
     settings: Settings,
-    protocol: &'static str,
     logs: PathBuf,
     workers: [Option<WorkerProcess>; 3],
     pub kills: usize,
 }
 
 impl Fleet {
-    pub fn new(settings: &Settings, protocol: &'static str) -> Self {
+    pub fn new(settings: &Settings) -> Self {
         let logs = std::env::temp_dir().join(&settings.kafka.group_id);
         std::fs::create_dir_all(&logs).unwrap();
         Self {
             settings: settings.clone(),
-            protocol,
             logs,
             workers: [None, None, None],
             kills: 0,
@@ -91,7 +90,6 @@ impl Fleet {
             .env("TENANTSTREAM_BATCH_MAX_EVENTS", "200")
             .env("TENANTSTREAM_BATCH_LINGER_MS", "5")
             .env("TENANTSTREAM_SESSION_TIMEOUT_MS", "6000")
-            .env("TENANTSTREAM_REBALANCE_PROTOCOL", self.protocol)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -102,12 +100,19 @@ impl Fleet {
     pub fn apply(&mut self, fault: Fault) {
         match fault {
             Fault::Kill(slot) => {
-                let mut worker = self.workers[slot].take().expect("a running worker");
-                worker.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
-                worker.0.wait().unwrap();
-                self.kills += 1;
+                // A worker still down from its last kill (kills closer than its restart) is
+                // left alone; the summary counts the kills that landed.
+                if let Some(mut worker) = self.workers[slot].take() {
+                    worker.0.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+                    worker.0.wait().unwrap();
+                    self.kills += 1;
+                }
             }
-            Fault::Restart(slot) => self.start(slot),
+            Fault::Restart(slot) => {
+                if self.workers[slot].is_none() {
+                    self.start(slot);
+                }
+            }
             Fault::Join => self.start(LEAVER),
             Fault::Leave => {
                 let mut worker = self.workers[LEAVER].take().expect("a running worker");

@@ -1,13 +1,11 @@
 //! The soak's traffic on its way to the broker, and the checks of the end state that are the
 //! soak's own (rows and cache keys are checked by the suite's shared assertions).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rdkafka::Message;
 use sqlx::PgPool;
-use tenantstream::testing::dead_letter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
-use tenantstream::testing::domain::{self, OrderEventType};
+use tenantstream::testing::domain::{self, OrderEventType, ViolationKind};
 use tenantstream::testing::traffic::{self, EndOffsets, Expected, Generated, Sent};
 use tenantstream::Settings;
 use uuid::Uuid;
@@ -159,9 +157,11 @@ pub async fn wait_for_violations(
         .collect()
 }
 
-/// Asserts the violations stored for `tenants` are exactly the stuck orders', with no deadline
-/// left; that each is on the topic (at least once, and nothing else is) and counted once in
-/// Redis. Returns how many are stored.
+/// Asserts the missed deadlines stored for `tenants` are exactly the stuck orders', with no
+/// deadline left; that every violation stored is on the topic (at least once, and nothing else
+/// is) and counted once in Redis. Returns how many are stored. (A long soak that falls behind
+/// by more than the generated policies' lag thresholds, 10 minutes or more, may also store
+/// lag violations: they are checked as stored, published and counted, not predicted.)
 pub async fn assert_violations(
     admin: &PgPool,
     redis: &fred::prelude::Client,
@@ -170,70 +170,26 @@ pub async fn assert_violations(
     stored: &BTreeSet<Uuid>,
     tenants: &[Uuid],
 ) -> usize {
+    let missed: BTreeSet<Uuid> = sqlx::query_scalar(
+        "SELECT violation_id FROM sla_violations WHERE tenant_id = ANY($1) AND kind = $2",
+    )
+    .bind(tenants)
+    .bind(ViolationKind::DeadlineMissed.as_str())
+    .fetch_all(admin)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
     assert_eq!(
-        stored, &stuck.violations,
-        "the stored violations are the stuck orders'"
+        missed, stuck.violations,
+        "the missed deadlines are the stuck orders'"
     );
     assert_eq!(support::pending_deadlines(admin, &stuck.tenants).await, 0);
-    let published = support::published_ids(settings, stored.len(), Duration::from_secs(60)).await;
+    let published = support::published_ids(settings, stored.len(), Duration::from_secs(120)).await;
     assert_eq!(
         &published, stored,
         "published violations are the stored ones"
     );
     support::assert_counted(admin, redis, tenants).await;
     stored.len()
-}
-
-/// How the dead letters compared with the malformed messages.
-pub struct DeadLetters {
-    pub distinct: usize,
-    pub copies: usize,
-}
-
-/// Asserts every malformed message is in the dead-letter topic, nothing else is, and each
-/// copy (re-sent after a kill between send and commit) is byte-identical.
-pub fn assert_dead_letters(
-    settings: &Settings,
-    messages: &[Generated],
-    sent: &Sent,
-) -> DeadLetters {
-    let malformed = support::malformed_by_position(messages, sent);
-    assert!(!malformed.is_empty(), "the traffic has malformed messages");
-    let dead = support::read_topic(
-        &settings.kafka.brokers,
-        &settings.kafka.dead_letter_topic,
-        malformed.len(),
-        Duration::from_secs(60),
-    );
-    let mut seen: HashMap<(i32, i64), Option<Vec<u8>>> = HashMap::new();
-    for letter in &dead {
-        let source = (
-            support::header(letter, HEADER_SOURCE_PARTITION)
-                .parse::<i32>()
-                .unwrap(),
-            support::header(letter, HEADER_SOURCE_OFFSET)
-                .parse::<i64>()
-                .unwrap(),
-        );
-        let original = malformed
-            .get(&source)
-            .unwrap_or_else(|| panic!("dead letter for a valid message {source:?}"));
-        assert_eq!(
-            letter.payload(),
-            Some(&original.value[..]),
-            "original bytes"
-        );
-        if let Some(previous) = seen.insert(source, letter.payload().map(<[u8]>::to_vec)) {
-            assert_eq!(previous.as_deref(), letter.payload(), "copies differ");
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        malformed.len(),
-        "every malformed message dead-lettered"
-    );
-    DeadLetters {
-        distinct: seen.len(),
-        copies: dead.len(),
-    }
 }

@@ -9,6 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::PgPool;
+use tenantstream::testing::dead_letter::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use tenantstream::testing::kafka;
 use tenantstream::testing::traffic::{self, Generated, Sent};
 use tenantstream::Settings;
@@ -138,4 +139,57 @@ pub fn mock_settings(
     mock.create_topic(&k.dead_letter_topic, 1, 1).unwrap();
     mock.create_topic(&k.sla_violations_topic, 1, 1).unwrap();
     settings
+}
+
+/// How the dead letters compared with the malformed messages.
+pub struct DeadLetters {
+    pub distinct: usize,
+    pub copies: usize,
+}
+
+/// Asserts every malformed message of `messages` (sent as `sent`) is in the dead-letter topic
+/// with its original bytes, nothing else is, and each copy (sent again after a crash between
+/// sending it and committing its batch) is byte-identical: dead letters are at least once.
+pub fn assert_dead_letters(
+    settings: &Settings,
+    messages: &[Generated],
+    sent: &Sent,
+) -> DeadLetters {
+    let malformed = super::malformed_by_position(messages, sent);
+    assert!(!malformed.is_empty(), "the traffic has malformed messages");
+    let dead = read_topic(
+        &settings.kafka.brokers,
+        &settings.kafka.dead_letter_topic,
+        malformed.len(),
+        Duration::from_secs(60),
+    );
+    let mut seen: HashMap<(i32, i64), Option<Vec<u8>>> = HashMap::new();
+    for letter in &dead {
+        let source = (
+            header(letter, HEADER_SOURCE_PARTITION)
+                .parse::<i32>()
+                .unwrap(),
+            header(letter, HEADER_SOURCE_OFFSET).parse::<i64>().unwrap(),
+        );
+        let original = malformed
+            .get(&source)
+            .unwrap_or_else(|| panic!("dead letter for a valid message {source:?}"));
+        assert_eq!(
+            letter.payload(),
+            Some(&original.value[..]),
+            "original bytes"
+        );
+        if let Some(previous) = seen.insert(source, letter.payload().map(<[u8]>::to_vec)) {
+            assert_eq!(previous.as_deref(), letter.payload(), "copies differ");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        malformed.len(),
+        "every malformed message dead-lettered"
+    );
+    DeadLetters {
+        distinct: seen.len(),
+        copies: dead.len(),
+    }
 }

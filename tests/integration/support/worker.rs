@@ -96,6 +96,14 @@ pub fn binary(command: &str, settings: &Settings) -> std::process::Command {
         .env("REDIS_URL", settings.redis.url.expose())
         .env("TENANTSTREAM_SCHEMAS_DIR", &settings.schemas.dir)
         .env(
+            "TENANTSTREAM_REBALANCE_PROTOCOL",
+            settings.kafka.rebalance_protocol.to_string(),
+        )
+        .env(
+            "TENANTSTREAM_TENANT_KEY_MUST_MATCH",
+            settings.tenants.key_must_match.to_string(),
+        )
+        .env(
             "TENANTSTREAM_SLA_DEFAULT_POLICY",
             &settings.sla.default_policy,
         )
