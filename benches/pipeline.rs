@@ -506,16 +506,7 @@ impl WorkerProcess {
             .local_addr()?
             .port();
         let k = &settings.kafka;
-        // Only these settings: nothing else of the benchmark's environment reaches the worker.
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantstream"))
-            .arg("run")
-            .env_clear()
-            .env("KAFKA_BROKERS", &k.brokers)
-            .env("TENANTSTREAM_GROUP_ID", &k.group_id)
-            .env("TENANTSTREAM_ORDERS_TOPIC", &k.orders_topic)
-            .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
-            .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
-            .env("TENANTSTREAM_SLA_VIOLATIONS_TOPIC", &k.sla_violations_topic)
+        let child = support::worker_command(settings, port)
             .env(
                 "TENANTSTREAM_SLA_DEFAULT_POLICY",
                 &settings.sla.default_policy,
@@ -528,15 +519,11 @@ impl WorkerProcess {
                 "TENANTSTREAM_BATCH_LINGER_MS",
                 k.batch_linger_ms.to_string(),
             )
-            .env("DATABASE_URL", settings.database.url.expose())
             .env(
                 "TENANTSTREAM_ADMIN_DATABASE_URL",
                 settings.database.admin_url.expose(),
             )
-            .env("REDIS_URL", settings.redis.url.expose())
-            .env("TENANTSTREAM_HTTP_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
             .spawn()
             .context("starting `tenantstream run`")?;
         Ok(Self {

@@ -383,31 +383,13 @@ impl Worker {
             .local_addr()?
             .port();
         let log = dir.join(format!("{name}.log"));
-        let k = &settings.kafka;
-        // Only these settings: nothing else of the benchmark's environment reaches the worker.
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantstream"))
-            .arg("run")
-            .env_clear()
-            .env("KAFKA_BROKERS", &k.brokers)
-            .env("TENANTSTREAM_GROUP_ID", &k.group_id)
-            .env("TENANTSTREAM_ORDERS_TOPIC", &k.orders_topic)
-            .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
-            .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
-            .env("TENANTSTREAM_SLA_VIOLATIONS_TOPIC", &k.sla_violations_topic)
-            .env(
-                "TENANTSTREAM_REBALANCE_PROTOCOL",
-                k.rebalance_protocol.to_string(),
-            )
+        let child = support::worker_command(settings, port)
             .env(
                 "TENANTSTREAM_SESSION_TIMEOUT_MS",
-                k.session_timeout_ms.to_string(),
+                settings.kafka.session_timeout_ms.to_string(),
             )
-            .env("DATABASE_URL", settings.database.url.expose())
-            .env("REDIS_URL", settings.redis.url.expose())
-            .env("TENANTSTREAM_HTTP_LISTEN", format!("127.0.0.1:{port}"))
             .env("TENANTSTREAM_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn,fred=warn")
-            .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting `tenantstream run`")?;

@@ -257,3 +257,29 @@ impl std::fmt::Display for Percentiles {
         )
     }
 }
+
+/// `tenantstream run` for `settings`: the brokers, consumer group, topics, Postgres and Redis
+/// of the benchmark, its rebalance protocol and its HTTP port, and nothing else of the
+/// benchmark's environment (each benchmark adds what it varies).
+pub fn worker_command(settings: &Settings, http_port: u16) -> std::process::Command {
+    let k = &settings.kafka;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tenantstream"));
+    command
+        .arg("run")
+        .env_clear()
+        .env("KAFKA_BROKERS", &k.brokers)
+        .env("TENANTSTREAM_GROUP_ID", &k.group_id)
+        .env("TENANTSTREAM_ORDERS_TOPIC", &k.orders_topic)
+        .env("TENANTSTREAM_CONFIG_TOPIC", &k.config_topic)
+        .env("TENANTSTREAM_DEAD_LETTER_TOPIC", &k.dead_letter_topic)
+        .env("TENANTSTREAM_SLA_VIOLATIONS_TOPIC", &k.sla_violations_topic)
+        .env(
+            "TENANTSTREAM_REBALANCE_PROTOCOL",
+            k.rebalance_protocol.to_string(),
+        )
+        .env("DATABASE_URL", settings.database.url.expose())
+        .env("REDIS_URL", settings.redis.url.expose())
+        .env("TENANTSTREAM_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .stdout(std::process::Stdio::null());
+    command
+}
