@@ -32,17 +32,19 @@ pub enum Fault {
 }
 
 /// The faults over `production`, sorted by time: `kills` SIGKILLs spread over 5–90% of it
-/// (each restarted 1.5 s later), the leave at 25% and the join at 45%, Postgres at 35%, Redis
-/// at 60% and the broker at 75%.
+/// (each restarted 1.5 s later), the broker at 15%, the leave at 25% and the join at 45%,
+/// Postgres at 35% and Redis at 60%. The broker goes first: a request its outage leaves
+/// unanswered holds a worker's client up to librdkafka's 60 s `socket.timeout.ms`, which is
+/// then over before production ends and the soak starts timing the drain.
 pub fn plan(production: Duration, kills: usize, seed: u64) -> Vec<(Duration, Fault)> {
     let at = |share: f64| production.mul_f64(share);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut plan = vec![
+        (at(0.15), Fault::Broker),
         (at(0.25), Fault::Leave),
         (at(0.45), Fault::Join),
         (at(0.35), Fault::Postgres),
         (at(0.60), Fault::Redis),
-        (at(0.75), Fault::Broker),
     ];
     for i in 0..kills {
         let slot = (i as f64 + rng.gen_range(0.2..0.8)) / kills as f64;
