@@ -162,8 +162,7 @@ impl Fleet {
     /// SIGTERM to every worker; each must exit 0.
     pub fn stop_all(&mut self) {
         self.assert_alive();
-        for worker in self.workers.iter_mut().filter_map(Option::take) {
-            let mut worker = worker;
+        for mut worker in self.workers.iter_mut().filter_map(Option::take) {
             support::stop_cleanly(&mut worker.0);
         }
     }

@@ -24,8 +24,8 @@ pub struct StuckOrders {
 }
 
 impl StuckOrders {
-    /// Sends each stuck tenant's policy and waits until the workers have stored them all, so
-    /// that every stuck order is written under its policy.
+    /// Sends each stuck tenant's policy and waits until the workers have stored them all (their
+    /// offsets are stored), so that every stuck order is written under its policy.
     pub async fn set_policies(&self, settings: &Settings, admin: &PgPool) -> EndOffsets {
         let now = tenantstream::Clock::system().now_ms();
         let policy: serde_json::Value =
@@ -36,21 +36,11 @@ impl StuckOrders {
             .map(|tenant| support::sla_policy_change(*tenant, 1, &policy, now))
             .collect();
         let ends = support::send_config_changes(settings, &changes).await;
-        support::wait_until(
-            Duration::from_secs(120),
-            "the stuck tenants' policies",
-            || async {
-                let stored: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM sla_policies WHERE tenant_id = ANY($1)",
-                )
-                .bind(&self.tenants)
-                .fetch_one(admin)
-                .await
-                .unwrap();
-                stored == self.tenants.len() as i64
-            },
-        )
-        .await;
+        // A batch stores its rows and its next offset together: the offsets at these ends
+        // mean the policies are stored.
+        let topic = &settings.kafka.config_topic;
+        support::wait_for_topic_offsets(admin, settings, topic, &ends, Duration::from_secs(120))
+            .await;
         ends
     }
 }
