@@ -12,6 +12,10 @@
 //! 3. The ceiling: the same events written straight to Postgres by the worker's own statements,
 //!    as the same RLS-bound role, with the same batch size and partition concurrency, and no
 //!    Kafka, decoding or Redis.
+//! 4. The server-side ceiling issue 10 defines: the same shape's rows (fresh tenants) written by
+//!    Postgres alone as the RLS-bound role, each tenant's newest rows in one upsert with the
+//!    version guard under its context, no outbox, deadlines, offsets or batches
+//!    (`support::server_ceiling`).
 //!
 //! The SLA engine's deadline bookkeeping (kept by the same statements that write the orders)
 //! is off by default, as for tenants without a policy. BENCH_SLA=on gives every tenant a
@@ -45,6 +49,7 @@ use uuid::Uuid;
 
 mod support;
 
+use support::server_ceiling::server_side_ceiling;
 use support::{knob, OwnRedis, Percentiles};
 
 #[tokio::main(flavor = "multi_thread")]
@@ -172,6 +177,16 @@ async fn run(
     // 3. Ceiling: the same traffic shape (fresh tenants), decoded up front, written straight
     //    to Postgres with the worker's statements, batch size and partition concurrency.
     let ceiling_rate = ceiling(&settings, &spec, &encoder, partitions).await?;
+    // 4. The server-side ceiling (issue 10's): the same shape's rows, each tenant's in one
+    //    upsert, no client round trip per tenant, over as many sessions as partitions.
+    let fresh: Vec<ValidOrder> = fresh_orders(&settings, &spec, &encoder, 11)
+        .await?
+        .into_iter()
+        .map(|(_, order)| order)
+        .collect();
+    let (server_secs, server_rows) =
+        server_side_ceiling(&settings, &admin, &fresh, partitions as usize).await?;
+    let server_rate = fresh.len() as f64 / server_secs;
 
     let batch = settings.kafka.batch_max_events;
     println!(
@@ -190,6 +205,14 @@ async fn run(
     println!(
         "ratio                  {:.2} of the ceiling",
         pipeline_rate / ceiling_rate
+    );
+    println!(
+        "server-side ceiling    {server_rate:.0} events/s: their {server_rows} rows in {server_secs:.2}s, {:.0} rows/s (each tenant's newest rows in one upsert; no outbox, deadlines or batches)",
+        server_rows as f64 / server_secs
+    );
+    println!(
+        "ratio                  {:.2} of the server-side ceiling",
+        pipeline_rate / server_rate
     );
     println!(
         "worker process         {cpu_per_100k:.2} CPU s per 100k events, peak RSS {:.0} MiB",
@@ -416,6 +439,29 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Traffic of the same shape as `spec` for fresh tenants (the seed moved by `seed_offset`),
+/// decoded and validated up front: each order event with its Kafka key.
+async fn fresh_orders(
+    settings: &Settings,
+    spec: &TrafficSpec,
+    encoder: &Encoder,
+    seed_offset: u64,
+) -> anyhow::Result<Vec<(Vec<u8>, ValidOrder)>> {
+    let fresh = TrafficSpec {
+        seed: spec.seed.wrapping_add(seed_offset),
+        ..spec.clone()
+    };
+    let (messages, _) = traffic::generate(&fresh, encoder);
+    let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None)?);
+    let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE, &settings.limits)?;
+    let mut orders = Vec::with_capacity(messages.len());
+    for message in messages {
+        let event: OrderEvent = decoder.decode(&message.value).await?;
+        orders.push((message.key, event.validate()?));
+    }
+    Ok(orders)
+}
+
 /// The same traffic shape as `spec` (fresh tenants), written straight to Postgres with the
 /// worker's statements, batch size, partition concurrency and SLA tracking (the worker's
 /// default policy, lag window and system clock): events/s.
@@ -425,21 +471,20 @@ async fn ceiling(
     encoder: &Encoder,
     partitions: i32,
 ) -> anyhow::Result<f64> {
-    let ceiling_spec = TrafficSpec {
-        seed: spec.seed.wrapping_add(7),
-        ..spec.clone()
-    };
-    let (messages, _) = traffic::generate(&ceiling_spec, encoder);
-    let store = Arc::new(SchemaStore::load(&settings.schemas.dir, None)?);
-    let decoder = Decoder::new(store, ValidOrder::SCHEMA_FILE, &settings.limits)?;
+    let orders = fresh_orders(settings, spec, encoder, 7).await?;
+    let events = orders.len();
     let mut lanes: Vec<Vec<ValidOrder>> = vec![Vec::new(); partitions as usize];
-    for message in &messages {
-        let event: OrderEvent = decoder.decode(&message.value).await?;
+    for (key, order) in orders {
         // Producers key by order id, so one order's events stay in one lane, as in Kafka.
-        let lane = fxhash(&message.key) % partitions as usize;
-        lanes[lane].push(event.validate()?);
+        lanes[fxhash(&key) % partitions as usize].push(order);
     }
-    let pool = sink::connect_worker(&settings.database).await?;
+    // A connection per lane: the lanes write side by side, as the worker's partitions do up to
+    // its pool's size.
+    let database = tenantstream::DatabaseSettings {
+        max_connections: (partitions as u32).max(2),
+        ..settings.database.clone()
+    };
+    let pool = sink::connect_worker(&database).await?;
     let sla = Arc::new(SlaTracking {
         default_policy: settings
             .sla
@@ -482,7 +527,7 @@ async fn ceiling(
     for writer in futures::future::join_all(writers).await {
         writer??;
     }
-    Ok(messages.len() as f64 / started.elapsed().as_secs_f64())
+    Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
 /// A stable hash for spreading keys over lanes.

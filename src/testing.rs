@@ -21,9 +21,9 @@ pub mod sink {
     pub use crate::sink::cache_outbox::{outbox_state, OutboxState};
     pub use crate::sink::sla::{self, SlaTracking};
     pub use crate::sink::{
-        connect_worker, ensure_rls_applies, known_tenants, load_stored_offsets, migrate,
-        read_current, set_tenant, write_batch, write_each, Batch, BatchOutcome, BatchWrite,
-        Isolated, PartitionKey, RejectedRow, Rows, SinkError,
+        connect_worker, ensure_rls_applies, known_tenants, latest_per_order, load_stored_offsets,
+        migrate, read_current, set_tenant, write_batch, write_each, Batch, BatchOutcome,
+        BatchWrite, Isolated, PartitionKey, RejectedRow, Rows, SinkError,
     };
 }
 

@@ -15,6 +15,8 @@ use tenantstream::testing::{kafka, sink};
 use tenantstream::{Secret, Settings};
 use uuid::Uuid;
 
+pub mod server_ceiling;
+
 /// The benchmarks' database (created and migrated by [`setup`]), not the tests' one.
 pub const DATABASE: &str = "tenantstream_bench";
 

@@ -28,6 +28,8 @@ pub use batch::{rewrite_rows, write_batch, Batch, BatchOutcome, Rows};
 pub use current_rows::read_current;
 pub use isolate::{write_each, Isolated, RejectedRow};
 pub use offsets::{count_stored_offsets, load_stored_offsets, PartitionKey};
+#[cfg(feature = "test-support")]
+pub use orders::latest_per_order;
 pub use pool::{
     check_reachable, connect_owner, connect_worker, connect_worker_checked, connect_worker_sized,
     ensure_rls_applies, migrate, Migrated,

@@ -96,7 +96,7 @@ async fn write_order_batch(
 
 /// Per tenant, the newest event of each order in the batch. Older events of the same order in
 /// the same batch could change nothing, and one statement may touch a row only once.
-fn latest_per_order(orders: &[ValidOrder]) -> BTreeMap<Uuid, Vec<&ValidOrder>> {
+pub fn latest_per_order(orders: &[ValidOrder]) -> BTreeMap<Uuid, Vec<&ValidOrder>> {
     let mut newest: HashMap<(Uuid, &str), &ValidOrder> = HashMap::new();
     for order in orders {
         newest
