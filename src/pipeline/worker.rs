@@ -289,6 +289,9 @@ impl Worker {
             messages: PAUSE_AT_BATCHES * max_events,
             bytes: max_bytes,
         };
+        let writers = (self.settings.database.max_connections as usize)
+            .saturating_sub(1)
+            .max(1);
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
@@ -322,7 +325,11 @@ impl Worker {
                     }
                 }
             }
-            for batch in partitions.take_ready(batch, linger) {
+            // A batch holds a Postgres connection from its start, so no more are in flight than
+            // the pool holds (one kept for the timer, the publisher and the drainer): more would
+            // only wait for a connection, and give up after the pool's acquire timeout.
+            let slots = writers.saturating_sub(in_flight.len());
+            for batch in partitions.take_ready(batch, linger, slots) {
                 metrics::batch_taken(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {

@@ -100,7 +100,7 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         &format!("{BATCH_SIZE_EVENTS}_bucket"),
         &[("topic", orders), ("le", "1000")],
     );
-    assert_eq!(largest, batches, "batch_max_events is 1000");
+    assert_eq!(largest, batches, "the tests' batch_max_events is 500");
     // Each batch decoded, wrote and refreshed its keys once, each timed once.
     for stage in ["decode", "sink", "cache"] {
         let timed = get(
