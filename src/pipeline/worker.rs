@@ -299,7 +299,13 @@ impl Worker {
         // After a receive error, receiving waits (with backoff) while batches go on.
         let mut receive_after: Option<Instant> = None;
         loop {
-            let next_due = partitions.next_due(linger);
+            // With every writer busy, a waiting batch can only start once one is done (the
+            // in-flight branch); its due time would only wake this loop to find no free writer.
+            let next_due = if in_flight.len() < writers {
+                partitions.next_due(linger)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -328,8 +334,8 @@ impl Worker {
             // A batch holds a Postgres connection from its start, so no more are in flight than
             // the pool holds (one kept for the timer, the publisher and the drainer): more would
             // only wait for a connection, and give up after the pool's acquire timeout.
-            let slots = writers.saturating_sub(in_flight.len());
-            for batch in partitions.take_ready(batch, linger, slots) {
+            let free = writers.saturating_sub(in_flight.len());
+            for batch in partitions.take_ready(batch, linger, free) {
                 metrics::batch_taken(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {
