@@ -5,7 +5,7 @@
 -- At 5,000 tenants a 1,000-event batch holds about 900 tenants, so the fixed cost of each
 -- tenant's statements, not the rows, decides throughput: mostly the executor starting up their
 -- plans (profiled with perf: a third of the time in ExecutorStart, a quarter in hash joins built
--- for one or two rows). The previous version ran, per tenant, one statement of six data-modifying
+-- for one or two rows). The previous version ran, per tenant, one statement of four data-modifying
 -- parts and four hash joins, most of them for deadlines that tenants without a policy never have.
 -- Now, per tenant:
 --   * the context is set by an assignment (no SELECT through the executor);

@@ -63,6 +63,7 @@ pub struct DatabaseSettings {
     pub url: Secret,
     /// The owner's connection, used by `migrate` and `demo`.
     pub admin_url: Secret,
+    /// Connections of the worker's pool; batches write to Postgres at most one fewer at once.
     pub max_connections: u32,
     /// A statement of the worker that runs longer is cancelled; when one row's data makes it
     /// so, the row is dead-lettered (`rejected_by_postgres`, SQLSTATE 57014). Lock waits end

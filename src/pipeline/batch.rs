@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use fred::prelude::Client;
 use rdkafka::Message;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -91,6 +91,11 @@ pub(super) struct BatchPath {
     pub cache_wake: Arc<Notify>,
     /// Per-tenant figures of committed batches and dead letters.
     pub tenants: TenantMonitor,
+    /// Batches writing to Postgres at once: one fewer than the pool's connections, which keeps
+    /// one for the timer, the publisher and the drainer. The others wait here for a batch to
+    /// finish its write, not for the pool, whose acquire timeout would count the wait as a
+    /// failure. Decoding, dead letters and Redis go on meanwhile.
+    pub writers: Arc<Semaphore>,
 }
 
 impl BatchPath {
@@ -220,6 +225,7 @@ impl BatchPath {
         loop {
             let events: &[E] = decoded.events();
             let attempt = || async move {
+                let _writing = self.writers.acquire().await.expect("never closed");
                 let batch = position.batch(events.into());
                 match timed_for(Stage::Sink, sink::write_batch(&self.pool, &batch)).await {
                     // Not retried: the rejected rows are isolated below.
@@ -241,6 +247,7 @@ impl BatchPath {
                 "Postgres rejected the batch for its data; writing its rows one by one."
             );
             let attempt = || async move {
+                let _writing = self.writers.acquire().await.expect("never closed");
                 let batch = position.batch(events.into());
                 timed_for(Stage::Sink, sink::write_each(&self.pool, &batch)).await
             };

@@ -195,20 +195,13 @@ impl Partitions {
             .min()
     }
 
-    /// Takes up to `limit` batches that are full or have lingered long enough, those whose
-    /// messages have waited longest first, marking them in flight. A batch holds at most `batch`
-    /// messages and bytes (and at least one message).
-    pub fn take_ready(&mut self, batch: Bounds, linger: Duration, limit: usize) -> Vec<ReadyBatch> {
+    /// Takes the batches that are full or have lingered long enough, marking them in flight.
+    /// A batch holds at most `batch` messages and bytes (and at least one message).
+    pub fn take_ready(&mut self, batch: Bounds, linger: Duration) -> Vec<ReadyBatch> {
         let now = Instant::now();
-        let mut ready: Vec<_> = self
-            .states
+        self.states
             .iter_mut()
             .filter(|(_, state)| state.is_ready(batch, linger, now))
-            .collect();
-        ready.sort_by_key(|(_, state)| state.oldest);
-        ready
-            .into_iter()
-            .take(limit)
             .map(|(partition, state)| {
                 state.in_flight = true;
                 let mut messages = state.take_batch();
@@ -324,7 +317,7 @@ mod tests {
         (0..5).for_each(|offset| assert!(state.accept(message(offset))));
         let offsets = |partitions: &mut Partitions, bytes| -> Vec<i64> {
             let batch = Bounds { messages: 4, bytes };
-            let ready = partitions.take_ready(batch, Duration::ZERO, usize::MAX);
+            let ready = partitions.take_ready(batch, Duration::ZERO);
             partitions.states.get_mut(&partition).unwrap().in_flight = false;
             ready[0].messages.iter().map(|m| m.offset()).collect()
         };
@@ -335,45 +328,6 @@ mod tests {
             "one message however large"
         );
         assert_eq!(offsets(&mut partitions, usize::MAX), [3, 4]);
-    }
-
-    #[test]
-    fn at_most_limit_batches_are_taken_those_waiting_longest_first() {
-        let mut partitions = Partitions::default();
-        let assigned = (0..3)
-            .map(|number| crate::source::AssignedPartition {
-                partition: TopicPartition::new("t", number),
-                stored: None,
-            })
-            .collect();
-        partitions.apply(vec![Assignment::Assigned(assigned)]);
-        // Partition 2's message arrived first, then 0's, then 1's.
-        for number in [2, 0, 1] {
-            let state = partitions
-                .states
-                .get_mut(&TopicPartition::new("t", number))
-                .unwrap();
-            assert!(state.accept(message(0)));
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let unbounded = Bounds {
-            messages: usize::MAX,
-            bytes: usize::MAX,
-        };
-        let taken = |partitions: &mut Partitions, limit| -> Vec<i32> {
-            partitions
-                .take_ready(unbounded, Duration::ZERO, limit)
-                .iter()
-                .map(|b| b.partition.partition)
-                .collect()
-        };
-        assert_eq!(taken(&mut partitions, 2), [2, 0]);
-        assert_eq!(taken(&mut partitions, 0), Vec::<i32>::new());
-        assert_eq!(
-            taken(&mut partitions, 2),
-            [1],
-            "the third waits for a free slot"
-        );
     }
 
     /// A cooperative rebalance revokes some partitions and adds others: the kept ones keep
@@ -399,7 +353,7 @@ mod tests {
             messages: usize::MAX,
             bytes: usize::MAX,
         };
-        let in_flight = partitions.take_ready(unbounded, Duration::ZERO, usize::MAX);
+        let in_flight = partitions.take_ready(unbounded, Duration::ZERO);
         let epoch_of =
             |p: &TopicPartition| in_flight.iter().find(|b| &b.partition == p).unwrap().epoch;
         let (kept_epoch, moved_epoch) = (epoch_of(&kept), epoch_of(&moved));

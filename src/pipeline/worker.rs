@@ -14,7 +14,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::Offset;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::{BatchPath, Processed};
@@ -147,6 +147,11 @@ impl Worker {
             cache_ledger: Arc::default(),
             cache_wake: Arc::new(Notify::new()),
             tenants: TenantMonitor::for_settings(&settings.http, Clock::system()),
+            writers: Arc::new(Semaphore::new(
+                (settings.database.max_connections as usize)
+                    .saturating_sub(1)
+                    .max(1),
+            )),
         };
         Ok(Self {
             settings,
@@ -289,9 +294,6 @@ impl Worker {
             messages: PAUSE_AT_BATCHES * max_events,
             bytes: max_bytes,
         };
-        let writers = (self.settings.database.max_connections as usize)
-            .saturating_sub(1)
-            .max(1);
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
@@ -299,13 +301,7 @@ impl Worker {
         // After a receive error, receiving waits (with backoff) while batches go on.
         let mut receive_after: Option<Instant> = None;
         loop {
-            // With every writer busy, a waiting batch can only start once one is done (the
-            // in-flight branch); its due time would only wake this loop to find no free writer.
-            let next_due = if in_flight.len() < writers {
-                partitions.next_due(linger)
-            } else {
-                None
-            };
+            let next_due = partitions.next_due(linger);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -331,11 +327,7 @@ impl Worker {
                     }
                 }
             }
-            // A batch holds a Postgres connection from its start, so no more are in flight than
-            // the pool holds (one kept for the timer, the publisher and the drainer): more would
-            // only wait for a connection, and give up after the pool's acquire timeout.
-            let free = writers.saturating_sub(in_flight.len());
-            for batch in partitions.take_ready(batch, linger, free) {
+            for batch in partitions.take_ready(batch, linger) {
                 metrics::batch_taken(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {

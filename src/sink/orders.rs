@@ -39,8 +39,8 @@ pub(super) async fn write_orders(
 }
 
 /// Tenants per call of `write_order_batch`. A call is one statement, so `statement_timeout`
-/// covers all its tenants' writes: at about 0.2 ms per tenant and 0.05 ms per row (measured on
-/// the development machine) a call stays near 50 ms, far inside the smallest timeout allowed
+/// covers all its tenants' writes: a call of 100 tenants, or of 1,000 rows of a few, took up to
+/// about 70 ms in psql on the development machine, far inside the smallest timeout allowed
 /// (300 ms), so a timeout still points at a row's own work, while a batch of 1,000 tenants
 /// needs 10 round trips instead of 2,000.
 const TENANTS_PER_CALL: usize = 100;
