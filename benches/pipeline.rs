@@ -478,8 +478,8 @@ async fn ceiling(
         // Producers key by order id, so one order's events stay in one lane, as in Kafka.
         lanes[fxhash(&key) % partitions as usize].push(order);
     }
-    // A connection per lane: the lanes write side by side, as the worker's partitions do up to
-    // its pool's size.
+    // A connection per lane, so that every lane writes side by side (the worker writes at most
+    // `max_connections` - 1 batches at once: 7 by default, more than the default 4 partitions).
     let database = tenantstream::DatabaseSettings {
         max_connections: (partitions as u32).max(2),
         ..settings.database.clone()
