@@ -17,6 +17,11 @@ use uuid::Uuid;
 
 pub mod server_ceiling;
 
+/// The binary's allocator (see `src/main.rs`), for the benchmarks that run replay or the
+/// statements in their own process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The benchmarks' database (created and migrated by [`setup`]), not the tests' one.
 pub const DATABASE: &str = "tenantstream_bench";
 
