@@ -6,7 +6,8 @@
 //! Run: `cargo bench --bench replay` (needs the local Postgres; starts its own redis-server).
 //! Knobs: BENCH_EVENTS (default 200000), BENCH_TENANTS (50), BENCH_PARTITIONS (12; the mock
 //! cluster keeps about 5 MB per partition, so fewer partitions would drop the oldest events),
-//! BENCH_BROKERS (a broker process instead of the in-process mock cluster).
+//! BENCH_BROKERS (a broker process instead of the in-process mock cluster), BENCH_CHUNK (replay's
+//! `--chunk`: 1 to 100000, default 20000).
 
 use std::time::Instant;
 
@@ -33,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let events = knob("BENCH_EVENTS", 200_000);
     let tenants = knob("BENCH_TENANTS", 50);
     let partitions = knob("BENCH_PARTITIONS", 12) as i32;
+    let chunk = knob("BENCH_CHUNK", 20_000).clamp(1, 100_000);
     let redis_server = OwnRedis::start(&[])?;
     let (admin, _mock, mut settings) = support::setup("bench-replay", partitions).await?;
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
@@ -100,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         flush: false,
         dry_run: true,
         rewrite_db: false,
-        chunk: 20_000,
+        chunk,
     };
     // 2. Dry run: read, decode, read Postgres.
     let dry = replay::run(&settings, &options).await?;

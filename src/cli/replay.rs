@@ -35,7 +35,8 @@ pub struct ReplayArgs {
     /// Also write the events to Postgres (idempotent: newer rows are kept).
     #[arg(long)]
     pub rewrite_db: bool,
-    /// Events per round of Postgres reads and Redis writes.
+    /// Events read before their keys are rebuilt: in slices of a tenth of the chunk (at most
+    /// 2,000 keys), three at a time, each one Postgres read and pipelined Redis writes.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk: u32,
 }

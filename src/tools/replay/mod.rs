@@ -62,7 +62,8 @@ pub struct ReplayOptions {
     pub dry_run: bool,
     /// Write the events to Postgres first (the version guard keeps newer rows).
     pub rewrite_db: bool,
-    /// Events per round of Postgres reads and Redis writes.
+    /// Events read before their keys are rebuilt (in slices of a tenth of it, at most 2,000
+    /// keys, up to three at once).
     pub chunk: usize,
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures::StreamExt;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::PgPool;
@@ -36,6 +37,21 @@ pub(super) struct RunState {
 /// Bound on [`RunState::rebuilt`]; past it the set starts over (keys are then only rebuilt
 /// again, which changes nothing).
 const MAX_REMEMBERED_KEYS: usize = 2_000_000;
+
+/// Most keys per slice of a chunk (a slice is a tenth of the chunk's events, at least one
+/// key): a slice's rows are read in one round trip and its keys written in pipelines.
+const MAX_SLICE: usize = 2_000;
+
+/// Slices refreshed at once (at most `database.max_connections`: each holds a connection
+/// while it reads).
+const SLICES_AT_ONCE: usize = 3;
+
+/// What refreshing a slice of keys counted.
+struct Refreshed {
+    missing_rows: u64,
+    keys_written: u64,
+    skipped_older: u64,
+}
 
 pub(super) struct Replayer<'a> {
     settings: &'a Settings,
@@ -210,13 +226,33 @@ impl<'a> Replayer<'a> {
                 }
             }
         }
-        if self.options.dry_run {
-            let items = self.current_items(refs.clone()).await?;
-            summary.missing_rows += (refs.len() - items.len()) as u64;
-            summary.keys_written += items.len() as u64;
-            return Ok(());
+        // Slices of the chunk's keys are refreshed concurrently, so that one slice's Postgres
+        // read (on a connection of its own) overlaps another's Redis writes.
+        let at_once = SLICES_AT_ONCE.min(self.settings.database.max_connections as usize);
+        let slice = (self.options.chunk / 10).clamp(1, MAX_SLICE);
+        let mut done = futures::stream::iter(slices(refs, slice))
+            .map(|slice| self.refresh_slice(slice))
+            .buffer_unordered(at_once);
+        while let Some(slice) = done.next().await {
+            let slice = slice?;
+            summary.missing_rows += slice.missing_rows;
+            summary.keys_written += slice.keys_written;
+            summary.skipped_older += slice.skipped_older;
         }
-        let total = refs.len();
+        Ok(())
+    }
+
+    /// Refreshes the keys of `refs` from their current rows (a dry run only reads the rows).
+    async fn refresh_slice(&self, refs: Vec<CacheRef>) -> anyhow::Result<Refreshed> {
+        let total = refs.len() as u64;
+        if self.options.dry_run {
+            let found = self.current_items(refs).await?.len() as u64;
+            return Ok(Refreshed {
+                missing_rows: total - found,
+                keys_written: found,
+                skipped_older: 0,
+            });
+        }
         let (applied, found) = cache::refresh(&self.redis, refs, &self.ttl, |refs| async move {
             let mut items = self.current_items(refs).await?;
             // A suspension was applied (and its keyspace retired) by the live path when it
@@ -232,10 +268,11 @@ impl<'a> Replayer<'a> {
         .context("writing Redis")?;
         // A key Redis refuses (of the wrong type, say) stops the replay, naming it.
         applied.failures().context("writing Redis")?;
-        summary.missing_rows += (total - found) as u64;
-        summary.keys_written += applied.written as u64;
-        summary.skipped_older += applied.skipped_older as u64;
-        Ok(())
+        Ok(Refreshed {
+            missing_rows: total - found as u64,
+            keys_written: applied.written as u64,
+            skipped_older: applied.skipped_older as u64,
+        })
     }
 
     /// Retires `space` (bumps its generation) and remembers it was flushed.
@@ -293,5 +330,34 @@ impl<'a> Replayer<'a> {
         let items = sink::read_current(&mut tx, &refs).await?;
         tx.rollback().await?;
         Ok(items)
+    }
+}
+
+/// `refs` cut into slices of at most `size`, in order.
+fn slices(refs: Vec<CacheRef>, size: usize) -> impl Iterator<Item = Vec<CacheRef>> {
+    let mut refs = refs.into_iter();
+    std::iter::from_fn(move || {
+        let slice: Vec<CacheRef> = refs.by_ref().take(size).collect();
+        (!slice.is_empty()).then_some(slice)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_keep_every_ref_once_in_order() {
+        let tenant = uuid::Uuid::from_u128(7);
+        let refs: Vec<CacheRef> = (0..5)
+            .map(|n| CacheRef::Order {
+                tenant,
+                order_id: n.to_string(),
+            })
+            .collect();
+        let cut: Vec<Vec<CacheRef>> = slices(refs.clone(), 2).collect();
+        assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        assert_eq!(cut.concat(), refs);
+        assert_eq!(slices(Vec::new(), 2).count(), 0);
     }
 }
