@@ -14,6 +14,10 @@ use tenantstream::Settings;
 
 const RECORDS: usize = 10_000;
 
+/// The binary's allocator (see `src/main.rs`): decoding allocates and frees every field.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn decode_and_validate(c: &mut Criterion) {
     let settings = Settings::default();
     let encoder = Encoder::for_event::<ValidOrder>(&settings.schemas).expect("order encoder");

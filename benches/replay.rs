@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     let rate = |s: &replay::ReplaySummary| s.events_read as f64 / s.seconds;
 
     println!(
-        "replay benchmark: {total} events ({events} orders, {} config changes), {tenants} tenants, {partitions} partitions, {}",
+        "replay benchmark: {total} events ({events} orders, {} config changes), {tenants} tenants, {partitions} partitions, chunk {chunk}, {}",
         config.len(),
         support::broker_name(&settings)
     );

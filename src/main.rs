@@ -4,8 +4,9 @@ use tenantstream::{describe_error, telemetry, Cli};
 
 /// mimalloc rather than glibc's malloc: decoding frees many small values while chunks and
 /// batches free large buffers, and glibc's bin upkeep for that mix (`malloc_consolidate`,
-/// `unlink_chunk`) took about half of replay's reading thread (perf). The benchmarks that run
-/// the pipeline in their own process use it too (`benches/support`).
+/// `unlink_chunk`) took about half of replay's reading thread (perf). The benchmarks use it too
+/// (`benches/support`, `benches/decode.rs`), so that what they run in their own process
+/// allocates as the binary does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

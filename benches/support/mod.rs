@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 pub mod server_ceiling;
 
-/// The binary's allocator (see `src/main.rs`), for the benchmarks that run replay or the
-/// statements in their own process.
+/// The binary's allocator (see `src/main.rs`), so that what the benchmarks run in their own
+/// process (replay, the ceilings' statements, the traffic) allocates as the binary does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

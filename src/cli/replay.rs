@@ -36,7 +36,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub rewrite_db: bool,
     /// Events read before their keys are rebuilt: in slices of a tenth of the chunk (at most
-    /// 2,000 keys), three at a time, each one Postgres read and pipelined Redis writes.
+    /// 2,000 keys), up to three at a time (at most `database.max_connections`), each read from
+    /// Postgres and written to Redis in pipelines.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub chunk: u32,
 }
