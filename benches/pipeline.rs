@@ -7,8 +7,9 @@
 //!    its own (`tenantstream run`), as in production.
 //! 2. Latency at half that throughput, from the moment a message is produced to its key being
 //!    visible in Redis (seen by a keyspace-notification subscriber on a Redis of the
-//!    benchmark's own): half the traffic from the other tenants every 100 ms, half from one
-//!    neighbour tenant, first sent smoothly, then as one burst per second (noisy neighbour).
+//!    benchmark's own): half the traffic from the other tenants every BENCH_ROUND_MS (10 ms),
+//!    half from one neighbour tenant, first sent smoothly, then as one burst per second (noisy
+//!    neighbour).
 //! 3. The ceiling: the same events written straight to Postgres by the worker's own statements,
 //!    as the same RLS-bound role, with the same batch size and partition concurrency, and no
 //!    Kafka, decoding or Redis.
@@ -27,7 +28,8 @@
 //! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (tenant counts to run, one after the
 //! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS and BENCH_BATCH (the
 //! worker's defaults), BENCH_BROKERS (a broker process instead of the in-process mock cluster),
-//! BENCH_SLA (`off`, `on` or `both`; default `off`).
+//! BENCH_SLA (`off`, `on` or `both`; default `off`), BENCH_ROUND_MS (10: how often the latency
+//! runs send; 1 to 1000).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -159,6 +161,7 @@ async fn run(
         others: expected.tenants.clone(),
         neighbour: Uuid::new_v4(),
         rate,
+        round: Duration::from_millis(knob("BENCH_ROUND_MS", 10).clamp(1, 1000) as u64),
         seed: spec.seed,
     };
     let seen = KeyWatcher::start(settings.redis.url.expose()).await?;
@@ -251,11 +254,14 @@ struct Load {
     neighbour: Uuid,
     /// Events/s of both together.
     rate: f64,
+    /// How often the other tenants' traffic is sent (BENCH_ROUND_MS): each message's latency
+    /// is counted from its round's start, so a round's own sending counts against it.
+    round: Duration,
     seed: u64,
 }
 
-/// How long each latency run sends, in 100 ms rounds.
-const ROUNDS: usize = 30;
+/// How long each latency run sends.
+const LATENCY_RUN: Duration = Duration::from_secs(3);
 
 /// When each order of a latency run was sent, by (tenant, order id), and by whom.
 struct SentAt {
@@ -264,8 +270,9 @@ struct SentAt {
 }
 
 impl Load {
-    /// Sends one latency run: every 100 ms a tenth of a second's traffic of the other tenants,
-    /// and the neighbour's half either alongside (smooth) or a second's worth at once (bursty).
+    /// Sends one latency run: every round (10 ms by default) a round's traffic of the other
+    /// tenants, and the neighbour's half either alongside (smooth) or a second's worth at once
+    /// (bursty).
     /// Each order is new, so its key is written once the pipeline has it.
     async fn send(
         &self,
@@ -275,22 +282,24 @@ impl Load {
         ends: &mut EndOffsets,
     ) -> anyhow::Result<SentAt> {
         seen.clear();
-        let per_round = ((self.rate / 2.0) / 10.0).ceil() as usize;
+        let rounds = (LATENCY_RUN.as_millis() / self.round.as_millis()) as usize;
+        let per_second = (1000 / self.round.as_millis()).max(1) as usize;
+        let per_round = (self.rate / 2.0 * self.round.as_secs_f64()).ceil() as usize;
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ run as u64);
         // Every round's traffic is generated before the clock starts, so that encoding a burst
         // delays neither the sends nor the notification subscriber.
-        let mut rounds = Vec::with_capacity(ROUNDS);
-        for round in 0..ROUNDS {
+        let mut generated_rounds = Vec::with_capacity(rounds);
+        for round in 0..rounds {
             let mut others = self.others.clone();
             others.shuffle(&mut rng);
-            let neighbour_count = match (bursty, round % 10) {
+            let neighbour_count = match (bursty, round % per_second) {
                 (false, _) => per_round,
-                (true, 0) => per_round * 10,
+                (true, 0) => per_round * per_second,
                 (true, _) => 0,
             };
             // Order numbers far apart, so that no round names an order of the throughput run
             // (numbered from 0) or of another round.
-            let first_order = (1 + run * ROUNDS + round) * 1_000_000;
+            let first_order = (1 + run * rounds + round) * 1_000_000;
             let parts = [
                 (false, others, per_round),
                 (true, vec![self.neighbour], neighbour_count),
@@ -314,11 +323,11 @@ impl Load {
                 let (messages, expected) = traffic::generate(&spec, &self.encoder);
                 generated.push((is_neighbour, messages, expected));
             }
-            rounds.push(generated);
+            generated_rounds.push(generated);
         }
         let mut sends = Vec::new();
         let started = Instant::now();
-        for (round, generated) in rounds.into_iter().enumerate() {
+        for (round, generated) in generated_rounds.into_iter().enumerate() {
             for (is_neighbour, messages, expected) in generated {
                 let producer = if is_neighbour {
                     self.neighbour_producer.clone()
@@ -333,10 +342,7 @@ impl Load {
                     anyhow::Ok((is_neighbour, at, orders, sent.ends))
                 }));
             }
-            tokio::time::sleep_until(
-                (started + Duration::from_millis(100 * (round as u64 + 1))).into(),
-            )
-            .await;
+            tokio::time::sleep_until((started + self.round * (round as u32 + 1)).into()).await;
         }
         let mut sent_at = SentAt {
             others: HashMap::new(),
