@@ -38,6 +38,9 @@ pub(super) struct RunState {
 /// again, which changes nothing).
 const MAX_REMEMBERED_KEYS: usize = 2_000_000;
 
+/// Messages handed from the receiving task to decoding at once.
+const RECEIVED_BATCH: usize = 1_000;
+
 /// Most keys per slice of a chunk (a slice is a tenth of the chunk's events, at least one
 /// key): a slice's rows are read in one round trip and its keys written in pipelines.
 const MAX_SLICE: usize = 2_000;
@@ -107,21 +110,38 @@ impl<'a> Replayer<'a> {
         }
         let decoder = Decoder::new(self.store.clone(), E::SCHEMA_FILE, &self.settings.limits)?;
         let mut reader = RangeReader::assign(self.settings, ranges)?;
+        // Receiving from Kafka runs in a task of its own, so that librdkafka's queue is drained
+        // on another thread while this one decodes; messages come over in batches, in order.
+        let (received, mut to_decode) = tokio::sync::mpsc::channel::<Vec<OwnedMessage>>(8);
+        let receiving = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(RECEIVED_BATCH);
+            while let Some(message) = reader.next().await {
+                batch.push(message);
+                if batch.len() >= RECEIVED_BATCH
+                    && received.send(std::mem::take(&mut batch)).await.is_err()
+                {
+                    return; // decoding stopped: the rebuild failed
+                }
+            }
+            let _ = received.send(batch).await;
+        });
         // Reading and decoding the next chunk overlaps rebuilding the previous one (Postgres
         // and Redis round trips); chunks are rebuilt one at a time, in order.
         let (chunks, mut to_rebuild) = tokio::sync::mpsc::channel::<Vec<E>>(1);
         let mut read = ReplaySummary::default();
         let reading = async {
             let mut chunk: Vec<E> = Vec::with_capacity(self.options.chunk);
-            while let Some(message) = reader.next().await {
-                read.events_read += 1;
-                progress.inc();
-                self.accept::<E>(&decoder, &message, &mut chunk, &mut read)
-                    .await;
-                if chunk.len() >= self.options.chunk
-                    && chunks.send(std::mem::take(&mut chunk)).await.is_err()
-                {
-                    return; // the rebuild failed; its error is reported
+            while let Some(batch) = to_decode.recv().await {
+                for message in batch {
+                    read.events_read += 1;
+                    progress.inc();
+                    self.accept::<E>(&decoder, &message, &mut chunk, &mut read)
+                        .await;
+                    if chunk.len() >= self.options.chunk
+                        && chunks.send(std::mem::take(&mut chunk)).await.is_err()
+                    {
+                        return; // the rebuild failed; its error is reported
+                    }
                 }
             }
             let _ = chunks.send(chunk).await;
@@ -138,6 +158,13 @@ impl<'a> Replayer<'a> {
             anyhow::Ok(())
         };
         let ((), rebuilt) = tokio::join!(reading, rebuilding);
+        if rebuilt.is_err() {
+            // The receiving task may still be waiting on Kafka.
+            receiving.abort();
+        } else {
+            // It has ended (decoding saw its channel close); a panic there is an error here.
+            receiving.await.context("receiving from Kafka")?;
+        }
         summary.events_read += read.events_read;
         summary.filtered += read.filtered;
         summary.dead += read.dead;
