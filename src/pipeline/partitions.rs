@@ -12,7 +12,7 @@ use rdkafka::Message;
 
 use crate::domain::TopicPartition;
 use crate::metrics;
-use crate::source::{Assignment, Source};
+use crate::source::{message_bytes, Assignment, Source};
 
 /// A size in messages and in bytes of keys and values, reached when either is: a batch's
 /// largest size, and a buffer's size at which its partition pauses.
@@ -40,10 +40,6 @@ pub(super) struct PartitionState {
     /// Bytes of the buffered messages' keys and values.
     buffered_bytes: usize,
     oldest: Option<Instant>,
-}
-
-fn message_bytes(message: &OwnedMessage) -> usize {
-    message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
 }
 
 impl PartitionState {

@@ -22,6 +22,7 @@ use crate::domain::{
 };
 use crate::retry::{self, Classify, RetryPolicy};
 use crate::sink::{self, Rows};
+use crate::source;
 use crate::validate::{KeyPolicy, Validate};
 
 /// What this run has done so far.
@@ -38,8 +39,10 @@ pub(super) struct RunState {
 /// again, which changes nothing).
 const MAX_REMEMBERED_KEYS: usize = 2_000_000;
 
-/// Messages handed from the receiving task to decoding at once.
+/// Messages handed from the receiving task to decoding at once: at most this many, or the
+/// first that reach [`RECEIVED_BATCH_BYTES`] of keys and values (up to 8 batches wait).
 const RECEIVED_BATCH: usize = 1_000;
+const RECEIVED_BATCH_BYTES: usize = 1 << 20;
 
 /// Most keys per slice of a chunk (a slice is a tenth of the chunk's events, at least one
 /// key): a slice's rows are read in one round trip and its keys written in pipelines.
@@ -114,17 +117,20 @@ impl<'a> Replayer<'a> {
         // on another thread while this one decodes; messages come over in batches, in order.
         let (received, mut to_decode) = tokio::sync::mpsc::channel::<Vec<OwnedMessage>>(8);
         let receiving = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(RECEIVED_BATCH);
+            let (mut batch, mut bytes) = (Vec::with_capacity(RECEIVED_BATCH), 0);
             while let Some(message) = reader.next().await {
+                bytes += source::message_bytes(&message);
                 batch.push(message);
-                if batch.len() >= RECEIVED_BATCH
-                    && received.send(std::mem::take(&mut batch)).await.is_err()
-                {
-                    return; // decoding stopped: the rebuild failed
+                if batch.len() >= RECEIVED_BATCH || bytes >= RECEIVED_BATCH_BYTES {
+                    bytes = 0;
+                    if received.send(std::mem::take(&mut batch)).await.is_err() {
+                        return; // decoding stopped: the rebuild failed
+                    }
                 }
             }
             let _ = received.send(batch).await;
         });
+        let stop_receiving = receiving.abort_handle();
         // Reading and decoding the next chunk overlaps rebuilding the previous one (Postgres
         // and Redis round trips); chunks are rebuilt one at a time, in order.
         let (chunks, mut to_rebuild) = tokio::sync::mpsc::channel::<Vec<E>>(1);
@@ -150,20 +156,23 @@ impl<'a> Replayer<'a> {
         let rebuilding = async {
             while let Some(chunk) = to_rebuild.recv().await {
                 if let Err(error) = self.rebuild(chunk, state, summary).await {
-                    // Unblocks the reading side, whose next send now fails.
+                    // Unblocks the reading side, whose next send now fails, and stops
+                    // receiving (which may be waiting on Kafka).
                     to_rebuild.close();
+                    stop_receiving.abort();
                     return Err(error);
                 }
             }
             anyhow::Ok(())
         };
         let ((), rebuilt) = tokio::join!(reading, rebuilding);
-        if rebuilt.is_err() {
-            // The receiving task may still be waiting on Kafka.
-            receiving.abort();
-        } else {
-            // It has ended (decoding saw its channel close); a panic there is an error here.
-            receiving.await.context("receiving from Kafka")?;
+        match receiving.await {
+            // Aborted after a failed rebuild, whose error is the one reported.
+            Err(error) if error.is_cancelled() => {}
+            // A panic: decoding took the closed channel for the end of the ranges, so the
+            // chunk it sent last was rebuilt (harmlessly: rebuilds are idempotent).
+            Err(error) => return Err(error).context("receiving from Kafka"),
+            Ok(()) => {}
         }
         summary.events_read += read.events_read;
         summary.filtered += read.filtered;
