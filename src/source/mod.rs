@@ -133,13 +133,13 @@ impl ClientContext for ProducerContext {
 pub const MISSING_TOPIC_HINT: &str =
     "; create it (`tenantstream check` names every missing topic and how to create it)";
 
-/// The broker does not have a topic the client asked for.
 /// Bytes of a message's key and value, as buffers are bounded.
 pub fn message_bytes(message: &rdkafka::message::OwnedMessage) -> usize {
     use rdkafka::Message;
     message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
 }
 
+/// The broker does not have a topic the client asked for.
 pub fn is_missing_topic(error: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode::{UnknownTopic, UnknownTopicOrPartition};
     matches!(
