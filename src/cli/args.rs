@@ -149,7 +149,8 @@ pub struct WorkerFlags {
     /// Most elements of one array or map in a message (line items per order).
     #[arg(long, env = "TENANTSTREAM_MAX_ITEMS")]
     pub max_items: Option<usize>,
-    /// Bytes of buffered messages at which a partition stops fetching.
+    /// Bytes of messages that all partitions together may hold (buffered or being written)
+    /// before the worker stops receiving.
     #[arg(long, env = "TENANTSTREAM_MAX_BUFFERED_BYTES")]
     pub max_buffered_bytes: Option<usize>,
 }

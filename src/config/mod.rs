@@ -128,8 +128,10 @@ pub struct LimitSettings {
     /// The most elements of one array or map in a message: line items per order, and any
     /// array a writer schema adds (skipped elements cost time too).
     pub max_items: usize,
-    /// A partition stops fetching while its buffered messages hold this many bytes (or
-    /// four batches of messages, whichever comes first).
+    /// The bytes of keys and values that all partitions together may hold, buffered or in
+    /// batches being written: beyond it the worker stops receiving, and librdkafka stops
+    /// fetching once its prefetch queue holds as much again (a partition also stops fetching
+    /// at four batches of messages of its own). A batch holds at most a quarter of it.
     pub max_buffered_bytes: usize,
 }
 

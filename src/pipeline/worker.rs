@@ -40,8 +40,13 @@ use crate::source::{self, Source, WorkerProducer};
 use crate::validate::{parse_sla_policy, KeyPolicy};
 
 /// A partition stops fetching when this many batches wait behind the one being written: enough
-/// to start the next batch at once, bounded so a slow Postgres cannot fill memory.
+/// to start the next batch at once. This bounds messages; their bytes are bounded by the budget
+/// all partitions share (`limits.max_buffered_bytes`), beyond which the worker stops receiving.
 const PAUSE_AT_BATCHES: usize = 4;
+
+/// How long the partitions may hold the byte budget before the worker receives again, pausing
+/// each partition that delivers a message (see `run_until_stopped`).
+const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -290,18 +295,29 @@ impl Worker {
             messages: max_events,
             bytes: max_bytes / PAUSE_AT_BATCHES,
         };
-        let pause_at = Bounds {
-            messages: PAUSE_AT_BATCHES * max_events,
-            bytes: max_bytes,
-        };
+        let pause_at = PAUSE_AT_BATCHES * max_events;
         let mut partitions = Partitions::default();
         // At most one batch per partition is being written; partitions write concurrently.
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
         let mut consume_backoff = RetryPolicy::CONSUME.backoff();
         // After a receive error, receiving waits (with backoff) while batches go on.
         let mut receive_after: Option<Instant> = None;
+        // Since when the partitions have held the byte budget (no receiving meanwhile).
+        let mut full_since: Option<Instant> = None;
         loop {
             let next_due = partitions.next_due(linger);
+            let room = partitions.has_room(max_bytes);
+            full_since = if room {
+                None
+            } else {
+                full_since.or_else(|| Some(Instant::now()))
+            };
+            // Batches that free no room for a while (a dependency is down, say) must not stop
+            // librdkafka's callbacks (rebalances, statistics, its poll interval): receiving
+            // goes on then, and each partition that delivers pauses until its batch is done.
+            let stalled_at = full_since.map(|t| t + STALLED_AFTER);
+            let stalled = stalled_at.is_some_and(|t| t <= Instant::now());
+            let receive = receive_after.is_none() && (room || stalled);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -310,13 +326,15 @@ impl Worker {
                 }
                 _ = sleep_until(next_due) => {}
                 _ = sleep_until(receive_after) => receive_after = None,
-                received = consumer.recv(), if receive_after.is_none() => {
+                _ = sleep_until(stalled_at), if !stalled => {}
+                received = consumer.recv(), if receive => {
                     partitions.apply(consumer.context().take_changes());
                     match received {
                         Ok(message) => {
                             self.health.recovered(Component::Kafka);
                             consume_backoff.reset();
-                            partitions.accept(consumer, message.detach(), pause_at);
+                            let pause = !room;
+                            partitions.accept(consumer, message.detach(), pause_at, pause);
                         }
                         Err(error) => {
                             let retry_in = consume_backoff.advance();
@@ -365,7 +383,7 @@ impl Worker {
         let Some(state) = partitions.current(&batch.partition, batch.epoch) else {
             return;
         };
-        state.in_flight = false;
+        state.batch_done();
         match processed {
             Processed::Committed { next_offset } => {
                 state.committed = Some(next_offset);

@@ -76,8 +76,8 @@ pub fn subscribe(
         // an empty fetch only after this wait, so it adds up to this much latency there: 10 ms
         // rather than librdkafka's 500 ms. An idle worker sends at most 100 fetches/s per broker.
         .set("fetch.wait.max.ms", "10")
-        // librdkafka's prefetch queue (all partitions together) holds at most one partition's
-        // buffer bound in bytes, instead of its default 64 MiB.
+        // librdkafka's prefetch queue (all partitions together) holds at most the worker's
+        // byte budget for its own buffers (at least 1 MiB), instead of its default 64 MiB.
         .set(
             "queued.max.messages.kbytes",
             (limits.max_buffered_bytes / 1024)

@@ -1,6 +1,6 @@
 //! Pipeline behaviour on librdkafka's mock cluster (in-process broker, correct end offsets):
-//! strict tenants, and a Redis outage during which Postgres progress continues and the cache
-//! work waits and drains later.
+//! strict tenants, a Redis outage during which Postgres progress continues and the cache
+//! work waits and drains later, and a byte budget of a few messages.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -170,6 +170,27 @@ async fn redis_outage_keeps_postgres_progress_and_drains_later() {
             serde_json::from_str(&json.expect("key drained after outage")).unwrap();
         assert_eq!(value["version"], *version);
     }
+    support::assert_rows(&admin, &expected).await;
+}
+
+/// A byte budget of a few messages (`limits.max_buffered_bytes` of 4 KiB, which all partitions
+/// share; batches of about 1 KiB): the partitions pause again and again, each waiting for the
+/// others' bytes to be written, while librdkafka holds a megabyte of prefetched messages, and
+/// still every event is written and every stored offset reaches its partition's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_budget_of_a_few_messages_still_writes_every_event() {
+    let mock = MockCluster::new(1).unwrap();
+    let mut settings = support::mock_settings(&mock, "tiny-buffers");
+    settings.limits.max_buffered_bytes = 4096;
+    let admin = support::admin_pool().await;
+    let (messages, expected) = traffic(&settings, 3000, 5, rand::random());
+    let producer = kafka::producer(&settings.kafka).unwrap();
+    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
+        .await
+        .unwrap();
+    let worker = support::RunningWorker::start(&settings, Health::default()).await;
+    support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
+    worker.stop().await;
     support::assert_rows(&admin, &expected).await;
 }
 

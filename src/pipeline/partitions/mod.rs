@@ -1,7 +1,9 @@
 //! The partitions this worker owns: each one's buffered messages, in order, its stored offset,
-//! and whether a batch of it is being written. A partition whose buffer fills (in messages or
-//! in bytes) while a batch is written stops fetching (pause) until the batch is done. A message
-//! that is not the next offset is counted as a gap.
+//! and whether a batch of it is being written. A partition whose buffer fills (in messages)
+//! while a batch is written stops fetching (pause) until the batch is done. The worker stops
+//! receiving while all partitions together hold its budget of bytes (buffered or in batches
+//! being written), so that memory is bounded however many partitions are owned and however
+//! long the backlog. A message that is not the next offset is counted as a gap.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use crate::metrics;
 use crate::source::{message_bytes, Assignment, Source};
 
 /// A size in messages and in bytes of keys and values, reached when either is: a batch's
-/// largest size, and a buffer's size at which its partition pauses.
+/// largest size.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bounds {
     pub messages: usize,
@@ -27,7 +29,7 @@ pub(super) struct PartitionState {
     /// Which assignment this state belongs to; a batch of an older one is ignored.
     epoch: u64,
     /// A batch of this partition is being written.
-    pub in_flight: bool,
+    in_flight: bool,
     /// Fetching is paused because the buffer is full while a batch is being written.
     paused: bool,
     /// The next offset stored in Postgres, as this worker last saw it.
@@ -39,6 +41,8 @@ pub(super) struct PartitionState {
     fresh: bool,
     /// Bytes of the buffered messages' keys and values.
     buffered_bytes: usize,
+    /// Bytes of the keys and values of the batch being written.
+    in_flight_bytes: usize,
     oldest: Option<Instant>,
 }
 
@@ -53,6 +57,7 @@ impl PartitionState {
             buffer: Vec::new(),
             fresh: true,
             buffered_bytes: 0,
+            in_flight_bytes: 0,
             oldest: None,
         }
     }
@@ -86,11 +91,22 @@ impl PartitionState {
         self.buffer.len() >= bounds.messages || self.buffered_bytes >= bounds.bytes
     }
 
+    /// Bytes this partition holds: buffered, and in the batch being written.
+    fn held_bytes(&self) -> usize {
+        self.buffered_bytes + self.in_flight_bytes
+    }
+
+    /// Its batch is done (written or not).
+    pub fn batch_done(&mut self) {
+        self.in_flight = false;
+        self.in_flight_bytes = 0;
+    }
+
     fn due_at(&self, linger: Duration) -> Option<Instant> {
         self.oldest.map(|t| t + linger)
     }
 
-    /// Starts over from `stored` (after a fence), keeping the pause.
+    /// Starts over from `stored` (after a fence, its batch done), keeping the pause.
     pub fn restart_at(&mut self, stored: Option<i64>) {
         let paused = self.paused;
         *self = Self::starting_at(stored, self.epoch);
@@ -131,6 +147,12 @@ pub(super) struct ReadyBatch {
 pub(super) struct Partitions {
     states: HashMap<TopicPartition, PartitionState>,
     next_epoch: u64,
+    /// At least the bytes every partition holds, buffered or in batches being written: counted
+    /// up as messages arrive, and counted again from the states only when it reaches the
+    /// budget (see [`Partitions::has_room`]). A revoked partition's batch still being written
+    /// no longer counts, so just after a rebalance the worker may hold up to about twice the
+    /// budget.
+    held_bytes: usize,
 }
 
 impl Partitions {
@@ -153,22 +175,45 @@ impl Partitions {
         }
     }
 
-    /// Buffers a message of an owned partition; pauses the partition when its buffer is full.
-    pub fn accept(&mut self, consumer: &Source, message: OwnedMessage, pause_at: Bounds) {
+    /// Buffers a message of an owned partition; pauses the partition when its buffer holds
+    /// `messages`, or when told to (librdkafka then drops what it prefetched for it and fetches
+    /// it again after the resume, once its batch is done).
+    pub fn accept(
+        &mut self,
+        consumer: &impl Fetching,
+        message: OwnedMessage,
+        messages: usize,
+        pause: bool,
+    ) {
         let partition = TopicPartition::new(message.topic(), message.partition());
         let Some(state) = self.states.get_mut(&partition) else {
             return;
         };
-        state.accept(message);
-        if state.reaches(pause_at) && !state.paused {
-            state.paused = set_paused(consumer, &partition, true);
+        let bytes = message_bytes(&message);
+        if state.accept(message) {
+            self.held_bytes += bytes;
+        }
+        if (pause || state.buffer.len() >= messages) && !state.paused {
+            state.paused = consumer.set_paused(&partition, true);
         }
     }
 
-    pub fn resume_if_drained(&mut self, consumer: &Source, partition: &TopicPartition) {
+    /// Whether all partitions together hold less than `budget` bytes, buffered or in batches
+    /// being written: the worker receives from librdkafka only then. Otherwise messages wait
+    /// in librdkafka's queue, which stops fetching once it holds its own bound, without a
+    /// pause (a pause drops the prefetched messages, and a resume takes librdkafka a while).
+    pub fn has_room(&mut self, budget: usize) -> bool {
+        if self.held_bytes >= budget {
+            self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
+        }
+        self.held_bytes < budget
+    }
+
+    /// Resumes the partition, paused for its buffer's messages, once its batch is done.
+    pub fn resume_if_drained(&mut self, consumer: &impl Fetching, partition: &TopicPartition) {
         if let Some(state) = self.states.get_mut(partition) {
             if state.paused && !state.in_flight {
-                state.paused = !set_paused(consumer, partition, false);
+                state.paused = !consumer.set_paused(partition, false);
             }
         }
     }
@@ -216,6 +261,7 @@ impl Partitions {
                     state.buffered_bytes = state.buffer.iter().map(message_bytes).sum();
                     state.oldest = Some(now);
                 }
+                state.in_flight_bytes = messages.iter().map(message_bytes).sum();
                 ReadyBatch {
                     partition: partition.clone(),
                     epoch: state.epoch,
@@ -227,19 +273,26 @@ impl Partitions {
     }
 }
 
-/// Pauses or resumes fetching one partition; true when librdkafka accepted it.
-fn set_paused(consumer: &Source, partition: &TopicPartition, pause: bool) -> bool {
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(&partition.topic, partition.partition);
-    let result = if pause {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(error) = &result {
-        tracing::warn!(%error, %partition, pause, "Pause/resume failed.");
+/// What stops and starts fetching a partition: librdkafka's consumer (a recorder in tests).
+pub(super) trait Fetching {
+    /// Pauses or resumes fetching one partition; true when it was done.
+    fn set_paused(&self, partition: &TopicPartition, pause: bool) -> bool;
+}
+
+impl Fetching for Source {
+    fn set_paused(&self, partition: &TopicPartition, pause: bool) -> bool {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&partition.topic, partition.partition);
+        let result = if pause {
+            self.pause(&tpl)
+        } else {
+            self.resume(&tpl)
+        };
+        if let Err(error) = &result {
+            tracing::warn!(%error, %partition, pause, "Pause/resume failed.");
+        }
+        result.is_ok()
     }
-    result.is_ok()
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -251,158 +304,4 @@ pub(super) async fn sleep_until(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::message::Timestamp;
-
-    fn message(offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            Some(vec![0; 100]),
-            None,
-            "t".into(),
-            Timestamp::NotAvailable,
-            0,
-            offset,
-            None,
-        )
-    }
-
-    #[test]
-    fn partition_accepts_each_offset_once_from_the_stored_one() {
-        let mut state = PartitionState::starting_at(Some(10), 1);
-        assert!(state.accept(message(10)));
-        assert!(!state.accept(message(9)));
-        assert!(!state.accept(message(10)));
-        assert!(state.accept(message(12)));
-        let batch = state.take_batch();
-        assert_eq!(
-            batch.iter().map(|m| m.offset()).collect::<Vec<_>>(),
-            vec![10, 12]
-        );
-        assert!(state.due_at(Duration::from_millis(5)).is_none());
-    }
-
-    #[test]
-    fn a_log_that_ends_before_the_stored_offset_is_read_from_its_start() {
-        let mut state = PartitionState::starting_at(Some(1000), 1);
-        assert!(state.accept(message(0)), "the first message after a reset");
-        assert!(state.accept(message(1)));
-        assert!(
-            !state.accept(message(1)),
-            "later, lower offsets are still dropped"
-        );
-        let mut refenced = PartitionState::starting_at(Some(5), 1);
-        refenced.restart_at(Some(1000));
-        assert!(
-            !refenced.accept(message(7)),
-            "fetched before a seek after a fence"
-        );
-    }
-
-    #[test]
-    fn a_batch_is_cut_at_its_bytes_and_keeps_at_least_one_message() {
-        let partition = TopicPartition::new("t", 0);
-        let mut partitions = Partitions::default();
-        partitions.apply(vec![Assignment::Assigned(vec![
-            crate::source::AssignedPartition {
-                partition: partition.clone(),
-                stored: None,
-            },
-        ])]);
-        let state = partitions.states.get_mut(&partition).unwrap();
-        (0..5).for_each(|offset| assert!(state.accept(message(offset))));
-        let offsets = |partitions: &mut Partitions, bytes| -> Vec<i64> {
-            let batch = Bounds { messages: 4, bytes };
-            let ready = partitions.take_ready(batch, Duration::ZERO);
-            partitions.states.get_mut(&partition).unwrap().in_flight = false;
-            ready[0].messages.iter().map(|m| m.offset()).collect()
-        };
-        assert_eq!(offsets(&mut partitions, 250), [0, 1], "100 bytes each");
-        assert_eq!(
-            offsets(&mut partitions, 50),
-            [2],
-            "one message however large"
-        );
-        assert_eq!(offsets(&mut partitions, usize::MAX), [3, 4]);
-    }
-
-    /// A cooperative rebalance revokes some partitions and adds others: the kept ones keep
-    /// their assignment, buffer and batch in flight; a revoked one's batch is no longer current
-    /// (its outcome is ignored, and the stored offset fences it), even once it comes back.
-    #[test]
-    fn a_partial_revocation_and_an_added_assignment_leave_the_kept_partitions_as_they_were() {
-        let [kept, moved, added] = [0, 1, 2].map(|p| TopicPartition::new("t", p));
-        let at = |partition: &TopicPartition, stored| crate::source::AssignedPartition {
-            partition: partition.clone(),
-            stored,
-        };
-        let mut partitions = Partitions::default();
-        partitions.apply(vec![Assignment::Assigned(vec![
-            at(&kept, Some(10)),
-            at(&moved, Some(20)),
-        ])]);
-        for (partition, first) in [(&kept, 10), (&moved, 20)] {
-            let state = partitions.states.get_mut(partition).unwrap();
-            (first..first + 3).for_each(|offset| assert!(state.accept(message(offset))));
-        }
-        let unbounded = Bounds {
-            messages: usize::MAX,
-            bytes: usize::MAX,
-        };
-        let in_flight = partitions.take_ready(unbounded, Duration::ZERO);
-        let epoch_of =
-            |p: &TopicPartition| in_flight.iter().find(|b| &b.partition == p).unwrap().epoch;
-        let (kept_epoch, moved_epoch) = (epoch_of(&kept), epoch_of(&moved));
-        partitions
-            .current(&kept, kept_epoch)
-            .unwrap()
-            .accept(message(13));
-
-        partitions.apply(vec![
-            Assignment::Revoked(vec![moved.clone()]),
-            Assignment::Assigned(vec![at(&added, Some(5))]),
-        ]);
-        let state = partitions
-            .current(&kept, kept_epoch)
-            .expect("kept as it was");
-        assert!(state.in_flight);
-        assert_eq!(state.committed, Some(10));
-        let buffered: Vec<i64> = state.buffer.iter().map(|m| m.offset()).collect();
-        assert_eq!(buffered, [13]);
-        assert!(partitions.current(&moved, moved_epoch).is_none());
-        let added_state = partitions.states.get(&added).unwrap();
-        assert_eq!(
-            (added_state.committed, added_state.position),
-            (Some(5), Some(5))
-        );
-
-        partitions.apply(vec![Assignment::Assigned(vec![at(&moved, Some(23))])]);
-        assert!(
-            partitions.current(&moved, moved_epoch).is_none(),
-            "a batch from before the revocation stays stale"
-        );
-        assert_eq!(partitions.states.get(&moved).unwrap().committed, Some(23));
-    }
-
-    #[test]
-    fn a_buffer_is_full_at_either_bound() {
-        let mut state = PartitionState::starting_at(None, 1);
-        let pause_at = Bounds {
-            messages: 10,
-            bytes: 250,
-        };
-        state.accept(message(0));
-        state.accept(message(1));
-        assert!(!state.reaches(pause_at));
-        state.accept(message(2));
-        assert!(state.reaches(pause_at), "300 bytes");
-        state.take_batch();
-        assert!(!state.reaches(pause_at));
-        let by_count = Bounds {
-            messages: 1,
-            bytes: usize::MAX,
-        };
-        state.accept(message(3));
-        assert!(state.reaches(by_count));
-    }
-}
+mod tests;
