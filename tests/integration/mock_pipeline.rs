@@ -44,10 +44,7 @@ async fn strict_mode_dead_letters_unknown_tenants() {
         .await
         .unwrap();
 
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
-        .await
-        .unwrap();
+    let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
     let worker = support::RunningWorker::start(&settings, Health::default()).await;
     support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
     worker.stop().await;
@@ -184,10 +181,7 @@ async fn a_byte_budget_of_a_few_messages_still_writes_every_event() {
     settings.limits.max_buffered_bytes = 4096;
     let admin = support::admin_pool().await;
     let (messages, expected) = traffic(&settings, 3000, 5, rand::random());
-    let producer = kafka::producer(&settings.kafka).unwrap();
-    let sent = traffic::send(&producer, &settings.kafka.orders_topic, &messages, 0, None)
-        .await
-        .unwrap();
+    let sent = support::send(&settings, &settings.kafka.orders_topic, &messages).await;
     let worker = support::RunningWorker::start(&settings, Health::default()).await;
     support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
     worker.stop().await;

@@ -189,10 +189,9 @@ impl Partitions {
         let Some(state) = self.states.get_mut(&partition) else {
             return;
         };
-        let bytes = message_bytes(&message);
-        if state.accept(message) {
-            self.held_bytes += bytes;
-        }
+        let buffered = state.buffered_bytes;
+        state.accept(message);
+        self.held_bytes += state.buffered_bytes - buffered;
         if (pause || state.buffer.len() >= messages) && !state.paused {
             state.paused = consumer.set_paused(&partition, true);
         }
@@ -245,6 +244,7 @@ impl Partitions {
             .filter(|(_, state)| state.is_ready(batch, linger, now))
             .map(|(partition, state)| {
                 state.in_flight = true;
+                let held = state.buffered_bytes;
                 let mut messages = state.take_batch();
                 let mut bytes = 0;
                 let cut = messages
@@ -255,13 +255,14 @@ impl Partitions {
                     })
                     .map_or(messages.len(), |over| over.max(1))
                     .min(batch.messages);
+                state.in_flight_bytes = held;
                 if cut < messages.len() {
                     // Keep the rest (arrived while the previous batch was written) for the next.
                     state.buffer = messages.split_off(cut);
-                    state.buffered_bytes = state.buffer.iter().map(message_bytes).sum();
+                    state.in_flight_bytes = messages.iter().map(message_bytes).sum();
+                    state.buffered_bytes = held - state.in_flight_bytes;
                     state.oldest = Some(now);
                 }
-                state.in_flight_bytes = messages.iter().map(message_bytes).sum();
                 ReadyBatch {
                     partition: partition.clone(),
                     epoch: state.epoch,

@@ -199,6 +199,22 @@ fn a_batch_is_cut_at_its_bytes_and_keeps_at_least_one_message() {
     assert_eq!(offsets(&mut partitions, usize::MAX), [3, 4]);
 }
 
+#[test]
+fn a_cut_batch_holds_its_own_bytes_and_the_buffer_the_rest() {
+    let fetching = Recorder::default();
+    let mut partitions = assigned(1);
+    receive(&mut partitions, &fetching, 0, 5);
+    let batch = Bounds {
+        messages: 4,
+        bytes: 250,
+    };
+    partitions.take_ready(batch, Duration::ZERO);
+    let state = &partitions.states[&TopicPartition::new("t", 0)];
+    assert_eq!((state.in_flight_bytes, state.buffered_bytes), (200, 300));
+    assert!(!partitions.has_room(500), "500 bytes held in all");
+    assert!(partitions.has_room(501));
+}
+
 /// A cooperative rebalance revokes some partitions and adds others: the kept ones keep
 /// their assignment, buffer and batch in flight; a revoked one's batch is no longer current
 /// (its outcome is ignored, and the stored offset fences it), even once it comes back.
