@@ -26,10 +26,11 @@
 //!
 //! Run: `cargo bench --bench pipeline` (needs the local Postgres and `redis-server`).
 //! Knobs: BENCH_EVENTS (default 100000), BENCH_TENANTS (tenant counts to run, one after the
-//! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS and BENCH_BATCH (the
-//! worker's defaults), BENCH_BROKERS (a broker process instead of the in-process mock cluster),
-//! BENCH_SLA (`off`, `on` or `both`; default `off`), BENCH_ROUND_MS (10: how often the latency
-//! runs send; 1 to 1000).
+//! other: default `20,500,5000`), BENCH_PARTITIONS (4), BENCH_LINGER_MS, BENCH_BATCH and
+//! BENCH_BUFFERED_BYTES (the worker's defaults), BENCH_BROKERS (a broker process instead of
+//! the in-process mock cluster), BENCH_SLA (`off`, `on` or `both`; default `off`),
+//! BENCH_ROUND_MS (10: how often the latency runs send; 1 to 1000), BENCH_LATENCY_RATE (events/s
+//! of the latency runs; default half the measured throughput).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,8 @@ async fn run(
     settings.kafka.batch_linger_ms =
         knob("BENCH_LINGER_MS", kafka_defaults.batch_linger_ms as usize) as u64;
     settings.kafka.batch_max_events = knob("BENCH_BATCH", kafka_defaults.batch_max_events);
+    settings.limits.max_buffered_bytes =
+        knob("BENCH_BUFFERED_BYTES", settings.limits.max_buffered_bytes);
     let encoder = Arc::new(Encoder::for_event::<ValidOrder>(&settings.schemas)?);
     let spec = TrafficSpec {
         count: events,
@@ -168,8 +171,10 @@ async fn run(
         peak_rss as f64 / MIB
     );
 
-    // 2. Latency at half that rate, first with a smooth neighbour, then a bursty one.
-    let rate = (pipeline_rate / 2.0).max(100.0);
+    // 2. Latency at half that rate (or BENCH_LATENCY_RATE, to compare workers at one rate),
+    // first with a smooth neighbour, then a bursty one.
+    let half = (pipeline_rate / 2.0).max(100.0) as usize;
+    let rate = knob("BENCH_LATENCY_RATE", half).max(100) as f64;
     let load = Load {
         producer,
         neighbour_producer: support::producer(&settings)?,
@@ -587,6 +592,10 @@ impl WorkerProcess {
             .env(
                 "TENANTSTREAM_BATCH_LINGER_MS",
                 k.batch_linger_ms.to_string(),
+            )
+            .env(
+                "TENANTSTREAM_MAX_BUFFERED_BYTES",
+                settings.limits.max_buffered_bytes.to_string(),
             )
             .env(
                 "TENANTSTREAM_ADMIN_DATABASE_URL",

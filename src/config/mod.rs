@@ -227,7 +227,7 @@ impl Default for KafkaSettings {
             config_topic: "config-changes".into(),
             dead_letter_topic: "dead-letters".into(),
             sla_violations_topic: "sla-violations".into(),
-            batch_max_events: 5000,
+            batch_max_events: 20_000,
             batch_linger_ms: 0,
             session_timeout_ms: 10_000,
             rebalance_protocol: RebalanceProtocol::Eager,

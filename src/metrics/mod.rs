@@ -20,9 +20,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Events per batch: a batch holds at most `kafka.batch_max_events` (default 5,000).
+/// Events per batch: a batch holds at most `kafka.batch_max_events` (default 20,000).
 const BATCH_SIZE_BUCKETS: &[f64] = &[
-    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0,
 ];
 
 /// How often the exporter's histograms are drained into their buckets when nobody scrapes.
