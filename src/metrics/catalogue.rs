@@ -16,6 +16,7 @@ pub const CACHE_VISIBLE_SECONDS: &str = "tenantstream_cache_visible_latency_seco
 pub const CONSUMER_LAG: &str = "tenantstream_consumer_lag_messages";
 pub const REBALANCES: &str = "tenantstream_rebalances_total";
 pub const ASSIGNED_PARTITIONS: &str = "tenantstream_assigned_partitions";
+pub const BUFFERED_BYTES: &str = "tenantstream_buffered_bytes";
 pub const POSTGRES_POOL_CONNECTIONS: &str = "tenantstream_postgres_pool_connections";
 pub const CACHE_KEYS_WRITTEN: &str = "tenantstream_cache_keys_written_total";
 pub const CACHE_APPLY_SECONDS: &str = "tenantstream_cache_apply_seconds";
@@ -72,6 +73,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition of this worker (librdkafka statistics, every 5 s; 0 once revoked, the new owner reports it)."),
     (REBALANCES, Kind::Counter, "Partition rebalances that moved partitions of this worker, by kind: assign (partitions received, at their stored offsets), revoke (partitions released; under the cooperative protocol only those that move)."),
     (ASSIGNED_PARTITIONS, Kind::Gauge, "Partitions this worker holds now, by topic."),
+    (BUFFERED_BYTES, Kind::Gauge, "Bytes of message keys and values the worker holds, buffered or in batches being written, against limits.max_buffered_bytes (counted when a batch starts or ends)."),
     (POSTGRES_POOL_CONNECTIONS, Kind::Gauge, "Connections of the worker's Postgres pool, by state: in_use, idle (every 5 s)."),
     (CACHE_KEYS_WRITTEN, Kind::Counter, "Redis writes of committed rows: written, or skipped_older (Redis held a newer version)."),
     (CACHE_APPLY_SECONDS, Kind::Histogram, "Seconds one Redis refresh of a batch's (or the drainer's) cache work took."),
@@ -190,6 +192,7 @@ pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str], violation_k
     counter!(SLA_PUBLISH_ERRORS).increment(0);
     counter!(REPLAY_MESSAGES).increment(0);
     for name in [
+        BUFFERED_BYTES,
         CACHE_OUTBOX_BACKLOG,
         CACHE_OUTBOX_ROWS,
         CACHE_OUTBOX_OLDEST_SECONDS,

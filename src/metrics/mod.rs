@@ -323,6 +323,10 @@ pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duratio
     );
 }
 
+pub fn buffered_bytes(held: usize) {
+    gauge!(BUFFERED_BYTES).set(held as f64);
+}
+
 pub fn cache_backlog(pending_tenants: usize) {
     gauge!(CACHE_OUTBOX_BACKLOG).set(pending_tenants as f64);
 }

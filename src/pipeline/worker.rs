@@ -323,6 +323,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     self.finish_batch(consumer, &mut partitions, done).await;
+                    metrics::buffered_bytes(partitions.recount_held_bytes());
                 }
                 _ = sleep_until(next_due) => {}
                 _ = sleep_until(receive_after) => receive_after = None,
@@ -345,7 +346,11 @@ impl Worker {
                     }
                 }
             }
-            for batch in partitions.take_ready(batch, linger) {
+            let taken = partitions.take_ready(batch, linger);
+            if !taken.is_empty() {
+                metrics::buffered_bytes(partitions.recount_held_bytes());
+            }
+            for batch in taken {
                 metrics::batch_taken(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {
@@ -418,7 +423,9 @@ impl Worker {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "Cannot read stored offset after fence; partition paused until reassigned.");
+                // Its next batch is fenced again (it expects the same stored offset), which
+                // tries the read again.
+                tracing::warn!(%error, %partition, "Cannot read the stored offset after a fence; its buffered messages are dropped.");
                 state.clear();
             }
         }

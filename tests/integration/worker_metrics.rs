@@ -9,9 +9,9 @@ use rdkafka::mocking::MockCluster;
 use tenantstream::replay::{self, ReplayOptions, StartFrom};
 use tenantstream::testing::domain::OrderEventType;
 use tenantstream::testing::metrics::{
-    install_recorder, ASSIGNED_PARTITIONS, BATCH_SIZE_EVENTS, BUILD_INFO, CACHE_VISIBLE_SECONDS,
-    EVENTS_CONSUMED, POSTGRES_POOL_CONNECTIONS, PROCESS_METRICS, READY, REBALANCES, REDIS_ERRORS,
-    REPLAY_MESSAGES, STAGE_DURATION_SECONDS,
+    install_recorder, ASSIGNED_PARTITIONS, BATCH_SIZE_EVENTS, BUFFERED_BYTES, BUILD_INFO,
+    CACHE_VISIBLE_SECONDS, EVENTS_CONSUMED, POSTGRES_POOL_CONNECTIONS, PROCESS_METRICS, READY,
+    REBALANCES, REDIS_ERRORS, REPLAY_MESSAGES, STAGE_DURATION_SECONDS,
 };
 use tenantstream::testing::sink::{outbox_state, OutboxState};
 use uuid::Uuid;
@@ -68,15 +68,20 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         .collect();
     let ends = support::send_orders(&settings, &events).await;
     support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
-    // The last batch's keys are written after its offsets are stored; the pool is sampled
-    // every 5 s.
+    // The last batch's keys are written after its offsets are stored, and its bytes are let go
+    // after that; the pool is sampled every 5 s.
     let pool = |m: &str, state| sample(m, POSTGRES_POOL_CONNECTIONS, &[("state", state)]);
     let orders = settings.kafka.orders_topic.as_str();
     let visible_count = format!("{CACHE_VISIBLE_SECONDS}_count");
-    let m = scrape_until(&url, "every key visible and the pool sampled", |m| {
-        sample(m, &visible_count, &[("topic", orders)]) == Some(EVENTS as f64)
-            && pool(m, "in_use").unwrap_or(0.0) + pool(m, "idle").unwrap_or(0.0) >= 1.0
-    })
+    let m = scrape_until(
+        &url,
+        "every key visible, no byte held, the pool sampled",
+        |m| {
+            sample(m, &visible_count, &[("topic", orders)]) == Some(EVENTS as f64)
+                && sample(m, BUFFERED_BYTES, &[]) == Some(0.0)
+                && pool(m, "in_use").unwrap_or(0.0) + pool(m, "idle").unwrap_or(0.0) >= 1.0
+        },
+    )
     .await;
     support::terminate(child);
 

@@ -119,6 +119,7 @@ impl PartitionState {
     pub fn clear(&mut self) {
         self.buffer.clear();
         self.buffered_bytes = 0;
+        self.oldest = None;
     }
 
     fn is_ready(&self, batch: Bounds, linger: Duration, now: Instant) -> bool {
@@ -203,9 +204,16 @@ impl Partitions {
     /// pause (a pause drops the prefetched messages, and a resume takes librdkafka a while).
     pub fn has_room(&mut self, budget: usize) -> bool {
         if self.held_bytes >= budget {
-            self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
+            self.recount_held_bytes();
         }
         self.held_bytes < budget
+    }
+
+    /// Bytes all partitions hold now, buffered or in batches being written (a recount, which
+    /// also corrects the running count [`Self::has_room`] keeps).
+    pub fn recount_held_bytes(&mut self) -> usize {
+        self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
+        self.held_bytes
     }
 
     /// Resumes the partition, paused for its buffer's messages, once its batch is done.

@@ -96,8 +96,10 @@ fn the_partitions_have_room_until_their_buffers_and_batches_hold_the_budget() {
         !partitions.has_room(1000),
         "batches being written still hold their bytes"
     );
+    assert_eq!(partitions.recount_held_bytes(), 1000);
     done(&mut partitions, &batches, 0);
     assert!(partitions.has_room(1000), "600 bytes");
+    assert_eq!(partitions.recount_held_bytes(), 600);
 
     receive(&mut partitions, &fetching, 0, 5);
     assert_eq!(fetching.take(), [(0, true)], "its own 5 messages");
@@ -105,6 +107,7 @@ fn the_partitions_have_room_until_their_buffers_and_batches_hold_the_budget() {
     done(&mut partitions, &batches, 1);
     done(&mut partitions, &batches, 2);
     assert!(partitions.has_room(1000), "500 bytes");
+    assert_eq!(partitions.recount_held_bytes(), 500, "partition 0's buffer");
     partitions.resume_if_drained(&fetching, &TopicPartition::new("t", 0));
     assert_eq!(fetching.take(), [(0, false)]);
 }
