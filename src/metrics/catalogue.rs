@@ -73,7 +73,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (CONSUMER_LAG, Kind::Gauge, "Messages between the stored offset and the end of each partition of this worker (librdkafka statistics, every 5 s; 0 once revoked, the new owner reports it)."),
     (REBALANCES, Kind::Counter, "Partition rebalances that moved partitions of this worker, by kind: assign (partitions received, at their stored offsets), revoke (partitions released; under the cooperative protocol only those that move)."),
     (ASSIGNED_PARTITIONS, Kind::Gauge, "Partitions this worker holds now, by topic."),
-    (BUFFERED_BYTES, Kind::Gauge, "Bytes of message keys and values the worker holds, buffered or in batches being written, against limits.max_buffered_bytes (counted when a batch starts or ends)."),
+    (BUFFERED_BYTES, Kind::Gauge, "Bytes of message keys and values the partitions this worker owns hold, buffered or in batches being written, against limits.max_buffered_bytes."),
     (POSTGRES_POOL_CONNECTIONS, Kind::Gauge, "Connections of the worker's Postgres pool, by state: in_use, idle (every 5 s)."),
     (CACHE_KEYS_WRITTEN, Kind::Counter, "Redis writes of committed rows: written, or skipped_older (Redis held a newer version)."),
     (CACHE_APPLY_SECONDS, Kind::Histogram, "Seconds one Redis refresh of a batch's (or the drainer's) cache work took."),

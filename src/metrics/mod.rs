@@ -323,6 +323,7 @@ pub fn cache_keys_written(written: usize, skipped_older: usize, elapsed: Duratio
     );
 }
 
+/// Bytes of messages the worker's partitions hold, buffered or in batches being written.
 pub fn buffered_bytes(held: usize) {
     gauge!(BUFFERED_BYTES).set(held as f64);
 }

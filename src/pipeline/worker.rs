@@ -304,7 +304,13 @@ impl Worker {
         let mut receive_after: Option<Instant> = None;
         // Since when the partitions have held the byte budget (no receiving meanwhile).
         let mut full_since: Option<Instant> = None;
+        let mut published_bytes = None;
         loop {
+            let held = partitions.held_bytes();
+            if published_bytes != Some(held) {
+                metrics::buffered_bytes(held);
+                published_bytes = Some(held);
+            }
             let next_due = partitions.next_due(linger);
             let room = partitions.has_room(max_bytes);
             full_since = if room {
@@ -323,7 +329,7 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     self.finish_batch(consumer, &mut partitions, done).await;
-                    metrics::buffered_bytes(partitions.recount_held_bytes());
+                    partitions.recount_held_bytes();
                 }
                 _ = sleep_until(next_due) => {}
                 _ = sleep_until(receive_after) => receive_after = None,
@@ -346,11 +352,7 @@ impl Worker {
                     }
                 }
             }
-            let taken = partitions.take_ready(batch, linger);
-            if !taken.is_empty() {
-                metrics::buffered_bytes(partitions.recount_held_bytes());
-            }
-            for batch in taken {
+            for batch in partitions.take_ready(batch, linger) {
                 metrics::batch_taken(&batch.partition.topic, batch.messages.len());
                 let path = &self.path;
                 in_flight.push(Box::pin(async move {
@@ -363,6 +365,8 @@ impl Worker {
         while let Some(done) = in_flight.next().await {
             self.finish_batch(consumer, &mut partitions, done).await;
         }
+        // What is still buffered goes with the consumer.
+        metrics::buffered_bytes(0);
     }
 
     /// A receive error in words an operator can act on: a missing topic names the subscribed
@@ -423,8 +427,9 @@ impl Worker {
                 }
             }
             Err(error) => {
-                // Its next batch is fenced again (it expects the same stored offset), which
-                // tries the read again.
+                // Its next batch, once a message arrives, is fenced again (it expects the
+                // same stored offset) and tries the read again; until then the dropped
+                // messages show as lag.
                 tracing::warn!(%error, %partition, "Cannot read the stored offset after a fence; its buffered messages are dropped.");
                 state.clear();
             }

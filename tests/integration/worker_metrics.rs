@@ -66,7 +66,25 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
             support::order_event(tenant, &order, 1, OrderEventType::Created, occurred)
         })
         .collect();
+    // The tenant's row locked, so that the first batch waits (its orders' foreign key check)
+    // while the worker holds its bytes.
+    sqlx::query("INSERT INTO tenants (tenant_id) VALUES ($1)")
+        .bind(tenant)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("SELECT FROM tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     let ends = support::send_orders(&settings, &events).await;
+    scrape_until(&url, "bytes held while a batch waits", |m| {
+        sample(m, BUFFERED_BYTES, &[]).is_some_and(|held| held > 0.0)
+    })
+    .await;
+    lock.rollback().await.unwrap();
     support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
     // The last batch's keys are written after its offsets are stored, and its bytes are let go
     // after that; the pool is sampled every 5 s.
@@ -105,7 +123,7 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         &format!("{BATCH_SIZE_EVENTS}_bucket"),
         &[("topic", orders), ("le", "1000")],
     );
-    assert_eq!(largest, batches, "the tests' batch_max_events is 500");
+    assert_eq!(largest, batches, "240 events make no batch beyond 1,000");
     // Each batch decoded, wrote and refreshed its keys once, each timed once.
     for stage in ["decode", "sink", "cache"] {
         let timed = get(

@@ -149,10 +149,11 @@ pub(super) struct Partitions {
     states: HashMap<TopicPartition, PartitionState>,
     next_epoch: u64,
     /// At least the bytes every partition holds, buffered or in batches being written: counted
-    /// up as messages arrive, and counted again from the states only when it reaches the
-    /// budget (see [`Partitions::has_room`]). A revoked partition's batch still being written
-    /// no longer counts, so just after a rebalance the worker may hold up to about twice the
-    /// budget.
+    /// up as messages arrive, and counted again from the states when partitions are revoked,
+    /// when the worker has marked a batch done ([`Partitions::recount_held_bytes`]) and when it
+    /// reaches the budget (see [`Partitions::has_room`]). A revoked partition's batch still
+    /// being written no longer counts, so just after a rebalance the worker may hold up to
+    /// about twice the budget.
     held_bytes: usize,
 }
 
@@ -171,9 +172,16 @@ impl Partitions {
                     for partition in revoked {
                         self.states.remove(&partition);
                     }
+                    self.recount_held_bytes();
                 }
             }
         }
+    }
+
+    /// The bytes all partitions hold, buffered or in batches being written, as last counted:
+    /// exact as long as every batch marked done is followed by a recount.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// Buffers a message of an owned partition; pauses the partition when its buffer holds
@@ -209,8 +217,8 @@ impl Partitions {
         self.held_bytes < budget
     }
 
-    /// Bytes all partitions hold now, buffered or in batches being written (a recount, which
-    /// also corrects the running count [`Self::has_room`] keeps).
+    /// Counts again the bytes all partitions hold, buffered or in batches being written: after
+    /// a batch is marked done, whose bytes the running count still holds.
     pub fn recount_held_bytes(&mut self) -> usize {
         self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
         self.held_bytes

@@ -141,6 +141,29 @@ fn a_revoked_partition_leaves_room() {
         TopicPartition::new("t", 2),
     ])]);
     assert!(partitions.has_room(1000), "200 bytes left");
+    assert_eq!(
+        partitions.held_bytes(),
+        200,
+        "counted again at the revocation"
+    );
+}
+
+#[test]
+fn a_cleared_partition_has_no_batch_to_take() {
+    let fetching = Recorder::default();
+    let mut partitions = assigned(1);
+    receive(&mut partitions, &fetching, 0, 2);
+    let batches = partitions.take_ready(UNBOUNDED, Duration::ZERO);
+    receive(&mut partitions, &fetching, 0, 2);
+    done(&mut partitions, &batches, 0);
+    let partition = TopicPartition::new("t", 0);
+    partitions
+        .current(&partition, batches[0].epoch)
+        .unwrap()
+        .clear();
+    assert_eq!(partitions.next_due(Duration::ZERO), None);
+    assert!(partitions.take_ready(UNBOUNDED, Duration::ZERO).is_empty());
+    assert_eq!(partitions.recount_held_bytes(), 0);
 }
 
 #[test]
