@@ -105,7 +105,8 @@ struct Figures {
     ceiling: f64,
 }
 
-/// One run at `tenants` tenants: throughput, latency at half of it, and the ceiling; with
+/// One run at `tenants` tenants: throughput, latency at half of it (or at BENCH_LATENCY_RATE),
+/// and the ceiling; with
 /// `deadlines`, every tenant's default SLA policy has a deadline on every transition.
 async fn run(
     events: usize,
@@ -157,8 +158,9 @@ async fn run(
     // reach their end.
     let batch = settings.kafka.batch_max_events;
     println!(
-        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, linger {} ms, {}, SLA deadlines {}",
+        "-- traffic             {} events, {tenants} tenants, {partitions} partitions, batch {batch}, buffered bytes {}, linger {} ms, {}, SLA deadlines {}",
         messages.len(),
+        settings.limits.max_buffered_bytes,
         settings.kafka.batch_linger_ms,
         support::broker_name(&settings),
         if deadlines { "on (every transition)" } else { "off" }
@@ -508,6 +510,8 @@ async fn ceiling(
         clock: Clock::system(),
     });
     let group = format!("ceiling-{}", Uuid::new_v4());
+    // Cut by events only: with a byte budget small enough to cut the worker's batches first
+    // (BENCH_BUFFERED_BYTES), the ceiling's batches are bigger than the worker's.
     let batch = settings.kafka.batch_max_events;
     let started = Instant::now();
     let writers = lanes.into_iter().enumerate().map(|(partition, lane)| {
