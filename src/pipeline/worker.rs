@@ -306,13 +306,13 @@ impl Worker {
         let mut full_since: Option<Instant> = None;
         let mut published_bytes = None;
         loop {
+            let next_due = partitions.next_due(linger);
+            let room = partitions.has_room(max_bytes);
             let held = partitions.held_bytes();
             if published_bytes != Some(held) {
                 metrics::buffered_bytes(held);
                 published_bytes = Some(held);
             }
-            let next_due = partitions.next_due(linger);
-            let room = partitions.has_room(max_bytes);
             full_since = if room {
                 None
             } else {

@@ -66,8 +66,13 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
             support::order_event(tenant, &order, 1, OrderEventType::Created, occurred)
         })
         .collect();
-    // The tenant's row locked, so that the first batch waits (its orders' foreign key check)
-    // while the worker holds its bytes.
+    // The tenant's row locked, so that the first batches wait (their orders' foreign key
+    // check) while every message arrives: the worker then holds every message's key and value.
+    let encoder = support::order_encoder(&settings);
+    let sent_bytes: usize = events
+        .iter()
+        .map(|e| e.order_id.len() + encoder.encode(e, false).len())
+        .sum();
     sqlx::query("INSERT INTO tenants (tenant_id) VALUES ($1)")
         .bind(tenant)
         .execute(&admin)
@@ -80,9 +85,11 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         .await
         .unwrap();
     let ends = support::send_orders(&settings, &events).await;
-    scrape_until(&url, "bytes held while a batch waits", |m| {
-        sample(m, BUFFERED_BYTES, &[]).is_some_and(|held| held > 0.0)
-    })
+    scrape_until(
+        &url,
+        "every message's bytes held while the batches wait",
+        |m| sample(m, BUFFERED_BYTES, &[]) == Some(sent_bytes as f64),
+    )
     .await;
     lock.rollback().await.unwrap();
     support::wait_for_offsets(&admin, &settings, &ends, Duration::from_secs(60)).await;
