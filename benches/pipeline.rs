@@ -106,8 +106,8 @@ struct Figures {
 }
 
 /// One run at `tenants` tenants: throughput, latency at half of it (or at BENCH_LATENCY_RATE),
-/// and the ceiling; with
-/// `deadlines`, every tenant's default SLA policy has a deadline on every transition.
+/// and the ceiling; with `deadlines`, every tenant's default SLA policy has a deadline on every
+/// transition.
 async fn run(
     events: usize,
     tenants: usize,
@@ -175,7 +175,7 @@ async fn run(
 
     // 2. Latency at half that rate (or BENCH_LATENCY_RATE, to compare workers at one rate),
     // first with a smooth neighbour, then a bursty one.
-    let half = (pipeline_rate / 2.0).max(100.0) as usize;
+    let half = (pipeline_rate / 2.0) as usize;
     let rate = knob("BENCH_LATENCY_RATE", half).max(100) as f64;
     let load = Load {
         producer,
