@@ -151,7 +151,8 @@ async fn read_all(
     settings: &Settings,
     topics: &[(&String, &traffic::EndOffsets)],
 ) -> anyhow::Result<usize> {
-    let consumer: StreamConsumer = kafka::client_config(&settings.kafka)
+    // Configured as replay's own consumer, so that the two read alike.
+    let consumer: StreamConsumer = kafka::consumer_config(&settings.kafka)
         .set("group.id", "bench-bare-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")

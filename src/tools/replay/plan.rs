@@ -91,7 +91,7 @@ pub(crate) async fn plan_ranges(
 
 /// A consumer that joins no group and commits nothing: it is only ever assigned partitions.
 fn replay_consumer(settings: &Settings) -> anyhow::Result<StreamConsumer> {
-    source::client_config(&settings.kafka)
+    source::consumer_config(&settings.kafka)
         .set("group.id", format!("{}-replay", settings.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
