@@ -406,7 +406,7 @@ struct Arrivals {
 
 impl ViolationReader {
     async fn start(settings: &Settings, deadlines: usize) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = kafka::client_config(&settings.kafka)
+        let consumer: StreamConsumer = kafka::consumer_config(&settings.kafka)
             .set("group.id", format!("bench-sla-reader-{}", Uuid::new_v4()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
