@@ -60,8 +60,8 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
-    let events = knob("BENCH_EVENTS", 100_000);
-    let partitions = knob("BENCH_PARTITIONS", 4) as i32;
+    let events = knob("BENCH_EVENTS", 100_000)?;
+    let partitions = knob("BENCH_PARTITIONS", 4)? as i32;
     let tenant_counts = std::env::var("BENCH_TENANTS").unwrap_or_else(|_| "20,500,5000".into());
     let sla_modes: &[bool] = match std::env::var("BENCH_SLA").as_deref() {
         Err(_) | Ok("off") => &[false],
@@ -123,10 +123,10 @@ async fn run(
     }
     let kafka_defaults = settings.kafka.clone();
     settings.kafka.batch_linger_ms =
-        knob("BENCH_LINGER_MS", kafka_defaults.batch_linger_ms as usize) as u64;
-    settings.kafka.batch_max_events = knob("BENCH_BATCH", kafka_defaults.batch_max_events);
+        knob("BENCH_LINGER_MS", kafka_defaults.batch_linger_ms as usize)? as u64;
+    settings.kafka.batch_max_events = knob("BENCH_BATCH", kafka_defaults.batch_max_events)?;
     settings.limits.max_buffered_bytes =
-        knob("BENCH_BUFFERED_BYTES", settings.limits.max_buffered_bytes);
+        knob("BENCH_BUFFERED_BYTES", settings.limits.max_buffered_bytes)?;
     let encoder = Arc::new(Encoder::for_event::<ValidOrder>(&settings.schemas)?);
     let spec = TrafficSpec {
         count: events,
@@ -176,7 +176,7 @@ async fn run(
     // 2. Latency at half that rate (or BENCH_LATENCY_RATE, to compare workers at one rate),
     // first with a smooth neighbour, then a bursty one.
     let half = (pipeline_rate / 2.0) as usize;
-    let rate = knob("BENCH_LATENCY_RATE", half).max(100) as f64;
+    let rate = knob("BENCH_LATENCY_RATE", half)?.max(100) as f64;
     let load = Load {
         producer,
         neighbour_producer: support::producer(&settings)?,
@@ -185,7 +185,7 @@ async fn run(
         others: expected.tenants.clone(),
         neighbour: Uuid::new_v4(),
         rate,
-        round: Duration::from_millis(knob("BENCH_ROUND_MS", 10).clamp(1, 1000) as u64),
+        round: Duration::from_millis(knob("BENCH_ROUND_MS", 10)?.clamp(1, 1000) as u64),
         seed: spec.seed,
     };
     let seen = KeyWatcher::start(settings.redis.url.expose()).await?;

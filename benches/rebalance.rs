@@ -45,8 +45,8 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
-    let partitions = knob("BENCH_PARTITIONS", 12) as i32;
-    let rate = knob("BENCH_RATE", 600) as u32;
+    let partitions = knob("BENCH_PARTITIONS", 12)? as i32;
+    let rate = knob("BENCH_RATE", 600)? as u32;
     let protocols = std::env::var("BENCH_PROTOCOLS").unwrap_or_else(|_| "eager,cooperative".into());
     println!("== tenantstream rebalance benchmark ==");
     let mut rows = Vec::new();
@@ -103,7 +103,7 @@ impl std::fmt::Display for Row {
 async fn run(protocol: RebalanceProtocol, partitions: i32, rate: u32) -> anyhow::Result<Vec<Row>> {
     let (admin, mock, mut settings) = support::setup("rebalance", partitions).await?;
     settings.kafka.rebalance_protocol = protocol;
-    settings.kafka.session_timeout_ms = knob("BENCH_SESSION_TIMEOUT_MS", 10_000) as u64;
+    settings.kafka.session_timeout_ms = knob("BENCH_SESSION_TIMEOUT_MS", 10_000)? as u64;
     // The configuration topic on one partition, as its low volume warrants: the sticky
     // assignor balances the count of partitions over both topics together, and with as many
     // configuration partitions as order ones a joining worker may be given only idle ones.

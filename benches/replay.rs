@@ -31,10 +31,10 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
-    let events = knob("BENCH_EVENTS", 200_000);
-    let tenants = knob("BENCH_TENANTS", 50);
-    let partitions = knob("BENCH_PARTITIONS", 12) as i32;
-    let chunk = knob("BENCH_CHUNK", 20_000).clamp(1, 100_000);
+    let events = knob("BENCH_EVENTS", 200_000)?;
+    let tenants = knob("BENCH_TENANTS", 50)?;
+    let partitions = knob("BENCH_PARTITIONS", 12)? as i32;
+    let chunk = knob("BENCH_CHUNK", 20_000)?.clamp(1, 100_000);
     let redis_server = OwnRedis::start(&[])?;
     let (admin, _mock, mut settings) = support::setup("bench-replay", partitions).await?;
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));

@@ -61,11 +61,11 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
-    let deadlines = knob("BENCH_DEADLINES", 1_000_000);
-    let tenant_count = knob("BENCH_TENANTS", 5_000);
-    let due_in_window = knob("BENCH_DUE", 60_000).clamp(1, deadlines);
-    let spread = Duration::from_secs(knob("BENCH_SPREAD_SECS", 60) as u64);
-    let partitions = knob("BENCH_PARTITIONS", 4) as i32;
+    let deadlines = knob("BENCH_DEADLINES", 1_000_000)?;
+    let tenant_count = knob("BENCH_TENANTS", 5_000)?;
+    let due_in_window = knob("BENCH_DUE", 60_000)?.clamp(1, deadlines);
+    let spread = Duration::from_secs(knob("BENCH_SPREAD_SECS", 60)? as u64);
+    let partitions = knob("BENCH_PARTITIONS", 4)? as i32;
     let redis_server = OwnRedis::start(&[])?;
     let (admin, _mock, mut settings) = support::setup_on(DATABASE, "bench-sla", partitions).await?;
     settings.redis.url = Secret::new(format!("redis://127.0.0.1:{}", redis_server.1));
@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let backlog = match given_rate {
         Some(_) => Vec::new(),
-        None => orders.generate(knob("BENCH_EVENTS", 50_000), 0),
+        None => orders.generate(knob("BENCH_EVENTS", 50_000)?, 0),
     };
     let sent = traffic::send(&orders.producer, &orders.topic, &backlog, 0, None).await?;
     support::ensure_nothing_dropped(&settings, &orders.topic, partitions)?;
@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     let traffic_stop = CancellationToken::new();
     let traffic = tokio::spawn(orders.clone().send_until(rate, traffic_stop.clone()));
     due.load(&admin, &tenants).await?;
-    let wait = Duration::from_secs(knob("BENCH_WAIT_SECS", 300) as u64);
+    let wait = Duration::from_secs(knob("BENCH_WAIT_SECS", 300)? as u64);
     let last_due = due.due_ms(due_in_window - 1);
     let give_up_ms = last_due + wait.as_millis() as i64;
     let arrivals = violations.finish(give_up_ms).await?;

@@ -40,12 +40,16 @@ pub fn worker_url(database: &str) -> String {
 /// registers or clears deadlines, which is the most deadline bookkeeping a batch does.
 pub const SLA_POLICY_EVERY_TRANSITION: &str = r#"{"lag_threshold_ms": 3600000, "deadlines_ms": {"CREATED->CONFIRMED": 3600000, "CONFIRMED->SHIPPED": 3600000, "SHIPPED->DELIVERED": 3600000}}"#;
 
-/// An environment knob with a default.
-pub fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// An environment knob with a default: a value that is not a whole number is an error that
+/// names it (silently running with the default would measure something else).
+pub fn knob(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(error) => Err(error).with_context(|| name.to_string()),
+        Ok(value) => value.trim().parse().with_context(|| {
+            format!("{name}: {value:?} is not a whole number (the default is {default})")
+        }),
+    }
 }
 
 /// True when cargo only probes the binary (`cargo bench -- --list`, `cargo test --benches`).
