@@ -329,7 +329,6 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     self.finish_batch(consumer, &mut partitions, done).await;
-                    partitions.recount_held_bytes();
                 }
                 _ = sleep_until(next_due) => {}
                 _ = sleep_until(receive_after) => receive_after = None,
@@ -389,7 +388,7 @@ impl Worker {
     /// Records what became of a batch, unless its partition was reassigned meanwhile.
     async fn finish_batch(&self, consumer: &Source, partitions: &mut Partitions, done: BatchDone) {
         let BatchDone { batch, processed } = done;
-        let Some(state) = partitions.current(&batch.partition, batch.epoch) else {
+        let Some(mut state) = partitions.current(&batch.partition, batch.epoch) else {
             return;
         };
         state.batch_done();
@@ -401,9 +400,11 @@ impl Worker {
                 let p = &batch.partition;
                 let _ = consumer.store_offset(&p.topic, p.partition, next_offset - 1);
             }
-            Processed::Fenced => self.reseek(consumer, &batch.partition, state).await,
+            Processed::Fenced => self.reseek(consumer, &batch.partition, &mut state).await,
             Processed::Abandoned => {}
         }
+        // The bytes the batch held (and, after a fence, what was dropped) are counted off.
+        drop(state);
         partitions.resume_if_drained(consumer, &batch.partition);
     }
 

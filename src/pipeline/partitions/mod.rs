@@ -143,17 +143,45 @@ pub(super) struct ReadyBatch {
     pub messages: Vec<OwnedMessage>,
 }
 
+/// A partition's state borrowed to change it: when dropped, the partitions' count of held
+/// bytes takes the difference the change made.
+pub(super) struct StateMut<'a> {
+    state: &'a mut PartitionState,
+    held_bytes: &'a mut usize,
+    /// The bytes the state held when borrowed.
+    before: usize,
+}
+
+impl std::ops::Deref for StateMut<'_> {
+    type Target = PartitionState;
+
+    fn deref(&self) -> &PartitionState {
+        self.state
+    }
+}
+
+impl std::ops::DerefMut for StateMut<'_> {
+    fn deref_mut(&mut self) -> &mut PartitionState {
+        self.state
+    }
+}
+
+impl Drop for StateMut<'_> {
+    fn drop(&mut self) {
+        *self.held_bytes = (*self.held_bytes + self.state.held_bytes()) - self.before;
+    }
+}
+
 /// The partitions this worker owns.
 #[derive(Default)]
 pub(super) struct Partitions {
     states: HashMap<TopicPartition, PartitionState>,
     next_epoch: u64,
-    /// At least the bytes every partition holds, buffered or in batches being written: counted
-    /// up as messages arrive, and counted again from the states when partitions are revoked,
-    /// when the worker has marked a batch done ([`Partitions::recount_held_bytes`]) and when it
-    /// reaches the budget (see [`Partitions::has_room`]). A revoked partition's batch still
-    /// being written no longer counts, so just after a rebalance the worker may hold up to
-    /// about twice the budget.
+    /// The bytes every partition holds, buffered or in batches being written: counted up as
+    /// messages arrive, adjusted by each change made through [`Partitions::current`], and
+    /// counted again from the states when partitions are revoked. A revoked partition's batch
+    /// still being written no longer counts, so just after a rebalance the worker may hold up
+    /// to about twice the budget.
     held_bytes: usize,
 }
 
@@ -172,14 +200,13 @@ impl Partitions {
                     for partition in revoked {
                         self.states.remove(&partition);
                     }
-                    self.recount_held_bytes();
+                    self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
                 }
             }
         }
     }
 
-    /// The bytes all partitions hold, buffered or in batches being written, as last counted:
-    /// exact as long as every batch marked done is followed by a recount.
+    /// The bytes all partitions hold, buffered or in batches being written.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }
@@ -210,18 +237,8 @@ impl Partitions {
     /// being written: the worker receives from librdkafka only then. Otherwise messages wait
     /// in librdkafka's queue, which stops fetching once it holds its own bound, without a
     /// pause (a pause drops the prefetched messages, and a resume takes librdkafka a while).
-    pub fn has_room(&mut self, budget: usize) -> bool {
-        if self.held_bytes >= budget {
-            self.recount_held_bytes();
-        }
+    pub fn has_room(&self, budget: usize) -> bool {
         self.held_bytes < budget
-    }
-
-    /// Counts again the bytes all partitions hold, buffered or in batches being written: after
-    /// a batch is marked done, whose bytes the running count still holds.
-    pub fn recount_held_bytes(&mut self) -> usize {
-        self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
-        self.held_bytes
     }
 
     /// Resumes the partition, paused for its buffer's messages, once its batch is done.
@@ -233,13 +250,20 @@ impl Partitions {
         }
     }
 
-    /// The partition's state, unless it was reassigned since `epoch`.
-    pub fn current(
-        &mut self,
-        partition: &TopicPartition,
-        epoch: u64,
-    ) -> Option<&mut PartitionState> {
-        self.states.get_mut(partition).filter(|s| s.epoch == epoch)
+    /// The partition's state, to change, unless it was reassigned since `epoch`. What the
+    /// change does to the bytes it holds (a batch done, a restart, a clear) is counted when
+    /// the borrow ends.
+    pub fn current(&mut self, partition: &TopicPartition, epoch: u64) -> Option<StateMut<'_>> {
+        let state = self
+            .states
+            .get_mut(partition)
+            .filter(|s| s.epoch == epoch)?;
+        let before = state.held_bytes();
+        Some(StateMut {
+            state,
+            held_bytes: &mut self.held_bytes,
+            before,
+        })
     }
 
     /// When the next lingering batch is due.
