@@ -68,11 +68,8 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         .collect();
     // The tenant's row locked, so that the first batches wait (their orders' foreign key
     // check) while every message arrives: the worker then holds every message's key and value.
-    let encoder = support::order_encoder(&settings);
-    let sent_bytes: usize = events
-        .iter()
-        .map(|e| e.order_id.len() + encoder.encode(e, false).len())
-        .sum();
+    let messages = support::order_messages(&settings, &events);
+    let sent_bytes: usize = messages.iter().map(|m| m.key.len() + m.value.len()).sum();
     sqlx::query("INSERT INTO tenants (tenant_id) VALUES ($1)")
         .bind(tenant)
         .execute(&admin)
@@ -84,7 +81,8 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         .execute(&mut *lock)
         .await
         .unwrap();
-    let ends = support::send_orders(&settings, &events).await;
+    let orders_topic = &settings.kafka.orders_topic;
+    let ends = support::send(&settings, orders_topic, &messages).await.ends;
     scrape_until(
         &url,
         "every message's bytes held while the batches wait",

@@ -64,18 +64,24 @@ pub fn sla_policy_change(
 /// Sends `events` to the orders topic, each keyed by its order id (so one order's events stay
 /// in the order given). Returns the end offsets of the partitions they went to.
 pub async fn send_orders(settings: &Settings, events: &[OrderEvent]) -> EndOffsets {
+    let messages = order_messages(settings, events);
+    send(settings, &settings.kafka.orders_topic, &messages)
+        .await
+        .ends
+}
+
+/// The messages [`send_orders`] sends for `events`: keyed by order id, encoded with the
+/// configured schema.
+pub fn order_messages(settings: &Settings, events: &[OrderEvent]) -> Vec<Generated> {
     let encoder = order_encoder(settings);
-    let messages: Vec<Generated> = events
+    events
         .iter()
         .map(|event| Generated {
             key: event.order_id.clone().into_bytes(),
             value: encoder.encode(event, false),
             malformed: None,
         })
-        .collect();
-    send(settings, &settings.kafka.orders_topic, &messages)
-        .await
-        .ends
+        .collect()
 }
 
 /// Sends tenant configuration changes to the configuration topic, keyed by tenant. Returns the
