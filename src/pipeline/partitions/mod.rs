@@ -193,7 +193,10 @@ impl Partitions {
                     for assigned in assigned {
                         self.next_epoch += 1;
                         let state = PartitionState::starting_at(assigned.stored, self.next_epoch);
-                        self.states.insert(assigned.partition, state);
+                        // Assigned again without a revocation first: what it held is let go.
+                        if let Some(old) = self.states.insert(assigned.partition, state) {
+                            self.held_bytes -= old.held_bytes();
+                        }
                     }
                 }
                 Assignment::Revoked(revoked) => {

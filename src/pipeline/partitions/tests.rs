@@ -153,6 +153,33 @@ fn a_revoked_partition_leaves_room() {
 }
 
 #[test]
+fn a_restarted_or_reassigned_partition_lets_go_of_what_it_held() {
+    let fetching = Recorder::default();
+    let mut partitions = assigned(2);
+    receive(&mut partitions, &fetching, 0, 3);
+    let batches = partitions.take_ready(UNBOUNDED, Duration::ZERO);
+    receive(&mut partitions, &fetching, 0, 2);
+    receive(&mut partitions, &fetching, 1, 1);
+    assert_eq!(partitions.held_bytes(), 600);
+    // After a fence: its batch and its buffer are gone.
+    let partition = TopicPartition::new("t", 0);
+    let epoch = batches[0].epoch;
+    partitions
+        .current(&partition, epoch)
+        .unwrap()
+        .restart_at(Some(0));
+    assert_eq!(partitions.held_bytes(), 100, "partition 1's message");
+    // Assigned again without being revoked first.
+    partitions.apply(vec![Assignment::Assigned(vec![
+        crate::source::AssignedPartition {
+            partition: TopicPartition::new("t", 1),
+            stored: None,
+        },
+    ])]);
+    assert_eq!(partitions.held_bytes(), 0);
+}
+
+#[test]
 fn a_cleared_partition_has_no_batch_to_take() {
     let fetching = Recorder::default();
     let mut partitions = assigned(1);
