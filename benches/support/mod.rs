@@ -74,8 +74,10 @@ pub async fn setup(
     setup_on(DATABASE, name, partitions).await
 }
 
-/// Truncates every table the migrations made, except their own record.
+/// Truncates every table the migrations made, except their own record; fails after 10 s if
+/// another session (a benchmark running meanwhile on the same database, say) holds them.
 const EMPTY_TABLES: &str = "DO $$ BEGIN
+    PERFORM set_config('lock_timeout', '10s', true);
     EXECUTE (SELECT 'TRUNCATE ' || string_agg(format('%I.%I', schemaname, tablename), ', ')
                     || ' CASCADE'
                FROM pg_tables
