@@ -60,6 +60,14 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
+    // Read per run, the last ones after the throughput run.
+    support::check_knobs(&[
+        "BENCH_LINGER_MS",
+        "BENCH_BATCH",
+        "BENCH_BUFFERED_BYTES",
+        "BENCH_LATENCY_RATE",
+        "BENCH_ROUND_MS",
+    ])?;
     let events = knob("BENCH_EVENTS", 100_000)?;
     let partitions = knob("BENCH_PARTITIONS", 4)? as i32;
     let tenant_counts = std::env::var("BENCH_TENANTS").unwrap_or_else(|_| "20,500,5000".into());

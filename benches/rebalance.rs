@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
+    support::check_knobs(&["BENCH_SESSION_TIMEOUT_MS"])?; // read per protocol's run
     let partitions = knob("BENCH_PARTITIONS", 12)? as i32;
     let rate = knob("BENCH_RATE", 600)? as u32;
     let protocols = std::env::var("BENCH_PROTOCOLS").unwrap_or_else(|_| "eager,cooperative".into());

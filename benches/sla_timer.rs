@@ -61,6 +61,16 @@ async fn main() -> anyhow::Result<()> {
     if support::probing() {
         return Ok(());
     }
+    // Read after the firing runs.
+    support::check_knobs(&["BENCH_EVENTS", "BENCH_WAIT_SECS"])?;
+    let given_rate = match std::env::var("BENCH_RATE") {
+        Ok(rate) => Some(
+            rate.trim()
+                .parse::<f64>()
+                .with_context(|| format!("BENCH_RATE: {rate:?} is not a number of events/s"))?,
+        ),
+        Err(_) => None,
+    };
     let deadlines = knob("BENCH_DEADLINES", 1_000_000)?;
     let tenant_count = knob("BENCH_TENANTS", 5_000)?;
     let due_in_window = knob("BENCH_DUE", 60_000)?.clamp(1, deadlines);
@@ -115,10 +125,6 @@ async fn main() -> anyhow::Result<()> {
         topic: settings.kafka.orders_topic.clone(),
         encoder: Arc::new(Encoder::for_event::<ValidOrder>(&settings.schemas)?),
         tenants: tenants.clone(),
-    };
-    let given_rate = match std::env::var("BENCH_RATE") {
-        Ok(rate) => Some(rate.parse::<f64>().context("BENCH_RATE")?),
-        Err(_) => None,
     };
     let backlog = match given_rate {
         Some(_) => Vec::new(),

@@ -52,6 +52,15 @@ pub fn knob(name: &str, default: usize) -> anyhow::Result<usize> {
     }
 }
 
+/// Checks at the start that each of the knobs `names` that is set is a whole number, so that
+/// a mistyped knob read only after minutes of work stops the benchmark at once instead.
+pub fn check_knobs(names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        knob(name, 0)?;
+    }
+    Ok(())
+}
+
 /// True when cargo only probes the binary (`cargo bench -- --list`, `cargo test --benches`).
 pub fn probing() -> bool {
     std::env::args().any(|a| a == "--list")
