@@ -43,12 +43,19 @@ pub const SLA_POLICY_EVERY_TRANSITION: &str = r#"{"lag_threshold_ms": 3600000, "
 /// An environment knob with a default: a value that is not a whole number is an error that
 /// names it (silently running with the default would measure something else).
 pub fn knob(name: &str, default: usize) -> anyhow::Result<usize> {
+    Ok(read_knob(name)?.unwrap_or(default))
+}
+
+/// The knob's value, if it is set.
+fn read_knob(name: &str) -> anyhow::Result<Option<usize>> {
     match std::env::var(name) {
-        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotPresent) => Ok(None),
         Err(error) => Err(error).with_context(|| name.to_string()),
-        Ok(value) => value.trim().parse().with_context(|| {
-            format!("{name}: {value:?} is not a whole number (the default is {default})")
-        }),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}: {value:?} is not a whole number")),
     }
 }
 
@@ -56,7 +63,7 @@ pub fn knob(name: &str, default: usize) -> anyhow::Result<usize> {
 /// a mistyped knob read only after minutes of work stops the benchmark at once instead.
 pub fn check_knobs(names: &[&str]) -> anyhow::Result<()> {
     for name in names {
-        knob(name, 0)?;
+        read_knob(name)?;
     }
     Ok(())
 }
