@@ -72,7 +72,7 @@ pub fn subscribe(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<Source, KafkaError> {
-    let context = SourceContext::new(offsets_pool, settings.group_id.clone(), health, shutdown);
+    let context = SourceContext::new(offsets_pool, settings, health, shutdown);
     let mut config = consumer_config(settings);
     if let Some(strategy) = settings.rebalance_protocol.assignment_strategy() {
         config.set("partition.assignment.strategy", strategy);

@@ -11,14 +11,20 @@
 //!
 //! The callback blocks the task that also drives the in-flight batches, so it reads through its
 //! own small pool: it never waits for a connection held by a batch it is blocking.
+//!
+//! The callback asks librdkafka nothing that waits for an answer from its group thread (the
+//! assignment, the rebalance protocol): inside the revocation that closing the consumer
+//! delivers, such a question can wait forever (librdkafka issue #4041), and a worker told to
+//! stop hung there once in CI. The protocol comes from the settings, and the partitions held
+//! are counted from the callback's own assignments and revocations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, Statistics, TopicPartitionList};
@@ -26,6 +32,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{AssignedPartition, Assignment};
+use crate::config::{KafkaSettings, RebalanceProtocol};
 use crate::domain::TopicPartition;
 use crate::health::{Component, Health};
 use crate::metrics::{self, Stage};
@@ -41,6 +48,12 @@ pub struct SourceContext {
     health: Health,
     shutdown: CancellationToken,
     changes: Mutex<Vec<Assignment>>,
+    /// The group uses the cooperative protocol (assignments change incrementally), as
+    /// configured.
+    cooperative: bool,
+    /// The partitions this consumer holds, as its own assignments and revocations left them
+    /// (for the counts of held partitions).
+    held: Mutex<HashSet<TopicPartition>>,
     /// librdkafka reported every broker down, and no broker has been seen up since.
     all_brokers_down: AtomicBool,
 }
@@ -48,17 +61,19 @@ pub struct SourceContext {
 impl SourceContext {
     pub(super) fn new(
         offsets_pool: PgPool,
-        group: String,
+        settings: &KafkaSettings,
         health: Health,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             offsets_pool,
-            group,
+            group: settings.group_id.clone(),
             runtime: tokio::runtime::Handle::current(),
             health,
             shutdown,
             changes: Mutex::new(Vec::new()),
+            cooperative: settings.rebalance_protocol == RebalanceProtocol::Cooperative,
+            held: Mutex::new(HashSet::new()),
             all_brokers_down: AtomicBool::new(false),
         }
     }
@@ -123,7 +138,8 @@ impl SourceContext {
                 });
             }
         }
-        let result = if is_cooperative(consumer) {
+        let cooperative = self.cooperative;
+        let result = if cooperative {
             consumer.incremental_assign(tpl)
         } else {
             consumer.assign(tpl)
@@ -131,6 +147,17 @@ impl SourceContext {
         if let Err(error) = result {
             tracing::error!(%error, "Partition assignment failed.");
             return;
+        }
+        {
+            let mut held = self.held.lock().expect("held lock");
+            if !cooperative {
+                held.clear();
+            }
+            held.extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| TopicPartition::new(e.topic(), e.partition())),
+            );
         }
         // librdkafka keeps an application pause across revoke and assign; a partition paused
         // for backpressure before a rebalance would otherwise never fetch again. Only the
@@ -153,7 +180,7 @@ impl SourceContext {
                 .iter()
                 .map(|a| a.partition.topic.as_str())
                 .collect();
-            metrics::partitions_assigned(&held(consumer, &topics));
+            metrics::partitions_assigned(&self.held(&topics));
         }
         self.health.recovered(Component::Kafka);
         self.push(Assignment::Assigned(assigned));
@@ -175,8 +202,19 @@ impl SourceContext {
         for p in &revoked {
             metrics::consumer_lag(&p.topic, p.partition, 0);
         }
+        let cooperative = self.cooperative;
+        {
+            let mut held = self.held.lock().expect("held lock");
+            if cooperative {
+                for p in &revoked {
+                    held.remove(p);
+                }
+            } else {
+                held.clear();
+            }
+        }
         self.push(Assignment::Revoked(revoked));
-        let result = if is_cooperative(consumer) {
+        let result = if cooperative {
             consumer.incremental_unassign(tpl)
         } else {
             consumer.unassign()
@@ -187,42 +225,22 @@ impl SourceContext {
         let elements = tpl.elements();
         if !elements.is_empty() {
             let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
-            metrics::partitions_revoked(&held(consumer, &topics));
+            metrics::partitions_revoked(&self.held(&topics));
         }
+    }
+
+    /// How many partitions the consumer holds now of each of `topics`.
+    fn held<'a>(&self, topics: &BTreeSet<&'a str>) -> Vec<(&'a str, usize)> {
+        let held = self.held.lock().expect("held lock");
+        topics
+            .iter()
+            .map(|topic| (*topic, held.iter().filter(|p| p.topic == *topic).count()))
+            .collect()
     }
 
     fn push(&self, change: Assignment) {
         self.changes.lock().expect("assignment lock").push(change);
     }
-}
-
-/// The group uses the cooperative protocol: assignments change incrementally.
-fn is_cooperative(consumer: &BaseConsumer<SourceContext>) -> bool {
-    matches!(
-        consumer.rebalance_protocol(),
-        RebalanceProtocol::Cooperative
-    )
-}
-
-/// How many partitions the consumer holds now of each of `topics`.
-fn held<'a>(
-    consumer: &BaseConsumer<SourceContext>,
-    topics: &BTreeSet<&'a str>,
-) -> Vec<(&'a str, usize)> {
-    let assignment = consumer
-        .assignment()
-        .unwrap_or_else(|_| TopicPartitionList::new());
-    topics
-        .iter()
-        .map(|topic| {
-            let count = assignment
-                .elements()
-                .iter()
-                .filter(|e| e.topic() == *topic)
-                .count();
-            (*topic, count)
-        })
-        .collect()
 }
 
 /// Per topic, its partitions as one plain text field (`0@1481,1@start`: partition, and where it
