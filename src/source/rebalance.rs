@@ -12,11 +12,13 @@
 //! The callback blocks the task that also drives the in-flight batches, so it reads through its
 //! own small pool: it never waits for a connection held by a batch it is blocking.
 //!
-//! The callback asks librdkafka nothing that waits for an answer from its group thread (the
-//! assignment, the rebalance protocol): inside the revocation that closing the consumer
-//! delivers, such a question can wait forever (librdkafka issue #4041), and a worker told to
-//! stop hung there once in CI. The protocol comes from the settings, and the partitions held
-//! are counted from the callback's own assignments and revocations.
+//! Besides the assign or unassign answer librdkafka requires (served, because the group waits
+//! for it), the callback asks librdkafka nothing that waits for its group thread: after that
+//! answer, inside the revocation that closing the consumer delivers, such a question (the
+//! assignment, the rebalance protocol) can wait forever (librdkafka issue #4041), and a worker
+//! told to stop hung there once in CI. The protocol comes from the settings, and the partitions
+//! held are counted from the callback's own assignments and revocations. An assignment that
+//! arrives once the worker is stopping is not answered (issue #4884: answering it can hang).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,6 +115,12 @@ impl SourceContext {
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if self.shutdown.is_cancelled() {
+            // An assignment delivered while the consumer closes is left unanswered: answering
+            // it then can wait forever (librdkafka issue #4884), and closing unassigns anyway.
+            tracing::info!("Stopping: an assignment during the close is left unanswered.");
+            return;
+        }
         let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
         for elem in tpl.elements() {
             by_topic
@@ -203,25 +211,25 @@ impl SourceContext {
             metrics::consumer_lag(&p.topic, p.partition, 0);
         }
         let cooperative = self.cooperative;
-        {
-            let mut held = self.held.lock().expect("held lock");
-            if cooperative {
-                for p in &revoked {
-                    held.remove(p);
-                }
-            } else {
-                held.clear();
-            }
-        }
-        self.push(Assignment::Revoked(revoked));
         let result = if cooperative {
             consumer.incremental_unassign(tpl)
         } else {
             consumer.unassign()
         };
-        if let Err(error) = result {
-            tracing::error!(%error, "Unassign failed.");
+        match result {
+            Err(error) => tracing::error!(%error, "Unassign failed."),
+            Ok(()) => {
+                let mut held = self.held.lock().expect("held lock");
+                if cooperative {
+                    for p in &revoked {
+                        held.remove(p);
+                    }
+                } else {
+                    held.clear();
+                }
+            }
         }
+        self.push(Assignment::Revoked(revoked));
         let elements = tpl.elements();
         if !elements.is_empty() {
             let topics: BTreeSet<&str> = elements.iter().map(|e| e.topic()).collect();
