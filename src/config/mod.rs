@@ -131,8 +131,8 @@ pub struct LimitSettings {
     /// The bytes of keys and values that all partitions together may hold, buffered or in
     /// batches being written: beyond it the worker stops receiving, and librdkafka stops
     /// fetching once its prefetch queue holds as much again, and tries again every 10 ms
-    /// ([`crate::source::consumer_config`]; a partition also stops fetching at four batches of
-    /// messages of its own). A batch holds at most a quarter of it.
+    /// (`fetch.queue.backoff.ms`; a partition also stops fetching at four batches of messages
+    /// of its own). A batch holds at most a quarter of it.
     pub max_buffered_bytes: usize,
 }
 
