@@ -179,7 +179,7 @@ pub(super) struct Partitions {
     next_epoch: u64,
     /// The bytes every partition holds, buffered or in batches being written: counted up as
     /// messages arrive, adjusted by each change made through [`Partitions::current`], and
-    /// counted again from the states when partitions are revoked. A revoked partition's batch
+    /// counted down by what a revoked or replaced state held. A revoked partition's batch
     /// still being written no longer counts, so just after a rebalance the worker may hold up
     /// to about twice the budget.
     held_bytes: usize,
@@ -201,9 +201,10 @@ impl Partitions {
                 }
                 Assignment::Revoked(revoked) => {
                     for partition in revoked {
-                        self.states.remove(&partition);
+                        if let Some(old) = self.states.remove(&partition) {
+                            self.held_bytes -= old.held_bytes();
+                        }
                     }
-                    self.held_bytes = self.states.values().map(PartitionState::held_bytes).sum();
                 }
             }
         }

@@ -46,14 +46,20 @@ impl Fetching for Recorder {
 /// Partitions 0.. of topic "t", assigned with no stored offset.
 fn assigned(count: i32) -> Partitions {
     let mut partitions = Partitions::default();
-    let assigned = (0..count)
+    partitions.apply(vec![assignment(0..count)]);
+    partitions
+}
+
+/// The assignment of `partitions` of topic "t", with no stored offset.
+fn assignment(partitions: impl IntoIterator<Item = i32>) -> Assignment {
+    let assigned = partitions
+        .into_iter()
         .map(|p| crate::source::AssignedPartition {
             partition: TopicPartition::new("t", p),
             stored: None,
         })
         .collect();
-    partitions.apply(vec![Assignment::Assigned(assigned)]);
-    partitions
+    Assignment::Assigned(assigned)
 }
 
 /// Sends `count` messages to `partition`, after the ones it already has; a partition pauses
@@ -170,12 +176,7 @@ fn a_restarted_or_reassigned_partition_lets_go_of_what_it_held() {
         .restart_at(Some(0));
     assert_eq!(partitions.held_bytes(), 100, "partition 1's message");
     // Assigned again without being revoked first.
-    partitions.apply(vec![Assignment::Assigned(vec![
-        crate::source::AssignedPartition {
-            partition: TopicPartition::new("t", 1),
-            stored: None,
-        },
-    ])]);
+    partitions.apply(vec![assignment([1])]);
     assert_eq!(partitions.held_bytes(), 0);
 }
 
@@ -237,18 +238,16 @@ fn a_log_that_ends_before_the_stored_offset_is_read_from_its_start() {
 fn a_batch_is_cut_at_its_bytes_and_keeps_at_least_one_message() {
     let partition = TopicPartition::new("t", 0);
     let mut partitions = Partitions::default();
-    partitions.apply(vec![Assignment::Assigned(vec![
-        crate::source::AssignedPartition {
-            partition: partition.clone(),
-            stored: None,
-        },
-    ])]);
-    let state = partitions.states.get_mut(&partition).unwrap();
+    partitions.apply(vec![assignment([0])]);
+    let epoch = partitions.states[&partition].epoch;
+    let mut state = partitions.current(&partition, epoch).unwrap();
     (0..5).for_each(|offset| assert!(state.accept(message(offset))));
+    drop(state);
     let offsets = |partitions: &mut Partitions, bytes| -> Vec<i64> {
         let batch = Bounds { messages: 4, bytes };
         let ready = partitions.take_ready(batch, Duration::ZERO);
-        partitions.states.get_mut(&partition).unwrap().batch_done();
+        let epoch = ready[0].epoch;
+        partitions.current(&partition, epoch).unwrap().batch_done();
         ready[0].messages.iter().map(|m| m.offset()).collect()
     };
     assert_eq!(offsets(&mut partitions, 250), [0, 1], "100 bytes each");
@@ -292,7 +291,8 @@ fn a_partial_revocation_and_an_added_assignment_leave_the_kept_partitions_as_the
         at(&moved, Some(20)),
     ])]);
     for (partition, first) in [(&kept, 10), (&moved, 20)] {
-        let state = partitions.states.get_mut(partition).unwrap();
+        let epoch = partitions.states[partition].epoch;
+        let mut state = partitions.current(partition, epoch).unwrap();
         (first..first + 3).for_each(|offset| assert!(state.accept(message(offset))));
     }
     let in_flight = partitions.take_ready(UNBOUNDED, Duration::ZERO);
