@@ -40,7 +40,7 @@ pub mod cache {
 
 /// Kafka clients with the crate's settings.
 pub mod kafka {
-    pub use crate::source::{client_config, consumer_config, producer};
+    pub use crate::source::{client_config, consumer_config, producer, LEAVE_GROUP_WITHIN};
 }
 
 /// The dead-letter contract: header names and error codes.

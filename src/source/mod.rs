@@ -3,6 +3,8 @@
 
 mod rebalance;
 
+use std::time::Duration;
+
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -104,6 +106,33 @@ pub fn subscribe(
         .create_with_context(context)?;
     consumer.subscribe(topics)?;
     Ok(consumer)
+}
+
+/// How long a stopping worker waits for librdkafka to close its consumer.
+pub const LEAVE_GROUP_WITHIN: Duration = Duration::from_secs(10);
+
+/// Leaves the consumer group and closes the consumer (its last offset commit and the leave), on
+/// a thread of its own, waiting at most `limit`. librdkafka's close waits for the group
+/// coordinator's answers, and while the broker does not answer (a network partition, a broker
+/// gone) that can last indefinitely: one worker was still closing after 10 minutes. False when
+/// the close was left running: the caller stops without it, which loses nothing (progress is
+/// stored in Postgres), and the group gives the partitions to other members once this one's
+/// session times out.
+pub async fn leave_group(consumer: Source, limit: Duration) -> bool {
+    let (closed, close_done) = tokio::sync::oneshot::channel();
+    // A plain thread, not `spawn_blocking`: the runtime's shutdown waits for its blocking tasks,
+    // which would bring the wait back; the process exits with this thread still closing.
+    // Rebalance callbacks during the close run on it: the revocation needs no runtime, and an
+    // assignment is left unanswered once stopping (see `SourceContext`).
+    std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+            let _ = closed.send(());
+        })
+        .expect("spawn the Kafka close thread");
+    matches!(tokio::time::timeout(limit, close_done).await, Ok(Ok(())))
 }
 
 /// A producer (`produce`, tests): acks from all replicas, retried by librdkafka.

@@ -107,7 +107,8 @@ impl SourceContext {
             self.health.recovered(Component::Postgres);
             Some(offsets)
         };
-        // The callback runs inside the consumer's poll on a runtime worker thread.
+        // The callback runs inside the consumer's poll on a runtime worker thread (during the
+        // close, on the close thread, but an assignment then returns before this).
         match tokio::runtime::Handle::try_current() {
             Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(load)),
             Err(_) => self.runtime.block_on(load),
