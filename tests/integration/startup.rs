@@ -484,12 +484,7 @@ async fn a_worker_told_to_stop_while_its_broker_is_silent_still_stops() {
 
     proxy.silence();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = child.id().to_string();
-    let told = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(told.success(), "kill -TERM {pid}");
+    support::sigterm(&child);
     let limit = kafka::LEAVE_GROUP_WITHIN + Duration::from_secs(10);
     let (stopped, stderr) = tokio::task::spawn_blocking(move || exit_within(child, limit))
         .await

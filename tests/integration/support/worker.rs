@@ -137,14 +137,19 @@ pub fn terminate(mut child: Child) -> String {
 
 /// Sends SIGTERM and checks the process exits 0, as a worker stopping cleanly does.
 pub fn stop_cleanly(child: &mut Child) {
+    sigterm(child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit status {status:?}");
+}
+
+/// Sends SIGTERM, as an operator stopping a worker does.
+pub fn sigterm(child: &Child) {
     let pid = child.id().to_string();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(sent.success(), "kill -TERM {pid}");
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM exit status {status:?}");
 }
 
 /// What a stopped process wrote to its piped stderr.
