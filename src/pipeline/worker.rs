@@ -251,13 +251,7 @@ impl Worker {
         ));
         self.run_until_stopped(&consumer, &shutdown).await;
         tracing::info!("Stopping: leaving the consumer group.");
-        let within = source::LEAVE_GROUP_WITHIN;
-        if !source::leave_group(consumer, within).await {
-            tracing::warn!(
-                ?within,
-                "Kafka did not confirm the consumer's close in time; stopping without it (progress is stored in Postgres; the group reassigns the partitions once this member's session times out)."
-            );
-        }
+        source::leave_group(consumer, source::LEAVE_GROUP_WITHIN).await;
         let _ = tokio::join!(drainer, timer, publisher, statuses);
         Ok(())
     }

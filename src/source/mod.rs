@@ -113,26 +113,37 @@ pub const LEAVE_GROUP_WITHIN: Duration = Duration::from_secs(10);
 
 /// Leaves the consumer group and closes the consumer (its last offset commit and the leave), on
 /// a thread of its own, waiting at most `limit`. librdkafka's close waits for the group
-/// coordinator's answers, and while the broker does not answer (a network partition, a broker
-/// gone) that can last indefinitely: one worker was still closing after 10 minutes. False when
-/// the close was left running: the caller stops without it, which loses nothing (progress is
-/// stored in Postgres), and the group gives the partitions to other members once this one's
+/// coordinator's answers, and while the broker does not answer that can last indefinitely: one
+/// worker whose broker had gone away was still closing after about 10 minutes. After `limit`
+/// the close is left running and the caller stops without it, which loses nothing (progress is
+/// stored in Postgres); the group gives the partitions to other members once this one's
 /// session times out.
-pub async fn leave_group(consumer: Source, limit: Duration) -> bool {
+pub async fn leave_group(consumer: Source, limit: Duration) {
     let (closed, close_done) = tokio::sync::oneshot::channel();
     // A plain thread, not `spawn_blocking`: the runtime's shutdown waits for its blocking tasks,
     // which would bring the wait back; the process exits with this thread still closing.
     // Rebalance callbacks during the close run on it: the revocation needs no runtime, and an
     // assignment is left unanswered once stopping (see `SourceContext`).
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("kafka-close".into())
         .spawn(move || {
             consumer.unsubscribe();
             drop(consumer);
             let _ = closed.send(());
-        })
-        .expect("spawn the Kafka close thread");
-    matches!(tokio::time::timeout(limit, close_done).await, Ok(Ok(())))
+        });
+    if let Err(error) = spawned {
+        // The consumer went with the closure: it was closed here, unbounded.
+        tracing::warn!(%error, "No thread for the Kafka close; it ran inline.");
+        return;
+    }
+    match tokio::time::timeout(limit, close_done).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => tracing::error!("The Kafka close panicked; stopping without it."),
+        Err(_) => tracing::warn!(
+            within = ?limit,
+            "Kafka did not confirm the consumer's close in time; stopping without it (progress is stored in Postgres; the group reassigns the partitions once this member's session times out)."
+        ),
+    }
 }
 
 /// A producer (`produce`, tests): acks from all replicas, retried by librdkafka.

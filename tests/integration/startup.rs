@@ -16,12 +16,13 @@ use crate::support;
 /// Runs `tenantstream run` with `settings` until it exits (at most `limit`); its exit success
 /// and stderr.
 fn run_to_exit(settings: &Settings, limit: Duration) -> (bool, String) {
-    exit_within(support::spawn_run(settings), limit)
+    let mut worker = support::WorkerProcess(support::spawn_run(settings));
+    exit_within(&mut worker.0, limit)
 }
 
 /// Waits at most `limit` for `child` to exit (killing it and failing the test after that); its
 /// exit success and stderr.
-fn exit_within(mut child: Child, limit: Duration) -> (bool, String) {
+fn exit_within(child: &mut Child, limit: Duration) -> (bool, String) {
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -32,12 +33,12 @@ fn exit_within(mut child: Child, limit: Duration) -> (bool, String) {
             let _ = child.wait();
             panic!(
                 "still running after {limit:?} (it should have stopped): {}",
-                support::stderr_of(&mut child)
+                support::stderr_of(child)
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    (status.success(), support::stderr_of(&mut child))
+    (status.success(), support::stderr_of(child))
 }
 
 /// A change of the test's settings that makes one setup mistake.
@@ -425,38 +426,19 @@ async fn missing_topics_are_one_clear_error_in_run() {
     assert!(stderr.lines().count() <= 6, "{stderr}");
 }
 
-/// A broker that stops answering under a worker (a network partition: connections stay open,
-/// nothing comes back), then SIGTERM: librdkafka's close waits for the group coordinator's
-/// answers, so the worker stops without them after `LEAVE_GROUP_WITHIN` (10 s) and exits 0;
-/// its progress is in Postgres, so nothing is lost. The broker is a tansu process of the test's
-/// own, reached through a proxy in the test that goes silent (tansu advertises the proxy, so
-/// every connection passes through it).
+/// A broker that stops answering under a worker (connections stay open, nothing comes back),
+/// then SIGTERM: librdkafka's close waits for the group coordinator's answers, so the worker
+/// stops without them after `LEAVE_GROUP_WITHIN` (10 s) and exits 0 within 20 s. Before, it was
+/// still closing when the test gave up. The broker is tansu behind a proxy of the test's that
+/// goes silent ([`support::SilentBroker`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_told_to_stop_while_its_broker_is_silent_still_stops() {
     let admin = support::admin_pool().await;
-    let upstream = format!("127.0.0.1:{}", support::free_port());
-    let proxy = SilencingProxy::start(&upstream).await;
-    let brokers = proxy.addr.clone();
-    let mut broker = std::process::Command::new("tansu")
-        .args(["broker", "--listener-url", &format!("tcp://{upstream}")])
-        .args(["--advertised-listener-url", &format!("tcp://{brokers}")])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu, installed by scripts/test.sh");
-    let up = Instant::now();
-    while std::net::TcpStream::connect(&upstream).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(30),
-            "tansu listening on {upstream}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let settings = support::settings(&brokers, "stop-broker-silent");
+    let broker = support::SilentBroker::start().await;
+    let settings = support::settings(&broker.brokers, "stop-broker-silent");
     let k = &settings.kafka;
     support::create_topics(
-        &brokers,
+        &broker.brokers,
         &[
             (&k.orders_topic, 2),
             (&k.config_topic, 1),
@@ -473,90 +455,19 @@ async fn a_worker_told_to_stop_while_its_broker_is_silent_still_stops() {
         ..Default::default()
     };
     let (messages, _) = traffic::generate(&spec, &support::order_encoder(&settings));
-    let producer = support::single_record_producer(&brokers);
+    let producer = support::single_record_producer(&broker.brokers);
     let sent = traffic::send(&producer, &k.orders_topic, &messages, 0, None)
         .await
         .unwrap();
     drop(producer);
-    let child = support::spawn_run(&settings);
+    let mut worker = support::WorkerProcess(support::spawn_run(&settings));
     // In the group, with every message written.
     support::wait_for_offsets(&admin, &settings, &sent.ends, Duration::from_secs(60)).await;
 
-    proxy.silence();
+    broker.silence();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    support::sigterm(&child);
+    support::sigterm(&worker.0);
     let limit = kafka::LEAVE_GROUP_WITHIN + Duration::from_secs(10);
-    let (stopped, stderr) = tokio::task::spawn_blocking(move || exit_within(child, limit))
-        .await
-        .unwrap();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    let (stopped, stderr) = tokio::task::block_in_place(|| exit_within(&mut worker.0, limit));
     assert!(stopped, "{stderr}");
-}
-
-/// A TCP proxy to `upstream` that, once silenced, passes nothing more either way and keeps
-/// every connection open (new ones are accepted and never answered).
-struct SilencingProxy {
-    addr: String,
-    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl SilencingProxy {
-    async fn start(upstream: &str) -> Self {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let silent = Arc::new(AtomicBool::new(false));
-        let upstream = upstream.to_owned();
-        let flag = silent.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                    // Held open, never answered.
-                    tokio::spawn(async move {
-                        let _client = client;
-                        std::future::pending::<()>().await
-                    });
-                    continue;
-                };
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                for (mut from, mut to) in [
-                    (
-                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                        Box::new(server_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-                    ),
-                    (Box::new(server_read), Box::new(client_write)),
-                ] {
-                    let flag = flag.clone();
-                    tokio::spawn(async move {
-                        let mut buffer = vec![0u8; 64 * 1024];
-                        loop {
-                            let read = match from.read(&mut buffer).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(read) => read,
-                            };
-                            if flag.load(Ordering::SeqCst) {
-                                // Swallowed: the connection stays open, silent.
-                                continue;
-                            }
-                            if to.write_all(&buffer[..read]).await.is_err() {
-                                break;
-                            }
-                        }
-                        // Silent connections are never closed by the proxy.
-                        std::future::pending::<()>().await
-                    });
-                }
-            }
-        });
-        Self { addr, silent }
-    }
-
-    fn silence(&self) {
-        self.silent.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
 }

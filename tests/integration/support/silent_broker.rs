@@ -1,0 +1,158 @@
+//! A broker that stops answering: a tansu process of the test's own, reached through a proxy
+//! in the test that can go silent (tansu advertises the proxy, so every connection of a client
+//! passes through it).
+
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::free_port;
+
+/// How many free ports tansu is tried on (another test may take one before tansu binds it).
+const START_ATTEMPTS: usize = 3;
+
+/// tansu behind a [`SilencingProxy`]; tansu is killed when this is dropped.
+pub struct SilentBroker {
+    /// The address clients use: the proxy's.
+    pub brokers: String,
+    proxy: SilencingProxy,
+    tansu: Child,
+    /// Holds tansu's log (stderr) until dropped.
+    _log: tempfile::TempDir,
+}
+
+impl SilentBroker {
+    pub async fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let upstream = format!("127.0.0.1:{}", free_port());
+            let proxy = SilencingProxy::start(&upstream).await;
+            let log = tempfile::tempdir().unwrap();
+            let log_file = std::fs::File::create(log.path().join("tansu.log")).unwrap();
+            let mut tansu = std::process::Command::new("tansu")
+                .args(["broker", "--listener-url", &format!("tcp://{upstream}")])
+                .args([
+                    "--advertised-listener-url",
+                    &format!("tcp://{}", proxy.addr),
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .expect("tansu, installed by scripts/test.sh");
+            let started = Instant::now();
+            let listening = loop {
+                if std::net::TcpStream::connect(&upstream).is_ok() {
+                    break true;
+                }
+                if let Some(status) = tansu.try_wait().unwrap() {
+                    let text = std::fs::read_to_string(log.path().join("tansu.log"));
+                    failures.push(format!("tansu on {upstream} exited ({status}): {text:?}"));
+                    break false;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "tansu on {upstream} did not listen in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if listening {
+                return Self {
+                    brokers: proxy.addr.clone(),
+                    proxy,
+                    tansu,
+                    _log: log,
+                };
+            }
+        }
+        panic!("tansu did not start: {failures:#?}");
+    }
+
+    /// From now on nothing passes either way; connections stay open.
+    pub fn silence(&self) {
+        self.proxy.silent.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SilentBroker {
+    fn drop(&mut self) {
+        let _ = self.tansu.kill();
+        let _ = self.tansu.wait();
+    }
+}
+
+/// A TCP proxy to `upstream` that passes bytes both ways until silenced; after that it reads
+/// and drops everything, and keeps every connection open (new ones are accepted and never
+/// answered).
+struct SilencingProxy {
+    addr: String,
+    silent: Arc<AtomicBool>,
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl SilencingProxy {
+    async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let silent = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_owned();
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.expect("the proxy accepts");
+                if flag.load(Ordering::SeqCst) {
+                    tokio::spawn(hold_open(client));
+                    continue;
+                }
+                let server = tokio::net::TcpStream::connect(&upstream)
+                    .await
+                    .unwrap_or_else(|e| panic!("the proxy reaches tansu at {upstream}: {e}"));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let pipes: [(Reader, Writer); 2] = [
+                    (Box::new(client_read), Box::new(server_write)),
+                    (Box::new(server_read), Box::new(client_write)),
+                ];
+                for (from, to) in pipes {
+                    tokio::spawn(pass(from, to, flag.clone()));
+                }
+            }
+        });
+        Self { addr, silent }
+    }
+}
+
+/// Copies `from` to `to` until either ends (then ends `to` too), or, once `silent`, reads and
+/// drops what comes and never ends.
+async fn pass(mut from: Reader, mut to: Writer, silent: Arc<AtomicBool>) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        if silent.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+    if silent.load(Ordering::SeqCst) {
+        // Keeps `to` open: a silent broker closes nothing.
+        std::future::pending::<()>().await;
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A connection accepted once silent: held open, never answered.
+async fn hold_open(connection: tokio::net::TcpStream) {
+    let _connection = connection;
+    std::future::pending::<()>().await
+}
