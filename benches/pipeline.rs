@@ -180,6 +180,13 @@ async fn run(
         "worker process         {cpu_per_100k:.2} CPU s per 100k events, peak RSS {:.0} MiB",
         peak_rss as f64 / MIB
     );
+    let (batches, tenant_batches) = worker.batches(&topic).await;
+    println!(
+        "batches                {batches:.0}: {:.0} events and {:.0} tenants each on average; {:.0} tenants of a batch per 1,000 events (each costs statements under its context)",
+        messages.len() as f64 / batches.max(1.0),
+        tenant_batches / batches.max(1.0),
+        tenant_batches * 1000.0 / messages.len() as f64
+    );
 
     // 2. Latency at half that rate (or BENCH_LATENCY_RATE, to compare workers at one rate),
     // first with a smooth neighbour, then a bursty one.
@@ -584,6 +591,7 @@ fn fxhash(bytes: &[u8]) -> usize {
 struct WorkerProcess {
     child: std::process::Child,
     readyz: String,
+    metrics: String,
 }
 
 impl WorkerProcess {
@@ -619,6 +627,7 @@ impl WorkerProcess {
         Ok(Self {
             child,
             readyz: format!("http://127.0.0.1:{port}/readyz"),
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
         })
     }
 
@@ -637,6 +646,24 @@ impl WorkerProcess {
                 "the worker was not ready within 60 s"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Its batches of `topic` so far: how many, and the tenants they wrote, summed (each tenant
+    /// of a batch costs statements under its context). Waits up to 5 s for every batch taken
+    /// to be committed: a batch's figures are recorded just after its offset is stored.
+    async fn batches(&self, topic: &str) -> (f64, f64) {
+        let label = format!("topic=\"{topic}\"");
+        let started = Instant::now();
+        loop {
+            let m = support::scrape(&self.metrics).await;
+            let get = |name| support::metric_value(&m, name, &label).unwrap_or(0.0);
+            let taken = get("tenantstream_batch_size_events_count");
+            let committed = get("tenantstream_batch_tenants_count");
+            if committed >= taken || started.elapsed() > Duration::from_secs(5) {
+                return (committed, get("tenantstream_batch_tenants_sum"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

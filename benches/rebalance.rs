@@ -328,10 +328,11 @@ async fn settle(workers: &[Worker], settings: &Settings, total: i32) -> anyhow::
         let mut ready = true;
         for worker in workers {
             let metrics = worker.metrics().await;
-            ready &= value(&metrics, "tenantstream_ready", "") == Some(1.0);
+            ready &= support::metric_value(&metrics, "tenantstream_ready", "") == Some(1.0);
             let of = |topic: &str| {
                 let label = format!("topic=\"{topic}\"");
-                value(&metrics, "tenantstream_assigned_partitions", &label).unwrap_or(0.0)
+                support::metric_value(&metrics, "tenantstream_assigned_partitions", &label)
+                    .unwrap_or(0.0)
             };
             held.push(of(&k.orders_topic) + of(&k.config_topic));
         }
@@ -345,18 +346,6 @@ async fn settle(workers: &[Worker], settings: &Settings, total: i32) -> anyhow::
         );
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// The value of the first sample of `name` whose labels contain `label` (`""`: any).
-fn value(metrics: &str, name: &str, label: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (labels, value) = match rest.strip_prefix('{') {
-            Some(rest) => rest.split_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        labels.contains(label).then(|| value.trim().parse().ok())?
-    })
 }
 
 /// Who holds each orders partition, from the workers' log lines.
@@ -403,10 +392,7 @@ impl Worker {
     }
 
     async fn metrics(&self) -> String {
-        match reqwest::get(&self.metrics).await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        support::scrape(&self.metrics).await
     }
 
     /// The partitions of `topic` it holds, replaying its assignment and revocation lines.

@@ -328,3 +328,23 @@ pub fn worker_command(settings: &Settings, http_port: u16) -> std::process::Comm
         .stdout(std::process::Stdio::null());
     command
 }
+
+/// A worker's `/metrics` at `url` (empty when it does not answer).
+pub async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain `label` (`""`: any).
+pub fn metric_value(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels.contains(label).then(|| value.trim().parse().ok())?
+    })
+}

@@ -10,6 +10,7 @@ pub const EVENTS_PROCESSED: &str = "tenantstream_events_processed_total";
 pub const DEAD_LETTERS: &str = "tenantstream_dead_letters_total";
 pub const BATCH_COMMIT_SECONDS: &str = "tenantstream_batch_commit_seconds";
 pub const BATCH_SIZE_EVENTS: &str = "tenantstream_batch_size_events";
+pub const BATCH_TENANTS: &str = "tenantstream_batch_tenants";
 pub const STAGE_DURATION_SECONDS: &str = "tenantstream_stage_duration_seconds";
 pub const END_TO_END_SECONDS: &str = "tenantstream_end_to_end_latency_seconds";
 pub const CACHE_VISIBLE_SECONDS: &str = "tenantstream_cache_visible_latency_seconds";
@@ -67,6 +68,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (DEAD_LETTERS, Kind::Counter, "Messages sent to the dead-letter topic, by source topic and error code."),
     (BATCH_COMMIT_SECONDS, Kind::Histogram, "Seconds from a batch's first step (decode) to its Postgres commit."),
     (BATCH_SIZE_EVENTS, Kind::Histogram, "Messages per batch handed to the writer, by topic (its sum is the messages consumed)."),
+    (BATCH_TENANTS, Kind::Histogram, "Tenants whose events a committed batch wrote, by topic: each costs the batch's transaction statements under that tenant's context, so with many tenants this, more than the events, sets Postgres's work."),
     (STAGE_DURATION_SECONDS, Kind::Histogram, "Seconds one step of a batch took, by stage: decode (framing, schemas, Avro, validation), sink (the Postgres write), cache (the inline Redis refresh). Only the attempt that succeeded: the time spent retrying a failing dependency is not in it."),
     (END_TO_END_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to the commit of its batch."),
     (CACHE_VISIBLE_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to its Redis key written by its own batch, by topic (keys written later by the drainer, after a Redis outage or a crash, are not in it)."),
@@ -158,6 +160,7 @@ pub fn register_at_zero(topics: &[&str], dead_letter_codes: &[&str], violation_k
         for name in [
             BATCH_COMMIT_SECONDS,
             BATCH_SIZE_EVENTS,
+            BATCH_TENANTS,
             END_TO_END_SECONDS,
             CACHE_VISIBLE_SECONDS,
         ] {

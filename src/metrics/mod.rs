@@ -20,7 +20,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Events per batch: a batch holds at most `kafka.batch_max_events` (default 20,000).
+/// Events (and tenants) per batch: a batch holds at most `kafka.batch_max_events` (default
+/// 20,000).
 const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 20000.0,
 ];
@@ -40,6 +41,12 @@ pub fn install_recorder() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(BATCH_SIZE_EVENTS.into()),
+                        BATCH_SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(BATCH_TENANTS.into()),
                         BATCH_SIZE_BUCKETS,
                     )
                 })
@@ -201,6 +208,11 @@ impl fmt::Display for Stage {
 pub fn batch_taken(topic: &str, count: usize) {
     counter!(EVENTS_CONSUMED, "topic" => topic.to_owned()).increment(count as u64);
     histogram!(BATCH_SIZE_EVENTS, "topic" => topic.to_owned()).record(count as f64);
+}
+
+/// A committed batch of `topic` wrote the events of `tenants` tenants.
+pub fn batch_tenants(topic: &str, tenants: usize) {
+    histogram!(BATCH_TENANTS, "topic" => topic.to_owned()).record(tenants as f64);
 }
 
 /// One step of a batch (decode, sink or cache) succeeded in `elapsed`.

@@ -192,6 +192,7 @@ impl BatchPath {
         metrics::batch_committed(topic, partition, next_offset, elapsed, &occurred, now);
         let events = decoded.events();
         let shares = tenant_shares(events, &written.cache, now, postgres);
+        metrics::batch_tenants(topic, shares.len());
         self.tenants.batch_committed(&shares);
         for (tenant, code) in decoded.dead_letters_by_tenant() {
             self.tenants.dead_lettered(*tenant, code);

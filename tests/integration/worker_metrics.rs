@@ -9,9 +9,9 @@ use rdkafka::mocking::MockCluster;
 use tenantstream::replay::{self, ReplayOptions, StartFrom};
 use tenantstream::testing::domain::OrderEventType;
 use tenantstream::testing::metrics::{
-    install_recorder, ASSIGNED_PARTITIONS, BATCH_SIZE_EVENTS, BUFFERED_BYTES, BUILD_INFO,
-    CACHE_VISIBLE_SECONDS, EVENTS_CONSUMED, POSTGRES_POOL_CONNECTIONS, PROCESS_METRICS, READY,
-    REBALANCES, REDIS_ERRORS, REPLAY_MESSAGES, STAGE_DURATION_SECONDS,
+    install_recorder, ASSIGNED_PARTITIONS, BATCH_SIZE_EVENTS, BATCH_TENANTS, BUFFERED_BYTES,
+    BUILD_INFO, CACHE_VISIBLE_SECONDS, EVENTS_CONSUMED, POSTGRES_POOL_CONNECTIONS, PROCESS_METRICS,
+    READY, REBALANCES, REDIS_ERRORS, REPLAY_MESSAGES, STAGE_DURATION_SECONDS,
 };
 use tenantstream::testing::sink::{outbox_state, OutboxState};
 use uuid::Uuid;
@@ -129,6 +129,9 @@ async fn the_metrics_of_a_run_agree_with_its_traffic_and_its_partitions() {
         &[("topic", orders), ("le", "1000")],
     );
     assert_eq!(largest, batches, "240 events make no batch beyond 1,000");
+    // Every event is of one tenant: each committed batch wrote one tenant's events.
+    let tenants = |suffix: &str| get(&format!("{BATCH_TENANTS}_{suffix}"), &[("topic", orders)]);
+    assert_eq!((tenants("count"), tenants("sum")), (batches, batches));
     // Each batch decoded, wrote and refreshed its keys once, each timed once.
     for stage in ["decode", "sink", "cache"] {
         let timed = get(
