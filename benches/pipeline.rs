@@ -180,12 +180,12 @@ async fn run(
         "worker process         {cpu_per_100k:.2} CPU s per 100k events, peak RSS {:.0} MiB",
         peak_rss as f64 / MIB
     );
-    let (batches, tenant_batches) = worker.batches(&topic).await;
+    let (batches, batched, tenant_batches) = worker.batches(&topic).await?;
     println!(
-        "batches                {batches:.0}: {:.0} events and {:.0} tenants each on average; {:.0} tenants of a batch per 1,000 events (each costs statements under its context)",
-        messages.len() as f64 / batches.max(1.0),
-        tenant_batches / batches.max(1.0),
-        tenant_batches * 1000.0 / messages.len() as f64
+        "batches                {batches:.0}: {:.0} events and {:.0} tenants each on average; {:.0} tenants of a batch per 1,000 events (each costs work under its context)",
+        batched / batches,
+        tenant_batches / batches,
+        tenant_batches * 1000.0 / batched
     );
 
     // 2. Latency at half that rate (or BENCH_LATENCY_RATE, to compare workers at one rate),
@@ -649,10 +649,10 @@ impl WorkerProcess {
         }
     }
 
-    /// Its batches of `topic` so far: how many, and the tenants they wrote, summed (each tenant
-    /// of a batch costs statements under its context). Waits up to 5 s for every batch taken
-    /// to be committed: a batch's figures are recorded just after its offset is stored.
-    async fn batches(&self, topic: &str) -> (f64, f64) {
+    /// Its batches of `topic`: how many, their events and the tenants they held, summed
+    /// (each tenant of a batch costs work under its context). Waits up to 5 s for every batch
+    /// taken to be committed: a batch's figures are recorded just after its offset is stored.
+    async fn batches(&self, topic: &str) -> anyhow::Result<(f64, f64, f64)> {
         let label = format!("topic=\"{topic}\"");
         let started = Instant::now();
         loop {
@@ -660,9 +660,17 @@ impl WorkerProcess {
             let get = |name| support::metric_value(&m, name, &label).unwrap_or(0.0);
             let taken = get("tenantstream_batch_size_events_count");
             let committed = get("tenantstream_batch_tenants_count");
-            if committed >= taken || started.elapsed() > Duration::from_secs(5) {
-                return (committed, get("tenantstream_batch_tenants_sum"));
+            if taken > 0.0 && committed >= taken {
+                return Ok((
+                    committed,
+                    get("tenantstream_batch_size_events_sum"),
+                    get("tenantstream_batch_tenants_sum"),
+                ));
             }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "{committed} of {taken} batches committed 5 s after the drain"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

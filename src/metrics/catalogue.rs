@@ -68,7 +68,7 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (DEAD_LETTERS, Kind::Counter, "Messages sent to the dead-letter topic, by source topic and error code."),
     (BATCH_COMMIT_SECONDS, Kind::Histogram, "Seconds from a batch's first step (decode) to its Postgres commit."),
     (BATCH_SIZE_EVENTS, Kind::Histogram, "Messages per batch handed to the writer, by topic (its sum is the messages consumed)."),
-    (BATCH_TENANTS, Kind::Histogram, "Tenants whose events a committed batch wrote, by topic: each costs the batch's transaction statements under that tenant's context, so with many tenants this, more than the events, sets Postgres's work."),
+    (BATCH_TENANTS, Kind::Histogram, "Tenants with events in a committed batch, by topic: each costs the batch's transaction work under that tenant's context (for orders, a turn of the per-tenant loop in each of its two calls), so with many tenants this, more than the events, sets Postgres's work."),
     (STAGE_DURATION_SECONDS, Kind::Histogram, "Seconds one step of a batch took, by stage: decode (framing, schemas, Avro, validation), sink (the Postgres write), cache (the inline Redis refresh). Only the attempt that succeeded: the time spent retrying a failing dependency is not in it."),
     (END_TO_END_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to the commit of its batch."),
     (CACHE_VISIBLE_SECONDS, Kind::Histogram, "Seconds from an event's occurred_at to its Redis key written by its own batch, by topic (keys written later by the drainer, after a Redis outage or a crash, are not in it)."),

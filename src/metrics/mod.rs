@@ -210,7 +210,7 @@ pub fn batch_taken(topic: &str, count: usize) {
     histogram!(BATCH_SIZE_EVENTS, "topic" => topic.to_owned()).record(count as f64);
 }
 
-/// A committed batch of `topic` wrote the events of `tenants` tenants.
+/// A committed batch of `topic` held events of `tenants` tenants.
 pub fn batch_tenants(topic: &str, tenants: usize) {
     histogram!(BATCH_TENANTS, "topic" => topic.to_owned()).record(tenants as f64);
 }

@@ -4,7 +4,7 @@
 
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,17 +47,23 @@ impl SilentBroker {
             let started = Instant::now();
             let listening = loop {
                 if std::net::TcpStream::connect(&upstream).is_ok() {
-                    break true;
+                    // Still running a moment later: the listener is tansu's, not another
+                    // process's that took the port first (tansu then exits).
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 if let Some(status) = tansu.try_wait().unwrap() {
                     let text = std::fs::read_to_string(log.path().join("tansu.log"));
                     failures.push(format!("tansu on {upstream} exited ({status}): {text:?}"));
                     break false;
                 }
-                assert!(
-                    started.elapsed() < Duration::from_secs(30),
-                    "tansu on {upstream} did not listen in 30 s"
-                );
+                if std::net::TcpStream::connect(&upstream).is_ok() {
+                    break true;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    let _ = tansu.kill();
+                    let _ = tansu.wait();
+                    panic!("tansu on {upstream} did not listen in 30 s");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
             if listening {
@@ -72,9 +78,12 @@ impl SilentBroker {
         panic!("tansu did not start: {failures:#?}");
     }
 
-    /// From now on nothing passes either way; connections stay open.
+    /// From now on nothing passes either way; connections stay open. Fails the test if the
+    /// proxy could not reach tansu before.
     pub fn silence(&self) {
         self.proxy.silent.store(true, Ordering::SeqCst);
+        let failure = self.proxy.failure.lock().unwrap().clone();
+        assert!(failure.is_none(), "the proxy failed: {failure:?}");
     }
 }
 
@@ -91,6 +100,9 @@ impl Drop for SilentBroker {
 struct SilencingProxy {
     addr: String,
     silent: Arc<AtomicBool>,
+    /// What went wrong in the proxy's tasks, for the test to fail on (a panic there would only
+    /// end the task).
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -101,18 +113,32 @@ impl SilencingProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let silent = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(Mutex::new(None));
         let upstream = upstream.to_owned();
         let flag = silent.clone();
+        let failed = failure.clone();
         tokio::spawn(async move {
             loop {
-                let (client, _) = listener.accept().await.expect("the proxy accepts");
+                let client = match listener.accept().await {
+                    Ok((client, _)) => client,
+                    Err(error) => {
+                        *failed.lock().unwrap() = Some(format!("accept: {error}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
                 if flag.load(Ordering::SeqCst) {
                     tokio::spawn(hold_open(client));
                     continue;
                 }
-                let server = tokio::net::TcpStream::connect(&upstream)
-                    .await
-                    .unwrap_or_else(|e| panic!("the proxy reaches tansu at {upstream}: {e}"));
+                let server = match tokio::net::TcpStream::connect(&upstream).await {
+                    Ok(server) => server,
+                    Err(error) => {
+                        *failed.lock().unwrap() =
+                            Some(format!("reaching tansu at {upstream}: {error}"));
+                        continue;
+                    }
+                };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
                 let pipes: [(Reader, Writer); 2] = [
@@ -124,7 +150,11 @@ impl SilencingProxy {
                 }
             }
         });
-        Self { addr, silent }
+        Self {
+            addr,
+            silent,
+            failure,
+        }
     }
 }
 
