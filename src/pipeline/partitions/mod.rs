@@ -177,9 +177,9 @@ impl Drop for StateMut<'_> {
 pub(super) struct Partitions {
     states: HashMap<TopicPartition, PartitionState>,
     next_epoch: u64,
-    /// The bytes every partition holds, buffered or in batches being written: counted up as
-    /// messages arrive, adjusted by each change made through [`Partitions::current`], and
-    /// counted down by what a revoked or replaced state held. A revoked partition's batch
+    /// The bytes every partition holds, buffered or in batches being written: adjusted by each
+    /// change made through a borrowed state ([`StateMut`]: an arrival, a batch done, a restart,
+    /// a clear), and counted down by what a revoked or replaced state held. A revoked partition's batch
     /// still being written no longer counts, so just after a rebalance the worker may hold up
     /// to about twice the budget.
     held_bytes: usize,
@@ -226,12 +226,10 @@ impl Partitions {
         pause: bool,
     ) {
         let partition = TopicPartition::new(message.topic(), message.partition());
-        let Some(state) = self.states.get_mut(&partition) else {
+        let Some(mut state) = self.borrow(&partition, None) else {
             return;
         };
-        let buffered = state.buffered_bytes;
         state.accept(message);
-        self.held_bytes += state.buffered_bytes - buffered;
         if (pause || state.buffer.len() >= messages) && !state.paused {
             state.paused = consumer.set_paused(&partition, true);
         }
@@ -258,10 +256,16 @@ impl Partitions {
     /// change does to the bytes it holds (a batch done, a restart, a clear) is counted when
     /// the borrow ends.
     pub fn current(&mut self, partition: &TopicPartition, epoch: u64) -> Option<StateMut<'_>> {
+        self.borrow(partition, Some(epoch))
+    }
+
+    /// The partition's state, to change (of assignment `epoch` only, when given); what the
+    /// change does to the bytes it holds is counted when the borrow ends.
+    fn borrow(&mut self, partition: &TopicPartition, epoch: Option<u64>) -> Option<StateMut<'_>> {
         let state = self
             .states
             .get_mut(partition)
-            .filter(|s| s.epoch == epoch)?;
+            .filter(|s| epoch.is_none_or(|epoch| s.epoch == epoch))?;
         let before = state.held_bytes();
         Some(StateMut {
             state,
