@@ -46,7 +46,8 @@ impl SilentBroker {
                 .expect("tansu, installed by scripts/test.sh");
             let started = Instant::now();
             let listening = loop {
-                if std::net::TcpStream::connect(&upstream).is_ok() {
+                let answered = std::net::TcpStream::connect(&upstream).is_ok();
+                if answered {
                     // Still running a moment later: the listener is tansu's, not another
                     // process's that took the port first (tansu then exits).
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -56,7 +57,7 @@ impl SilentBroker {
                     failures.push(format!("tansu on {upstream} exited ({status}): {text:?}"));
                     break false;
                 }
-                if std::net::TcpStream::connect(&upstream).is_ok() {
+                if answered {
                     break true;
                 }
                 if started.elapsed() > Duration::from_secs(30) {
