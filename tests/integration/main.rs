@@ -30,5 +30,6 @@ mod sla_faults;
 mod slow_rows;
 mod soak;
 mod startup;
+mod tenant_cost;
 mod tenant_health;
 mod worker_metrics;

@@ -1,0 +1,103 @@
+-- The Postgres cost of one tenant of a batch, apart from the cost of its rows (issue 10: at
+-- 5,000 tenants each tenant of a batch costs statements under its own context, whatever its
+-- rows). `scripts/tenant-cost.sh` runs it; the suite runs a short version (tests/integration/
+-- tenant_cost.rs).
+--
+-- pg_temp.tenant_cost(fn, tenants, calls, passes) times `calls` calls of `fn` (a function with
+-- the parameters of write_order_batch; default write_order_batch itself) with `tenants` tenants
+-- of 2 new orders each ("wide"), then `calls` calls with a tenth of the tenants and 20 new
+-- orders each ("narrow"): the same rows, ten times fewer tenants. So, per pass,
+--   tenant_us = (wide - narrow) / (calls * 0.9 * tenants)
+--   row_us    = (narrow - tenant_us * calls * 0.1 * tenants) / (calls * 2 * tenants)
+-- Every call writes fresh orders of known tenants (registered by a first, untimed call), as the
+-- live worker does with SLA tracking on and no policy. Each call must write every row it sends,
+-- or the function fails, so a timing is never that of a call that wrote nothing.
+--
+-- Call it as the worker role, in a transaction that is rolled back:
+--   BEGIN; <this file>; SET LOCAL ROLE tenantstream_worker;
+--   SELECT * FROM pg_temp.tenant_cost(); ROLLBACK;
+CREATE FUNCTION pg_temp.tenant_cost(
+    fn text DEFAULT 'write_order_batch', tenants int DEFAULT 100, calls int DEFAULT 20,
+    passes int DEFAULT 3)
+    RETURNS TABLE (pass int, wide_ms numeric, narrow_ms numeric, tenant_us numeric,
+                   row_us numeric, rows_written bigint)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    narrow_tenants int := greatest(tenants / 10, 1);
+    pool uuid[] := ARRAY(SELECT md5('tenant-cost-' || t)::uuid FROM generate_series(1, tenants) t);
+    orders_sent int := 0;
+    started timestamptz;
+    wide float8;
+    narrow float8;
+    written bigint := 0;
+BEGIN
+    IF tenants < 10 OR calls < 1 OR passes < 1 THEN
+        RAISE EXCEPTION 'tenant_cost: tenants must be at least 10, calls and passes at least 1 (got %, %, %)',
+            tenants, calls, passes;
+    END IF;
+    -- Registers the tenants (untimed): the worker's tenants are known after their first batch.
+    PERFORM pg_temp.tenant_cost_call(fn, pool, 1, orders_sent);
+    orders_sent := orders_sent + tenants;
+    FOR r IN 1 .. passes LOOP
+        started := clock_timestamp();
+        FOR c IN 1 .. calls LOOP
+            written := written + pg_temp.tenant_cost_call(fn, pool, 2, orders_sent);
+            orders_sent := orders_sent + 2 * tenants;
+        END LOOP;
+        wide := extract(epoch FROM clock_timestamp() - started) * 1000;
+        started := clock_timestamp();
+        FOR c IN 1 .. calls LOOP
+            written := written + pg_temp.tenant_cost_call(fn, pool[1:narrow_tenants], 20, orders_sent);
+            orders_sent := orders_sent + 20 * narrow_tenants;
+        END LOOP;
+        narrow := extract(epoch FROM clock_timestamp() - started) * 1000;
+        pass := r;
+        wide_ms := round(wide::numeric, 1);
+        narrow_ms := round(narrow::numeric, 1);
+        tenant_us := round(((wide - narrow) * 1000
+                            / (calls * (tenants - narrow_tenants)))::numeric, 1);
+        row_us := round(((narrow * 1000 - tenant_us::float8 * calls * narrow_tenants)
+                         / (calls * 20 * narrow_tenants))::numeric, 1);
+        rows_written := written;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- One call of `fn` for `pool`'s tenants, `per_tenant` new orders each (ids from `first_order`
+-- on): returns the rows written, and fails unless that is every row sent.
+CREATE FUNCTION pg_temp.tenant_cost_call(fn text, pool uuid[], per_tenant int, first_order int)
+    RETURNS bigint
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    k int := cardinality(pool);
+    n int := k * per_tenant;
+    now_ms int8 := (extract(epoch FROM now()) * 1000)::int8;
+    written bigint;
+BEGIN
+    EXECUTE format(
+        'SELECT count(*) FROM %I($1, $2, true, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                 $14, $15, $16, $17, true, NULL::jsonb, $8, $8, $13)', fn)
+    INTO written
+    USING
+        'tenant-cost', 'order', pool,
+        ARRAY(SELECT (t - 1) * per_tenant + 1 FROM generate_series(1, k) t),
+        ARRAY(SELECT t * per_tenant FROM generate_series(1, k) t),
+        ARRAY(SELECT 'tenant-cost-' || (first_order + i) FROM generate_series(1, n) i),
+        array_fill(1::int8, ARRAY[n]),
+        array_fill('created'::text, ARRAY[n]),
+        array_fill('customer-1'::text, ARRAY[n]),
+        array_fill('EUR'::text, ARRAY[n]),
+        array_fill(1234::int8, ARRAY[n]),
+        array_fill('[{"sku":"SKU-1","quantity":2,"unit_price_cents":617}]'::text, ARRAY[n]),
+        array_fill(now_ms, ARRAY[n]),
+        ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n)),
+        '{}'::int8[], array_fill(1, ARRAY[k]), array_fill(0, ARRAY[k]);
+    IF written <> n THEN
+        RAISE EXCEPTION 'tenant_cost: % wrote % of % new orders', fn, written, n;
+    END IF;
+    RETURN written;
+END
+$$;
