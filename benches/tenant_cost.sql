@@ -5,13 +5,17 @@
 --
 -- pg_temp.tenant_cost(fn, tenants, calls, passes) times `calls` calls of `fn` (a function with
 -- the parameters of write_order_batch; default write_order_batch itself) with `tenants` tenants
--- of 2 new orders each ("wide"), then `calls` calls with a tenth of the tenants and 20 new
--- orders each ("narrow"): the same rows, ten times fewer tenants. So, per pass,
---   tenant_us = (wide - narrow) / (calls * 0.9 * tenants)
---   row_us    = (narrow - tenant_us * calls * 0.1 * tenants) / (calls * 2 * tenants)
--- Every call writes fresh orders of known tenants (registered by a first, untimed call), as the
--- live worker does with SLA tracking on and no policy. Each call must write every row it sends,
--- or the function fails, so a timing is never that of a call that wrote nothing.
+-- of 2 new orders each ("wide"), and `calls` calls with a tenth of the tenants and 20 new orders
+-- each ("narrow"): the same rows, ten times fewer tenants. Passes alternate which goes first.
+-- So, per pass, with wide and narrow in ms:
+--   tenant_us = (wide - narrow) * 1000 / (calls * 0.9 * tenants)
+--   row_us    = (narrow * 1000 - tenant_us * calls * 0.1 * tenants) / (calls * 2 * tenants)
+-- Every call writes new orders of known tenants (registered by a first, untimed call), with
+-- SLA tracking on, no policy and no applied cache work to delete: the live worker's commonest
+-- call, without its deletes of applied outbox rows and its updates of existing orders. row_us
+-- also counts building the call's arrays here (the worker builds them in Rust).
+-- Each call must return every order it sends, or the function fails, so a timing is never that
+-- of a call that wrote nothing.
 --
 -- Call it as the worker role, in a transaction that is rolled back:
 --   BEGIN; <this file>; SET LOCAL ROLE tenantstream_worker;
@@ -24,7 +28,7 @@ CREATE FUNCTION pg_temp.tenant_cost(
     LANGUAGE plpgsql
 AS $$
 DECLARE
-    narrow_tenants int := greatest(tenants / 10, 1);
+    narrow_tenants int := tenants / 10;
     pool uuid[] := ARRAY(SELECT md5('tenant-cost-' || t)::uuid FROM generate_series(1, tenants) t);
     orders_sent int := 0;
     started timestamptz;
@@ -32,26 +36,36 @@ DECLARE
     narrow float8;
     written bigint := 0;
 BEGIN
-    IF tenants < 10 OR calls < 1 OR passes < 1 THEN
-        RAISE EXCEPTION 'tenant_cost: tenants must be at least 10, calls and passes at least 1 (got %, %, %)',
+    IF tenants < 10 OR tenants % 10 <> 0 OR calls < 1 OR passes < 1 THEN
+        RAISE EXCEPTION 'tenant_cost: tenants must be a multiple of 10, calls and passes at least 1 (got %, %, %)',
             tenants, calls, passes;
+    END IF;
+    IF to_regproc(fn) IS NULL THEN
+        RAISE EXCEPTION 'tenant_cost: no function named % (or more than one)', fn;
     END IF;
     -- Registers the tenants (untimed): the worker's tenants are known after their first batch.
     PERFORM pg_temp.tenant_cost_call(fn, pool, 1, orders_sent);
     orders_sent := orders_sent + tenants;
     FOR r IN 1 .. passes LOOP
-        started := clock_timestamp();
-        FOR c IN 1 .. calls LOOP
-            written := written + pg_temp.tenant_cost_call(fn, pool, 2, orders_sent);
-            orders_sent := orders_sent + 2 * tenants;
+        -- Odd passes time wide calls first, even ones narrow calls first: the tables grow.
+        FOR shape IN 1 .. 2 LOOP
+            started := clock_timestamp();
+            FOR c IN 1 .. calls LOOP
+                IF (shape + r) % 2 = 0 THEN
+                    written := written + pg_temp.tenant_cost_call(fn, pool, 2, orders_sent);
+                    orders_sent := orders_sent + 2 * tenants;
+                ELSE
+                    written := written
+                        + pg_temp.tenant_cost_call(fn, pool[1:narrow_tenants], 20, orders_sent);
+                    orders_sent := orders_sent + 20 * narrow_tenants;
+                END IF;
+            END LOOP;
+            IF (shape + r) % 2 = 0 THEN
+                wide := extract(epoch FROM clock_timestamp() - started) * 1000;
+            ELSE
+                narrow := extract(epoch FROM clock_timestamp() - started) * 1000;
+            END IF;
         END LOOP;
-        wide := extract(epoch FROM clock_timestamp() - started) * 1000;
-        started := clock_timestamp();
-        FOR c IN 1 .. calls LOOP
-            written := written + pg_temp.tenant_cost_call(fn, pool[1:narrow_tenants], 20, orders_sent);
-            orders_sent := orders_sent + 20 * narrow_tenants;
-        END LOOP;
-        narrow := extract(epoch FROM clock_timestamp() - started) * 1000;
         pass := r;
         wide_ms := round(wide::numeric, 1);
         narrow_ms := round(narrow::numeric, 1);
@@ -65,8 +79,8 @@ BEGIN
 END
 $$;
 
--- One call of `fn` for `pool`'s tenants, `per_tenant` new orders each (ids from `first_order`
--- on): returns the rows written, and fails unless that is every row sent.
+-- One call of `fn` for `pool`'s tenants, `per_tenant` new orders each (ids after `first_order`):
+-- returns how many of the orders sent it returned as written, and fails unless that is all.
 CREATE FUNCTION pg_temp.tenant_cost_call(fn text, pool uuid[], per_tenant int, first_order int)
     RETURNS bigint
     LANGUAGE plpgsql
@@ -78,8 +92,9 @@ DECLARE
     written bigint;
 BEGIN
     EXECUTE format(
-        'SELECT count(*) FROM %I($1, $2, true, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                 $14, $15, $16, $17, true, NULL::jsonb, $8, $8, $13)', fn)
+        'SELECT count(DISTINCT w.key_id) FILTER (WHERE w.key_id = ANY($6))
+           FROM %s($1, $2, true, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                   $14, $15, $16, $17, true, NULL::jsonb, $8, $8, $13) AS w', to_regproc(fn))
     INTO written
     USING
         'tenant-cost', 'order', pool,
@@ -96,7 +111,7 @@ BEGIN
         ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n)),
         '{}'::int8[], array_fill(1, ARRAY[k]), array_fill(0, ARRAY[k]);
     IF written <> n THEN
-        RAISE EXCEPTION 'tenant_cost: % wrote % of % new orders', fn, written, n;
+        RAISE EXCEPTION 'tenant_cost: % returned % of the % new orders sent as written', fn, written, n;
     END IF;
     RETURN written;
 END

@@ -6,6 +6,9 @@ use crate::support;
 
 /// Orders whose ids the benchmark generates ("tenant-cost-N"), whatever their tenant.
 const ITS_ORDERS: &str = "SELECT count(*) FROM orders WHERE order_id LIKE 'tenant-cost-%'";
+/// Cache work it queues (under its consumer group).
+const ITS_CACHE_WORK: &str =
+    "SELECT count(*) FROM cache_outbox WHERE consumer_group = 'tenant-cost'";
 
 #[tokio::test]
 async fn the_tenant_cost_benchmark_writes_every_row_it_times_and_leaves_nothing() {
@@ -19,12 +22,22 @@ async fn the_tenant_cost_benchmark_writes_every_row_it_times_and_leaves_nothing(
         .execute(&mut *tx)
         .await
         .unwrap();
+    // The role it times as is subject to row-level security.
+    let bypasses: bool = sqlx::query_scalar(
+        "SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(!bypasses);
     // 10 tenants, 2 calls of each shape per pass, 2 passes.
-    let passes: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT pass, rows_written FROM pg_temp.tenant_cost(tenants => 10, calls => 2, passes => 2)")
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap();
+    let passes: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT pass, rows_written
+           FROM pg_temp.tenant_cost(tenants => 10, calls => 2, passes => 2)",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
     // A pass writes 2 calls of 10 tenants × 2 orders and 2 of 1 tenant × 20: 80 rows, counted
     // from the start.
     assert_eq!(passes, [(1, 80), (2, 160)]);
@@ -36,19 +49,22 @@ async fn the_tenant_cost_benchmark_writes_every_row_it_times_and_leaves_nothing(
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-    let queued: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM cache_outbox WHERE consumer_group = 'tenant-cost'",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!((written, queued), (170, 170));
-
-    // ...and gone once it is rolled back, as the script does.
-    tx.rollback().await.unwrap();
-    let left: i64 = sqlx::query_scalar(ITS_ORDERS)
-        .fetch_one(&admin)
+    let queued: i64 = sqlx::query_scalar(ITS_CACHE_WORK)
+        .fetch_one(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!((written, queued), (170, 170));
+
+    // ...and gone once it is rolled back, as the script does: orders, cache work and tenants.
+    tx.rollback().await.unwrap();
+    let left: (i64, i64, i64) = sqlx::query_as(&format!(
+        "SELECT ({ITS_ORDERS}), ({ITS_CACHE_WORK}),
+                (SELECT count(*) FROM tenants
+                  WHERE tenant_id IN (SELECT md5('tenant-cost-' || t)::uuid
+                                        FROM generate_series(1, 10) t))"
+    ))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(left, (0, 0, 0));
 }
