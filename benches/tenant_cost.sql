@@ -10,10 +10,12 @@
 -- So, per pass, with wide and narrow in ms:
 --   tenant_us = (wide - narrow) * 1000 / (calls * 0.9 * tenants)
 --   row_us    = (narrow * 1000 - tenant_us * calls * 0.1 * tenants) / (calls * 2 * tenants)
--- Every call writes new orders of known tenants (registered by a first, untimed call), with
--- SLA tracking on, no policy and no applied cache work to delete: the live worker's commonest
--- call, without its deletes of applied outbox rows and its updates of existing orders. row_us
--- also counts building the call's arrays here (the worker builds them in Rust).
+-- Every call writes new orders only, of known tenants (registered by a first, untimed call),
+-- with SLA tracking on, no policy and no applied cache work to delete: the live worker's calls
+-- without their deletes of applied outbox rows and their updates of existing orders. row_us
+-- also counts building the call's arrays here (the worker builds them in Rust) and the call's
+-- own overhead. rows_written counts from the start of the first pass.
+-- `fn` is resolved by to_regproc, so a candidate created in pg_temp is named pg_temp.NAME.
 -- Each call must return every order it sends, or the function fails, so a timing is never that
 -- of a call that wrote nothing.
 --
@@ -37,8 +39,8 @@ DECLARE
     written bigint := 0;
 BEGIN
     IF tenants < 10 OR tenants % 10 <> 0 OR calls < 1 OR passes < 1 THEN
-        RAISE EXCEPTION 'tenant_cost: tenants must be a multiple of 10, calls and passes at least 1 (got %, %, %)',
-            tenants, calls, passes;
+        RAISE EXCEPTION 'tenant_cost: tenants must be a multiple of 10, calls and passes at '
+            'least 1 (got %, %, %)', tenants, calls, passes;
     END IF;
     IF to_regproc(fn) IS NULL THEN
         RAISE EXCEPTION 'tenant_cost: no function named % (or more than one)', fn;
@@ -111,7 +113,8 @@ BEGIN
         ARRAY(SELECT gen_random_uuid() FROM generate_series(1, n)),
         '{}'::int8[], array_fill(1, ARRAY[k]), array_fill(0, ARRAY[k]);
     IF written <> n THEN
-        RAISE EXCEPTION 'tenant_cost: % returned % of the % new orders sent as written', fn, written, n;
+        RAISE EXCEPTION 'tenant_cost: % returned % of the % new orders sent as written',
+            fn, written, n;
     END IF;
     RETURN written;
 END

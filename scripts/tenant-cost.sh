@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The Postgres cost of one tenant of a batch and of one row, in write_order_batch as the worker
 # role (benches/tenant_cost.sql explains how): what decides throughput at many tenants (issue 10),
-# measured in a few seconds and far less noisily than a drain. The rows it writes are rolled back
-# (the cache outbox's id sequence still advances); it vacuums the tables it writes first, so that
-# earlier runs' dead rows do not slow it.
+# measured in a few seconds, with a median over passes steadier than a drain. The rows it writes
+# are rolled back (the cache outbox's id sequence still advances); it vacuums the tables it
+# writes first, so that earlier runs' dead rows do not slow it.
 #
-#   scripts/tenant-cost.sh                        # write_order_batch, 100 tenants, 20 calls, 3 passes
+#   scripts/tenant-cost.sh                 # write_order_batch, 100 tenants, 20 calls, 3 passes
 #   TENANTS=50 CALLS=10 PASSES=5 scripts/tenant-cost.sh
 #       # TENANTS: a multiple of 10; the worker's calls hold at most 100 tenants
 #   scripts/tenant-cost.sh candidate.sql my_write_order_batch
 #       # times a candidate: the file creates it (same parameters and columns as
-#       # write_order_batch) inside the rolled-back transaction, so nothing of it stays
+#       # write_order_batch) inside the rolled-back transaction, so nothing of it stays;
+#       # one created in pg_temp is named pg_temp.my_write_order_batch
 #
 # Database: TENANTSTREAM_ADMIN_DATABASE_URL (the owner's URL, a superuser or a member of
 # tenantstream_worker; default postgres://postgres@127.0.0.1:5432/tenantstream_tenant_cost),
@@ -31,8 +32,8 @@ if [[ $# -gt 0 ]]; then
 fi
 function=${2:-write_order_batch}
 for knob in TENANTS CALLS PASSES; do
-    if [[ -n "${!knob:-}" && ! "${!knob}" =~ ^[0-9]{1,6}$ ]]; then
-        echo "tenant-cost: $knob=${!knob} is not a whole number below 1,000,000" >&2
+    if [[ -n "${!knob:-}" && ! "${!knob}" =~ ^[0-9]{1,4}$ ]]; then
+        echo "tenant-cost: $knob=${!knob} is not a whole number below 10,000" >&2
         exit 2
     fi
 done
