@@ -8,7 +8,7 @@ use tenantstream::testing::cache;
 use tenantstream::testing::domain::{Keyspace, TenantMap};
 use tenantstream::testing::traffic::{Expected, ExpectedConfig};
 
-use super::services::free_port;
+use super::services::{free_port, wait_listening};
 
 /// Redis servers of the test's own (FLUSHALL or a cluster there touches no other test), from
 /// Debian's redis-server; stopped on drop, also when a test panics while starting them.
@@ -61,19 +61,12 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server (Debian package redis-server) starts");
         self.children.push(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let child = self.children.last_mut().unwrap();
-            if let Some(status) = child.try_wait().unwrap() {
-                self.children.pop();
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("redis on {port} exited ({status}): {log}"));
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis on {port} did not start listening in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let child = self.children.last_mut().unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let limit = Duration::from_secs(10);
+        if let Err(exited) = wait_listening(child, "redis", &addr, &log, Duration::ZERO, limit) {
+            self.children.pop();
+            return Err(exited);
         }
         self.ports.push(port);
         Ok(())

@@ -2,6 +2,7 @@
 //! and settings that give each test its own topics and consumer group.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tenantstream::testing::{cache, sink};
@@ -71,6 +72,42 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// Waits until `child` (a server named `what`, logging to `log`) accepts connections at `addr`
+/// and is still running `settle` later: a port from [`free_port`] can be taken by another
+/// process first, whose listener then answers while `child` exits. Returns why `child` exited
+/// instead, for the caller to start it again on another port; kills it and fails the test after
+/// `limit`.
+pub fn wait_listening(
+    child: &mut std::process::Child,
+    what: &str,
+    addr: &str,
+    log: &Path,
+    settle: Duration,
+    limit: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let answered = std::net::TcpStream::connect(addr).is_ok();
+        if answered {
+            std::thread::sleep(settle);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{what} on {addr} exited ({status}): {log}"));
+        }
+        if answered {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} on {addr} did not start listening in {limit:?}: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A migrated database of the test's own, for a test that changes the schema (a constraint no

@@ -5,11 +5,11 @@
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::free_port;
+use super::{free_port, wait_listening};
 
 /// How many free ports tansu is tried on (another test may take one before tansu binds it).
 const START_ATTEMPTS: usize = 3;
@@ -31,7 +31,7 @@ impl SilentBroker {
             let upstream = format!("127.0.0.1:{}", free_port());
             let proxy = SilencingProxy::start(&upstream).await;
             let log = tempfile::tempdir().unwrap();
-            let log_file = std::fs::File::create(log.path().join("tansu.log")).unwrap();
+            let log_path = log.path().join("tansu.log");
             let mut tansu = std::process::Command::new("tansu")
                 .args(["broker", "--listener-url", &format!("tcp://{upstream}")])
                 .args([
@@ -41,39 +41,23 @@ impl SilentBroker {
                 .args(["--storage-engine", "memory://tansu/"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(log_file)
+                .stderr(std::fs::File::create(&log_path).unwrap())
                 .spawn()
                 .expect("tansu, installed by scripts/test.sh");
-            let started = Instant::now();
-            let listening = loop {
-                let answered = std::net::TcpStream::connect(&upstream).is_ok();
-                if answered {
-                    // Still running a moment later: the listener is tansu's, not another
-                    // process's that took the port first (tansu then exits).
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+            // Still running a moment after it answers: the listener is tansu's, not another
+            // process's that took the port first (tansu then exits).
+            let settle = Duration::from_millis(300);
+            let limit = Duration::from_secs(30);
+            match wait_listening(&mut tansu, "tansu", &upstream, &log_path, settle, limit) {
+                Ok(()) => {
+                    return Self {
+                        brokers: proxy.addr.clone(),
+                        proxy,
+                        tansu,
+                        _log: log,
+                    }
                 }
-                if let Some(status) = tansu.try_wait().unwrap() {
-                    let text = std::fs::read_to_string(log.path().join("tansu.log"));
-                    failures.push(format!("tansu on {upstream} exited ({status}): {text:?}"));
-                    break false;
-                }
-                if answered {
-                    break true;
-                }
-                if started.elapsed() > Duration::from_secs(30) {
-                    let _ = tansu.kill();
-                    let _ = tansu.wait();
-                    panic!("tansu on {upstream} did not listen in 30 s");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            if listening {
-                return Self {
-                    brokers: proxy.addr.clone(),
-                    proxy,
-                    tansu,
-                    _log: log,
-                };
+                Err(exited) => failures.push(exited),
             }
         }
         panic!("tansu did not start: {failures:#?}");
