@@ -179,9 +179,9 @@ pub(super) struct Partitions {
     next_epoch: u64,
     /// The bytes every partition holds, buffered or in batches being written: adjusted by each
     /// change made through a borrowed state ([`StateMut`]: an arrival, a batch done, a restart,
-    /// a clear), and counted down by what a revoked or replaced state held. A revoked partition's batch
-    /// still being written no longer counts, so just after a rebalance the worker may hold up
-    /// to about twice the budget.
+    /// a clear), and counted down by what a revoked or replaced state held. A revoked
+    /// partition's batch still being written no longer counts, so just after a rebalance the
+    /// worker may hold up to about twice the budget.
     held_bytes: usize,
 }
 
